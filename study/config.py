@@ -1,0 +1,162 @@
+"""Configuration of one training run, one dataclass per concern.
+
+Every default carries its unit and why. Each dataclass validates itself on construction and raises
+`BadInput`, so a bad value is refused the same way from the command line and from Python. The CLI
+(`study/cli.py`) builds its flags from these fields; `help` and `choices` live in field metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from study.errors import BadInput
+
+MODELS = ("mlp", "cnn")
+INITS = ("kaiming", "lsuv")
+SCHEDULES = ("constant", "onecycle")
+BACKENDS = ("torch",)
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str | None = field(
+        default=None,
+        metadata=_help("directory with FashionMNIST's four IDX files (.gz or not); default: the Debian "
+                       "package's /usr/share/datasets/fashion-mnist, else a torchvision download"),
+    )
+    n_val: int = field(
+        default=10_000,  # images carved out of the 60k training file; the other 50k train
+        metadata=_help("validation images taken from the training file"),
+    )
+    split_seed: int = field(
+        default=0,  # fixed so every run and every study sees the same train/validation split
+        metadata=_help("seed of the fixed permutation that splits train from validation"),
+    )
+
+    def __post_init__(self):
+        if not 1 <= self.n_val < 60_000:
+            raise BadInput(f"--n-val must be between 1 and 59999, got {self.n_val}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = field(default="cnn", metadata=_help("architecture", choices=MODELS))
+    widths: tuple[int, ...] = field(
+        default=(256, 256, 256),  # the MLP of the measurements: 784-256-256-256-10
+        metadata=_help("MLP hidden widths, comma separated"),
+    )
+    leak: float = field(default=0.1, metadata=_help("GeneralRelu negative slope, in [0, 1)"))
+    sub: float = field(default=0.4, metadata=_help("GeneralRelu shift subtracted after the leaky ReLU"))
+    maxv: float | None = field(default=None, metadata=_help("GeneralRelu upper clamp (default: none)"))
+    init: str = field(default="kaiming", metadata=_help("weight initialisation", choices=INITS))
+    init_scale: float = field(
+        default=1.0,  # 1 = exactly Kaiming(a=leak); the search varies it around that
+        metadata=_help("multiplier on the initial weights (> 0)"),
+    )
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise BadInput(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.init not in INITS:
+            raise BadInput(f"unknown init {self.init!r}: choose one of {', '.join(INITS)}")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise BadInput(f"--widths must be positive integers, got {','.join(map(str, self.widths))}")
+        _check_finite("leak", self.leak)
+        if not 0 <= self.leak < 1:
+            raise BadInput(f"--leak must be in [0, 1), got {self.leak}")
+        _check_finite("sub", self.sub)
+        if self.maxv is not None:
+            _check_finite("maxv", self.maxv)
+            if self.maxv <= 0:
+                raise BadInput(f"--maxv must be positive, got {self.maxv}")
+        _check_finite("init-scale", self.init_scale)
+        if self.init_scale <= 0:
+            raise BadInput(f"--init-scale must be positive, got {self.init_scale}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = field(
+        # NOTE: the lesson's CNN rate is 0.2, but there GeneralRelu(.1,.4) diverged for 2 of 8 seeds
+        # (measured 2026-11-23, CPU, 1 epoch); at 0.15 all 8 trained (val acc 0.829-0.842). The quick
+        # study keeps 0.2 on purpose: that fragility is what it measures.
+        default=0.15,
+        metadata=_help("SGD learning rate"),
+    )
+    momentum: float = field(default=0.85, metadata=_help("SGD momentum (the lesson's MomentumLearner)"))
+    weight_decay: float = field(default=0.0, metadata=_help("SGD weight decay"))
+    schedule: str = field(
+        default="constant", metadata=_help("learning-rate schedule", choices=SCHEDULES)
+    )
+    batch_size: int = field(default=1024, metadata=_help("training batch size (the lesson's 1024)"))
+    epochs: int = field(default=1, metadata=_help("passes over the 50,000 training images"))
+
+    def __post_init__(self):
+        _check_finite("lr", self.lr)
+        if self.lr <= 0:
+            raise BadInput(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise BadInput(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise BadInput(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise BadInput(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.batch_size < 1:
+            raise BadInput(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise BadInput(f"--epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = field(default=0, metadata=_help("seed of the initial weights and of the data order"))
+    device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N"))
+    backend: str = field(default="torch", metadata=_help("layer implementation", choices=BACKENDS))
+    stats_every: int = field(
+        default=1,  # every step, as the lesson's hooks do; raise it to make long runs cheaper
+        metadata=_help("record activation statistics every this many steps"),
+    )
+    diverge_loss: float = field(
+        default=100.0,  # ~43x the chance-level loss ln(10); no run that trains comes back from it
+        metadata=_help("a training loss above this (or NaN/inf) stops the run as diverged"),
+    )
+
+    def __post_init__(self):
+        if self.seed < 0:
+            raise BadInput(f"--seed must be >= 0, got {self.seed}")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise BadInput(f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.backend not in BACKENDS:
+            raise BadInput(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.stats_every < 1:
+            raise BadInput(f"--stats-every must be >= 1, got {self.stats_every}")
+        if not self.diverge_loss > 0:
+            raise BadInput(f"--diverge-loss must be positive, got {self.diverge_loss}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run depends on; serialised into its result."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise BadInput(f"--{name} must be a finite number, got {value}")
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()

@@ -1,0 +1,130 @@
+"""Train one configuration on FashionMNIST and return a result record.
+
+Training knows nothing of Optuna: `train(config)` returns a `TrainResult`; the search turns results
+into trials. Same seed and configuration give the same result on the CPU (bitwise for accuracy).
+A run whose loss turns NaN/inf or exceeds `TrainConfig.diverge_loss` stops at once and comes back
+with `diverged=True`: divergence is a finding, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from study.config import OptimConfig, RunConfig
+from study.data import FashionMNIST, load_fashion_mnist, shuffled_batches
+from study.model import activations, build_model, init_weights
+from study.stats import LayerHistory, StatsRecorder
+
+EVAL_BATCH = 2500  # images per forward pass when scoring; large to keep the pass count low
+
+
+@dataclass
+class TrainResult:
+    config: dict  # RunConfig.to_dict()
+    val_acc: float
+    test_acc: float
+    diverged: bool
+    diverged_step: int | None  # the step whose loss crossed the bound, else None
+    steps: int  # optimiser steps taken
+    seconds: float  # wall time of training and scoring, without loading the data
+    losses: list[float]  # training loss of every step taken
+    layers: list[dict]  # per activation layer at the last recorded step: mean, std, dead_frac, dead_units, units
+    history: list[LayerHistory] = field(repr=False)  # per layer, every recorded step
+
+    def to_dict(self, with_history: bool = False) -> dict:
+        record = asdict(self)
+        if not with_history:
+            del record["history"]
+        return record
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = False) -> TrainResult:
+    """Train `config` once. `data` (already on the device) saves reloading in loops over seeds."""
+    device = resolve_device(config.train.device)
+    if data is None:
+        data = load_fashion_mnist(config.data, device)
+    start = time.perf_counter()
+
+    # Two generators so that the seed changes both the initial weights and the data order.
+    init_gen = torch.Generator().manual_seed(2 * config.train.seed)
+    order_gen = torch.Generator().manual_seed(2 * config.train.seed + 1)
+    model = build_model(config.model).to(device)
+    init_weights(model, config.model, init_gen, batch=data.x_train[:config.optim.batch_size])
+
+    steps_per_epoch = math.ceil(len(data.x_train) / config.optim.batch_size)
+    total_steps = steps_per_epoch * config.optim.epochs
+    optimizer, scheduler = _optimizer(model, config.optim, total_steps)
+
+    losses: list[float] = []
+    diverged_step = None
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, leave=False)
+    with StatsRecorder(activations(model)) as recorder:
+        model.train()
+        for epoch in range(config.optim.epochs):
+            for xb, yb in shuffled_batches(data.x_train, data.y_train, config.optim.batch_size, order_gen):
+                step = len(losses)
+                recorder.step, recorder.recording = step, step % config.train.stats_every == 0
+                loss = F.cross_entropy(model(xb), yb)
+                losses.append(loss.item())
+                if not math.isfinite(losses[-1]) or losses[-1] > config.train.diverge_loss:
+                    diverged_step = step
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if diverged_step is not None:
+                break
+        history = recorder.history()
+    bar.close()
+
+    return TrainResult(
+        config=config.to_dict(),
+        val_acc=accuracy(model, data.x_val, data.y_val),
+        test_acc=accuracy(model, data.x_test, data.y_test),
+        diverged=diverged_step is not None,
+        diverged_step=diverged_step,
+        steps=len(losses) - (diverged_step is not None),
+        seconds=time.perf_counter() - start,
+        losses=losses,
+        layers=[layer.final() for layer in history],
+        history=history,
+    )
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of correct argmax predictions. Non-finite logits count as 0, so a diverged model
+    scores the chance level its predictions reach instead of raising."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), EVAL_BATCH):
+        logits = model(x[start:start + EVAL_BATCH]).nan_to_num(0.0, 0.0, 0.0)
+        correct += (logits.argmax(dim=1) == y[start:start + EVAL_BATCH]).sum().item()
+    model.train()
+    return correct / len(x)
+
+
+def _optimizer(model: nn.Module, optim: OptimConfig, total_steps: int):
+    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                                weight_decay=optim.weight_decay)
+    if optim.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optim.lr, total_steps=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
