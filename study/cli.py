@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    config = RunConfig(*(config_from_flags(cls, args) for cls in RUN_CONFIGS))
     from study.train import train  # torch is imported only once the flags are known to be good
 
-    config = RunConfig(*(config_from_flags(cls, args) for cls in RUN_CONFIGS))
     result = train(config, progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(result.to_dict(with_history=args.history)))

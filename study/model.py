@@ -82,23 +82,29 @@ def init_weights(model: nn.Module, config: ModelConfig, generator: torch.Generat
 def lsuv(model: nn.Module, batch: torch.Tensor, tol: float = 1e-3, max_iters: int = 50) -> list[tuple[float, float]]:
     """Layer-sequential unit variance (Mishkin & Matas 2016), as in the fast.ai lesson.
 
-    For each layer followed by a GeneralRelu, input side first: subtract the activation's mean from
-    the layer's bias and divide its weight by the activation's std, until the std is within `tol`
-    of 1 and the mean within `tol` of 0 on `batch`. Returns each layer's final (mean, std).
+    For each layer followed by a GeneralRelu, input side first: divide its weight by the
+    activation's std and, where the activation can be negative (leak > 0 or sub > 0), subtract the
+    activation's mean from its bias, until on `batch` the std is within `tol` of 1 (and the mean
+    within `tol` of 0). A plain ReLU's output is never negative, so centring it would only push
+    every unit off: there only the variance is fixed, as in the paper. Returns each layer's final
+    (mean, std).
     """
-    pairs = [(layer, act) for layer, act in zip(weighted_layers(model), activations(model))]
     final = []
     with torch.no_grad():
-        for layer, act in pairs:
+        for layer, act in zip(weighted_layers(model), activations(model)):
+            centre = act.leak > 0 or act.sub > 0
             captured: dict[str, torch.Tensor] = {}
             hook = act.register_forward_hook(lambda m, i, out: captured.__setitem__("out", out))
             try:
                 for _ in range(max_iters):
                     model(batch)
                     mean, std = captured["out"].mean().item(), captured["out"].std().item()
-                    if abs(std - 1) < tol and abs(mean) < tol:
+                    if abs(std - 1) < tol and (not centre or abs(mean) < tol):
                         break
-                    layer.bias.sub_(mean)
+                    if not std > 0:  # every unit off (or NaN): no scale can fix it
+                        break
+                    if centre:
+                        layer.bias.sub_(mean)
                     layer.weight.div_(std)
             finally:
                 hook.remove()

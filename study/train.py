@@ -124,7 +124,9 @@ def _optimizer(model: nn.Module, optim: OptimConfig, total_steps: int):
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
                                 weight_decay=optim.weight_decay)
     if optim.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optim.lr, total_steps=total_steps)
+        # cycle_momentum off: the schedule moves the rate only; momentum stays what the config says.
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optim.lr, total_steps=total_steps,
+                                                        cycle_momentum=False)
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     return optimizer, scheduler

@@ -1,0 +1,78 @@
+"""The command line as a user meets it: JSON out, readable summary, one-line errors with exit 2."""
+
+import gzip
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_train_json_prints_one_object_with_the_result():
+    proc = run_cli("train", "--model", "cnn", "--leak", "0.1", "--sub", "0.4", "--init-scale", "1.0",
+                   "--seed", "0", "--epochs", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert {"val_acc", "test_acc", "diverged", "seconds", "layers"} <= set(record)
+    assert record["diverged"] is False and record["test_acc"] >= 0.80
+    assert [set(layer) >= {"mean", "std", "dead_frac"} for layer in record["layers"]] == [True] * 4
+    assert record["config"]["model"]["leak"] == 0.1
+
+
+def test_train_prints_a_readable_summary():
+    proc = run_cli("train", "--model", "mlp", "--widths", "64", "--lr", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    assert "val acc" in proc.stdout and "near-zero" in proc.stdout
+    assert "trained" in proc.stdout
+
+
+def test_diverged_run_is_a_result_not_an_error():
+    proc = run_cli("train", "--model", "mlp", "--init-scale", "10", "--lr", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["diverged"] is True
+
+
+def truncated_data_dir(data_copy):
+    path = data_copy / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:5000]))
+    return str(data_copy)
+
+
+BAD_INPUTS = [
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--leak", "1"], "--leak must be in [0, 1)"),
+    (["--leak", "-0.1"], "--leak must be in [0, 1)"),
+    (["--leak", "nan"], "--leak must be a finite number"),
+    (["--leak", "abc"], "expected a number"),
+    (["--init-scale", "-1"], "--init-scale must be positive"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--epochs", "1.5"], "expected an integer"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--widths", "256,x"], "comma-separated integers"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--data-dir", "/nonexistent/fashion"], "is not a directory"),
+    ("empty_dir", "4 FashionMNIST files missing"),
+    ("truncated", "train-images-idx3-ubyte.gz is truncated"),
+    (["--no-such-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(flags, message, tmp_path, request):
+    if flags == "empty_dir":
+        flags = ["--data-dir", str(tmp_path)]
+    elif flags == "truncated":
+        flags = ["--data-dir", truncated_data_dir(request.getfixturevalue("data_copy"))]
+    proc = run_cli("train", "--model", "mlp", *flags)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert proc.stdout == ""
+
+
+def test_no_command_is_one_line_and_exit_2():
+    proc = run_cli()
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

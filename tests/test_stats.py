@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from study.model import GeneralRelu
+from study.stats import HIST_BINS, HIST_MAX, StatsRecorder, activation_stats
+
+
+def reference_hist(values: torch.Tensor, bins: int, hist_max: float) -> torch.Tensor:
+    """torch.histc's rule in float64, one value at a time: bin floor(v * bins / max), v == max in
+    the last bin, v outside [0, max] not counted."""
+    counts = torch.zeros(bins, dtype=torch.float64)
+    for v in values.abs().flatten().tolist():
+        if 0 <= v <= hist_max:
+            counts[min(int(math.floor(v * bins / hist_max)), bins - 1)] += 1
+    return counts
+
+
+def away_from_edges(x: torch.Tensor, bins: int, hist_max: float) -> torch.Tensor:
+    """Move values within 1e-6 of a bin edge off it: there float32 and float64 may choose
+    neighbouring bins, which is rounding, not a disagreement about the rule."""
+    width = hist_max / bins
+    frac = (x.abs() / width) % 1
+    near = (frac < 1e-5) | (frac > 1 - 1e-5)
+    return torch.where(near, x + 0.5 * width * torch.sign(x), x)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (64, 256), (3, 8, 5, 5)])
+@pytest.mark.parametrize("leak, sub", [(0.0, 0.0), (0.1, 0.4), (0.5, 0.9)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activation_stats_match_float64_reference(shape, leak, sub, dtype):
+    gen = torch.Generator().manual_seed(0)
+    pre = away_from_edges(torch.randn(shape, generator=gen, dtype=torch.float64) * 4, HIST_BINS, HIST_MAX)
+    act = GeneralRelu(leak, sub)(pre)
+    act = away_from_edges(act, HIST_BINS, HIST_MAX)
+    stats = activation_stats(pre.to(dtype), act.to(dtype))
+
+    assert stats.count == act.numel()
+    assert stats.sum.item() == pytest.approx(act.sum().item(), rel=1e-5, abs=1e-4)
+    assert stats.sumsq.item() == pytest.approx((act ** 2).sum().item(), rel=1e-5)
+    assert stats.mean == pytest.approx(act.mean().item(), rel=1e-4, abs=1e-5)
+    assert stats.std == pytest.approx(act.std().item(), rel=1e-4)
+    assert torch.equal(stats.hist.double(), reference_hist(act, HIST_BINS, HIST_MAX))
+    units = shape[1]
+    expected_pos = [(pre.select(1, u) > 0).sum().item() for u in range(units)]
+    assert stats.unit_pos.tolist() == expected_pos
+
+
+def test_histogram_edges_follow_histc():
+    act = torch.tensor([0.0, 0.2499, 0.25, 9.99, 10.0, 10.01, -10.0, -0.1], dtype=torch.float64)
+    stats = activation_stats(act.unsqueeze(0), act.unsqueeze(0))
+    hist = stats.hist.tolist()
+    assert hist[0] == 3  # 0, 0.2499 and |-0.1|
+    assert hist[1] == 1  # 0.25 opens the second bin
+    assert hist[-1] == 3  # 9.99, 10 and |-10|: the upper edge belongs to the last bin
+    assert sum(hist) == 7  # 10.01 lies outside [0, 10] and is not counted
+
+
+def test_near_zero_and_dead_units():
+    pre = torch.tensor([[-1.0, 2.0, -3.0], [-1.0, -2.0, -3.0]])  # unit 0 and 2 never positive
+    act = GeneralRelu(0.0, 0.0)(pre)
+    stats = activation_stats(pre, act)
+    assert stats.unit_pos.tolist() == [0, 1, 0]
+    assert stats.dead_units == 2
+    assert stats.near_zero_frac == pytest.approx(5 / 6)  # five zeros, one 2.0
+
+
+def test_sub_moves_off_units_out_of_the_lowest_bin():
+    """The lesson's caveat: with sub 0.4 an off unit outputs -0.4, which lies in the second bin."""
+    pre = -torch.ones(4, 10)
+    stats = activation_stats(pre, GeneralRelu(0.0, 0.4)(pre))
+    assert stats.near_zero_frac == 0 and stats.dead_units == 10
+    assert stats.hist[1].item() == 40
+
+
+def test_recorder_records_only_when_asked_and_removes_its_hooks():
+    net = nn.Sequential(nn.Linear(4, 6), GeneralRelu(0.1, 0.4), nn.Linear(6, 3), GeneralRelu())
+    acts = [net[1], net[3]]
+    x = torch.randn(8, 4)
+    with StatsRecorder(acts) as recorder:
+        for step in range(5):
+            recorder.step, recorder.recording = step, step % 2 == 0
+            net(x)
+    history = recorder.history()
+    assert [layer.steps for layer in history] == [[0, 2, 4], [0, 2, 4]]
+    assert [layer.units for layer in history] == [6, 3]
+    assert len(history[0].hist) == 3 and len(history[0].hist[0]) == HIST_BINS
+    assert all(not m._forward_hooks for m in acts)
+    final = history[0].final()
+    assert set(final) == {"mean", "std", "dead_frac", "dead_units", "units"}
+
+
+def test_recorder_removes_hooks_after_an_error():
+    act = GeneralRelu()
+    with pytest.raises(RuntimeError):
+        with StatsRecorder([act]):
+            raise RuntimeError("boom")
+    assert not act._forward_hooks

@@ -1,0 +1,82 @@
+"""Training on real FashionMNIST: the lesson's CNN trains, runs repeat exactly, divergence is a result."""
+
+import math
+
+import pytest
+
+from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.train import train
+
+
+def run(fashion, **model_and_more):
+    optim = model_and_more.pop("optim", OptimConfig())
+    train_config = model_and_more.pop("train", TrainConfig())
+    return train(RunConfig(model=ModelConfig(**model_and_more), optim=optim, train=train_config), fashion)
+
+
+def test_lesson_cnn_trains_in_one_epoch(fashion):
+    result = run(fashion, model="cnn", leak=0.1, sub=0.4)
+    assert not result.diverged
+    assert result.test_acc >= 0.80
+    assert result.steps == 49  # ceil(50,000 / 1024)
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    assert len(result.layers) == 4
+    assert [layer["units"] for layer in result.layers] == [8, 16, 32, 64]
+
+
+def test_same_seed_same_result_different_seed_different_run(fashion):
+    first = run(fashion, model="cnn", train=TrainConfig(seed=3))
+    again = run(fashion, model="cnn", train=TrainConfig(seed=3))
+    other = run(fashion, model="cnn", train=TrainConfig(seed=4))
+    assert (first.val_acc, first.test_acc, first.losses) == (again.val_acc, again.test_acc, again.losses)
+    assert first.layers == again.layers
+    assert first.losses[0] != other.losses[0]  # another init
+    assert first.losses != other.losses
+
+
+def test_exploding_config_comes_back_diverged(fashion):
+    result = run(fashion, model="cnn", init_scale=10.0, optim=OptimConfig(lr=5.0))
+    assert result.diverged
+    assert result.diverged_step is not None and result.diverged_step < 49
+    assert result.steps == result.diverged_step
+    bad = result.losses[result.diverged_step]
+    assert not math.isfinite(bad) or bad > 100
+    assert result.test_acc < 0.2  # chance level, scored without raising
+
+
+def test_mlp_trains_and_records_every_step(fashion):
+    result = run(fashion, model="mlp", leak=0.1, sub=0.4, optim=OptimConfig(lr=0.05))
+    assert not result.diverged and result.val_acc > 0.80
+    assert [layer.steps for layer in result.history] == [list(range(49))] * 3
+    assert all(len(layer.hist) == 49 for layer in result.history)
+
+
+def test_stats_every_thins_the_record_without_changing_training(fashion):
+    every = run(fashion, model="mlp", optim=OptimConfig(lr=0.05))
+    sparse = run(fashion, model="mlp", optim=OptimConfig(lr=0.05), train=TrainConfig(stats_every=10))
+    assert sparse.history[0].steps == [0, 10, 20, 30, 40]
+    assert sparse.losses == every.losses
+
+
+@pytest.mark.parametrize("init, schedule", [("lsuv", "constant"), ("kaiming", "onecycle"), ("lsuv", "onecycle")])
+def test_lsuv_and_onecycle_train(fashion, init, schedule):
+    result = run(fashion, model="cnn", init=init, optim=OptimConfig(schedule=schedule))
+    assert not result.diverged and result.val_acc > 0.75
+
+
+def test_result_records_its_configuration(fashion):
+    result = run(fashion, model="mlp", widths=(32,), optim=OptimConfig(lr=0.05, batch_size=4096))
+    record = result.to_dict()
+    assert record["config"]["optim"] == {"lr": 0.05, "momentum": 0.85, "weight_decay": 0.0,
+                                         "schedule": "constant", "batch_size": 4096, "epochs": 1}
+    assert record["config"]["model"]["widths"] == (32,)
+    assert "history" not in record and "history" in result.to_dict(with_history=True)
+    assert result.steps == 13 and result.seconds > 0
+
+
+@pytest.mark.parametrize("epochs", [2])
+def test_more_epochs_take_more_steps_and_train_further(fashion, epochs):
+    one = run(fashion, model="mlp", widths=(64,), optim=OptimConfig(lr=0.05))
+    more = run(fashion, model="mlp", widths=(64,), optim=OptimConfig(lr=0.05, epochs=epochs))
+    assert more.steps == epochs * one.steps
+    assert more.val_acc > one.val_acc
