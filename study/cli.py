@@ -12,7 +12,9 @@ import json
 import sys
 from typing import Sequence
 
-from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from pathlib import Path
+
+from study.config import SEARCHED, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig, TrainConfig
 from study.errors import BadInput
 
 PROG = "python -m study"
@@ -27,24 +29,30 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One flag per field of dataclass `cls`: `init_scale` -> `--init-scale`, typed from the field."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (),
+                     defaults: dict | None = None) -> None:
+    """One flag per field of dataclass `cls`: `init_scale` -> `--init-scale`, typed from the field.
+
+    `defaults` overrides a field's default for this command (e.g. the quick study's lr).
+    """
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kwargs = {"help": f.metadata.get("help", ""), "default": f.default, "dest": f.name}
+        default = (defaults or {}).get(f.name, f.default)
+        kwargs = {"help": f.metadata.get("help", ""), "default": default, "dest": f.name}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         kwargs["type"] = _PARSERS[str(f.type)]
-        if f.default is not None and not isinstance(f.default, tuple):
-            kwargs["help"] += f" (default: {f.default})"
+        if default is not None and not isinstance(default, tuple):
+            kwargs["help"] += f" (default: {default})"
         group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
-def config_from_flags(cls: type, args: argparse.Namespace):
-    """The dataclass `cls` built from the flags `add_config_flags` made (validated by the dataclass)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def config_from_flags(cls: type, args: argparse.Namespace, skip: Sequence[str] = ()):
+    """The dataclass `cls` built from the flags `add_config_flags` made (validated by the dataclass);
+    fields in `skip` keep their defaults."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
@@ -75,10 +83,14 @@ _PARSERS = {
     "str": str,
     "str | None": str,
     "float | None": _finite_float,
+    "int | None": _int,
     "tuple[int, ...]": _int_tuple,
 }
 
 RUN_CONFIGS = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
+# `python -m study search` with no flags is the quick study: the lesson's CNN set-up, lr 0.2 included
+# (the rate at which the lesson's settings are seed-fragile, which is what the study measures).
+QUICK_STUDY = {"model": "cnn", "lr": 0.2, "momentum": 0.85, "batch_size": 1024, "epochs": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--history", action="store_true",
                        help="with --json: include every recorded step's statistics")
     train.set_defaults(handler=run_train)
+
+    search = commands.add_parser("search", help="run (or continue) a study over init_scale, leak and sub")
+    add_config_flags(search, SearchConfig)
+    add_config_flags(search, DataConfig)
+    add_config_flags(search, ModelConfig, skip=SEARCHED, defaults=QUICK_STUDY)
+    add_config_flags(search, OptimConfig, defaults=QUICK_STUDY)
+    add_config_flags(search, TrainConfig, skip=("seed",))
+    search.set_defaults(handler=run_search)
+
+    heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
+    _add_study_flags(heatmaps)
+    heatmaps.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
+    heatmaps.set_defaults(handler=run_heatmaps)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
+    _add_study_flags(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    dashboard.add_argument("--port", type=_int, default=8080, help="port (default: 8080)")
+    dashboard.set_defaults(handler=run_dashboard)
     return parser
+
+
+def _add_study_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default="quick", help="study name (default: quick)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -106,6 +142,49 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         print(format_result(result))
     return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    search_config = config_from_flags(SearchConfig, args)
+    # The searched fields (init_scale, leak, sub) are SearchConfig's spaces here, set per trial.
+    run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+    from study import plots, results, search
+
+    try:
+        study = search.Search(search_config, run_config, progress=sys.stderr.isatty()).run()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to continue:\n  {_resume_command()}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    paths = search.study_paths(search_config)
+    print(results.summary_table(study))
+    pictures = plots.draw_study(study, paths.out_dir)
+    print("\nheatmaps: " + ", ".join(str(p) for p in pictures))
+    print(f"dashboard: {PROG} dashboard --name {search_config.name}"
+          + (f" --storage {search_config.storage}" if search_config.storage else ""))
+    return 0
+
+
+def run_heatmaps(args: argparse.Namespace) -> int:
+    from study import plots, search
+
+    config = SearchConfig(name=args.name, storage=args.storage)
+    study = search.load_existing_study(config)
+    out = Path(args.out) if args.out else search.study_paths(config).out_dir
+    for path in plots.draw_study(study, out):
+        print(path)
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from study.dashboard import serve_dashboard
+
+    serve_dashboard(SearchConfig(name=args.name, storage=args.storage), args.host, args.port)
+    return 0
+
+
+def _resume_command() -> str:
+    return " ".join([PROG, *sys.argv[1:]])
 
 
 def format_result(result) -> str:

@@ -160,3 +160,132 @@ def _check_finite(name: str, value: float) -> None:
 def _is_cuda_index(device: str) -> bool:
     prefix, _, index = device.partition(":")
     return prefix == "cuda" and index.isdigit()
+
+
+SAMPLERS = ("grid", "tpe", "random", "qmc")
+OBJECTIVES = ("accuracy", "stability")
+SEARCHED = ("init_scale", "leak", "sub")  # the ModelConfig fields a search varies
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """One searched parameter: a list of values, or a range [low, high] (log-uniform if `log`)."""
+
+    name: str
+    choices: tuple[float, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> "ParamSpace":
+        """`0,0.2,0.4` is a list, `0:0.5` a range, `0.1:10:log` a log range (init_scale only)."""
+        flag = "--" + name.replace("_", "-")
+        try:
+            if ":" in text:
+                low, high, *rest = text.split(":")
+                if rest not in ([], ["log"]):
+                    raise ValueError
+                space = cls(name, low=float(low), high=float(high), log=rest == ["log"])
+            else:
+                space = cls(name, choices=tuple(float(v) for v in text.split(",")))
+        except ValueError:
+            raise BadInput(f"{flag} {text!r}: give a list like 0,0.2,0.4 or a range like 0:0.5") from None
+        space.check()
+        return space
+
+    def check(self) -> None:
+        flag = "--" + self.name.replace("_", "-")
+        values = self.choices if self.choices is not None else (self.low, self.high)
+        if not all(math.isfinite(v) for v in values):
+            raise BadInput(f"{flag} must hold finite numbers")
+        if self.choices is None and not self.low < self.high:
+            raise BadInput(f"{flag} range {self.low}:{self.high} is empty or inverted: write low:high with low < high")
+        if self.log and self.name != "init_scale":
+            raise BadInput(f"{flag}: only --init-scale may be a log range")
+        if self.choices is not None and len(set(self.choices)) != len(self.choices):
+            raise BadInput(f"{flag} lists a value twice")
+        # The same bounds ModelConfig enforces for a single value, on every value the space allows.
+        for value in values:
+            if self.name == "leak" and not 0 <= value < 1:
+                raise BadInput(f"{flag} values must be in [0, 1), got {value}")
+            if self.name == "init_scale" and value <= 0:
+                raise BadInput(f"{flag} values must be positive, got {value}")
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return ",".join(f"{v:g}" for v in self.choices)
+        return f"{self.low:g}:{self.high:g}" + (":log" if self.log else "")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    name: str = field(default="quick", metadata=_help("study name"))
+    storage: str | None = field(
+        default=None, metadata=_help("Optuna storage URL (default: sqlite:///studies/NAME.db)"))
+    n_trials: int | None = field(
+        default=None,
+        metadata=_help("the study's target number of COMPLETE trials; re-running continues to it "
+                       "(default: the grid size, or 30 for other samplers)"),
+    )
+    sampler: str = field(default="grid", metadata=_help("how settings are chosen", choices=SAMPLERS))
+    leak: str = field(default="0,0.05,0.1,0.2,0.5", metadata=_help("leak values (list) or range low:high"))
+    sub: str = field(default="0,0.2,0.4,0.7,0.9", metadata=_help("sub values (list) or range low:high"))
+    init_scale: str = field(default="1", metadata=_help("init scale values, or range low:high[:log]"))
+    seeds: str = field(default="0,1,2", metadata=_help("seeds each setting is trained with, comma separated"))
+    objective: str = field(
+        default="accuracy",
+        metadata=_help("accuracy: mean validation accuracy; stability: (mean, seed std), a Pareto front",
+                       choices=OBJECTIVES),
+    )
+    train_threshold: float = field(
+        default=0.5,  # chance is 0.1; a run below 0.5 after training has not learnt the task
+        metadata=_help("validation accuracy above which a seed counts as trained"),
+    )
+    workers: int = field(default=1, metadata=_help("worker processes on this study"))
+
+    def __post_init__(self):
+        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
+            raise BadInput(f"--name {self.name!r}: use letters, digits, '-', '_' (no '/')")
+        if self.sampler not in SAMPLERS:
+            raise BadInput(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.objective not in OBJECTIVES:
+            raise BadInput(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise BadInput(f"--n-trials must be >= 1, got {self.n_trials}")
+        if not 0 < self.train_threshold < 1:
+            raise BadInput(f"--train-threshold must be in (0, 1), got {self.train_threshold}")
+        if self.workers != 1:
+            raise BadInput("--workers: only 1 worker is supported so far; start more commands on the same study later")
+        spaces = self.spaces()  # parses and checks every space
+        if self.sampler == "grid":
+            ranged = [s.name for s in spaces if s.choices is None]
+            if ranged:
+                flag = "--" + ranged[0].replace("_", "-")
+                raise BadInput(f"the grid sampler needs lists, but {flag} is a range: list its values")
+            if self.n_trials is not None and self.n_trials > self.grid_size():
+                raise BadInput(f"--n-trials {self.n_trials} exceeds the grid's {self.grid_size()} points")
+        self.seed_list()
+
+    def spaces(self) -> tuple[ParamSpace, ...]:
+        return tuple(ParamSpace.parse(name, getattr(self, name)) for name in SEARCHED)
+
+    def seed_list(self) -> tuple[int, ...]:
+        try:
+            seeds = tuple(int(s) for s in self.seeds.split(","))
+        except ValueError:
+            raise BadInput(f"--seeds {self.seeds!r}: give comma-separated non-negative integers like 0,1,2") from None
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise BadInput(f"--seeds {self.seeds!r}: seeds must be distinct non-negative integers")
+        return seeds
+
+    def grid_size(self) -> int:
+        return math.prod(len(s.choices) for s in self.spaces())
+
+    def target_trials(self) -> int:
+        if self.n_trials is not None:
+            return self.n_trials
+        return self.grid_size() if self.sampler == "grid" else 30
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///studies/{self.name}.db"

@@ -1,0 +1,149 @@
+"""Pictures: one run's activation statistics (the lesson's charts) and a study's heatmaps.
+
+Plots read results (a run's `LayerHistory`, a study's stored trials); they never train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from study.stats import HIST_MAX, LayerHistory  # noqa: E402
+
+# (column, title, colour map, fixed range): fixed so that pictures compare across studies.
+HEATMAP_METRICS = (
+    ("mean_val_acc", "mean validation accuracy over seeds", "viridis", (0.1, 0.9)),
+    ("worst_acc", "worst seed's validation accuracy", "viridis", (0.1, 0.9)),
+    ("acc_std", "seed std of validation accuracy", "rocket_r", (0.0, 0.4)),
+    ("frac_trained", "fraction of seeds that trained", "viridis", (0.0, 1.0)),
+    ("near_zero_last", "near-zero fraction, last hidden layer", "rocket_r", (0.0, 1.0)),
+)
+# The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
+LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
+MAX_AXIS_VALUES = 8  # more distinct values than this (range samplers) are binned
+N_BINS = 5
+
+
+def save_activation_figure(history: list[LayerHistory], title: str, path: Path) -> Path:
+    """The lesson's three pictures of one run: per-layer mean and std over training steps, the
+    "colour dim" image (log1p of the |a| histogram over time, one panel per layer), and the share
+    of activations near zero (lowest histogram bin) per layer."""
+    n = len(history)
+    fig, axes = plt.subplot_mosaic(
+        [["mean"] * n, ["std"] * n, [f"hist{i}" for i in range(n)], ["near"] * n],
+        figsize=(3 * max(n, 3), 11), height_ratios=[1, 1, 1.2, 1], layout="constrained",
+    )
+    for index, layer in enumerate(history):
+        label = f"layer {index + 1}"
+        axes["mean"].plot(layer.steps, layer.mean, label=label)
+        axes["std"].plot(layer.steps, layer.std, label=label)
+        axes["near"].plot(layer.steps, layer.near_zero_frac, label=label)
+        image = np.log1p(np.asarray(layer.hist, dtype=float).T)  # (bins, steps)
+        ax = axes[f"hist{index}"]
+        if image.size:
+            ax.imshow(image, origin="lower", aspect="auto", cmap="viridis",
+                      extent=(layer.steps[0], layer.steps[-1] + 1, 0, HIST_MAX))
+        ax.set_title(f"{label}: log1p histogram of |a|", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("|a|")
+    axes["mean"].set_ylabel("mean")
+    axes["std"].set_ylabel("std")
+    axes["near"].set_ylabel("share of |a| < 0.25")
+    axes["near"].set_ylim(0, 1)
+    axes["near"].set_xlabel("step")
+    axes["mean"].legend(fontsize=8, ncol=n)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def axis_labels(values: pd.Series, log: bool = False) -> pd.Series:
+    """Values as heatmap axis labels: themselves when few, else the centre of one of N_BINS bins."""
+    if values.nunique() <= MAX_AXIS_VALUES:
+        return values.round(4)
+    lo, hi = values.min(), values.max()
+    edges = np.geomspace(lo, hi, N_BINS + 1) if log else np.linspace(lo, hi, N_BINS + 1)
+    centres = np.sqrt(edges[:-1] * edges[1:]) if log else (edges[:-1] + edges[1:]) / 2
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, N_BINS - 1)
+    return pd.Series(np.round(centres[index], 3), index=values.index)
+
+
+def save_heatmaps(trials: pd.DataFrame, out_dir: Path, log_scale: bool = False) -> dict[str, Path]:
+    """One PNG per metric: leak (x) by sub (y), one facet per init_scale value or bin.
+
+    trials: one row per COMPLETE trial with columns init_scale, leak, sub and the HEATMAP_METRICS.
+    Cells are the mean over the trials that fall in them; cells without a trial stay blank.
+    Returns {metric: path}.
+    """
+    frame = trials.assign(leak_axis=axis_labels(trials["leak"]), sub_axis=axis_labels(trials["sub"]),
+                          scale_axis=axis_labels(trials["init_scale"], log=log_scale))
+    leaks, subs = sorted(frame["leak_axis"].unique()), sorted(frame["sub_axis"].unique())
+    scales = sorted(frame["scale_axis"].unique())
+    paths = {}
+    for metric, title, cmap, (vmin, vmax) in HEATMAP_METRICS:
+        fig, axes = plt.subplots(1, len(scales), figsize=(1.0 + 0.9 * len(leaks) * len(scales) + 1.2, 0.7 * len(subs) + 1.6),
+                                 squeeze=False, layout="constrained")
+        for ax, scale in zip(axes[0], scales):
+            cells = (frame[frame["scale_axis"] == scale]
+                     .pivot_table(index="sub_axis", columns="leak_axis", values=metric, aggfunc="mean")
+                     .reindex(index=subs, columns=leaks))
+            sns.heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
+                        cbar=ax is axes[0][-1], cbar_kws={"label": title}, linewidths=0.5, linecolor="white",
+                        annot_kws={"fontsize": 8})
+            ax.invert_yaxis()  # sub grows upwards
+            ax.set_title(f"init_scale {scale:g}")
+            ax.set_xlabel("leak")
+            ax.set_ylabel("sub")
+        fig.suptitle(title)
+        paths[metric] = out_dir / f"heatmap_{metric}.png"
+        fig.savefig(paths[metric], dpi=90)
+        plt.close(fig)
+    return paths
+
+
+def save_lesson_strip(seed_accs: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Per-seed validation accuracy of the lesson's settings present in the study (None if none are).
+
+    seed_accs: one row per (trial, seed) with columns leak, sub, init_scale, seed, val_acc.
+    """
+    keep = seed_accs[[(round(l, 4), round(s, 4)) in LESSON_SETTINGS
+                      for l, s in zip(seed_accs["leak"], seed_accs["sub"])]]
+    if keep.empty:
+        return None
+    keep = keep.assign(setting=[f"({l:g}, {s:g}) x{k:g}" for l, s, k in zip(keep["leak"], keep["sub"], keep["init_scale"])])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * keep["setting"].nunique(), 4), layout="constrained")
+    sns.stripplot(keep.sort_values("setting"), x="setting", y="val_acc", ax=ax, size=7, jitter=0.15, alpha=0.8)
+    ax.axhline(0.1, color="grey", linestyle=":", label="chance")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("(leak, sub) x init_scale")
+    ax.set_ylabel("validation accuracy, one dot per seed")
+    ax.set_title("The lesson's settings, seed by seed")
+    ax.legend(loc="lower right")
+    path = out_dir / "lesson_settings_seeds.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def draw_study(study, out_dir: Path) -> list[Path]:
+    """All of a stored study's pictures into `out_dir`: the heatmaps and the lesson settings' strip."""
+    from study.results import seed_frame, trials_frame
+
+    trials = trials_frame(study)
+    if trials.empty:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = study.user_attrs.get("initstudy_config", {})
+    log_scale = config.get("space", {}).get("init_scale", "").endswith(":log")
+    paths = list(save_heatmaps(trials, out_dir, log_scale=log_scale).values())
+    strip = save_lesson_strip(seed_frame(study), out_dir)
+    return paths + ([strip] if strip else [])

@@ -1,0 +1,60 @@
+"""A stored study as tables: what the heatmaps, the summary and the report read."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from study.config import SEARCHED
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per COMPLETE trial: number, init_scale, leak, sub, mean_val_acc, acc_std, worst_acc,
+    frac_trained, n_diverged, mean_test_acc, near_zero_last, dead_units_last, n_seeds, seconds."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        last = attrs["layers"][-1]
+        rows.append({
+            "number": trial.number,
+            **{name: trial.params[name] for name in SEARCHED},
+            **{key: attrs[key] for key in ("mean_val_acc", "acc_std", "worst_acc", "frac_trained",
+                                           "n_diverged", "mean_test_acc", "seconds")},
+            "near_zero_last": last["dead_frac"],
+            "dead_units_last": last["dead_units"],
+            "n_seeds": len(seed_records(trial)),
+        })
+    columns = ["number", *SEARCHED, "mean_val_acc", "acc_std", "worst_acc", "frac_trained", "n_diverged",
+               "mean_test_acc", "seconds", "near_zero_last", "dead_units_last", "n_seeds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def seed_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per (COMPLETE trial, seed): number, init_scale, leak, sub, seed, val_acc, test_acc, diverged."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for seed, record in seed_records(trial).items():
+            rows.append({"number": trial.number, **{name: trial.params[name] for name in SEARCHED},
+                         "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
+                         "diverged": record["diverged"]})
+    return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged"])
+
+
+def seed_records(trial: optuna.trial.FrozenTrial) -> dict[int, dict]:
+    """seed -> the record stored as `seed_<n>` when that seed finished."""
+    return {int(key.removeprefix("seed_")): value for key, value in trial.user_attrs.items()
+            if key.startswith("seed_")}
+
+
+def summary_table(study: optuna.Study, top: int = 5) -> str:
+    """The top settings by mean accuracy and by worst seed, as aligned text."""
+    frame = trials_frame(study)
+    if frame.empty:
+        return "no COMPLETE trials yet"
+    columns = ["init_scale", "leak", "sub", "mean_val_acc", "acc_std", "worst_acc", "frac_trained", "n_diverged"]
+    blocks = [f"{len(frame)} COMPLETE trials in study {study.study_name!r}"]
+    for key, label in (("mean_val_acc", "mean validation accuracy"), ("worst_acc", "worst seed")):
+        best = frame.sort_values([key, "mean_val_acc"], ascending=False).head(top)[columns]
+        blocks.append(f"\ntop {len(best)} by {label}:\n" + best.to_string(index=False, float_format="{:.3f}".format))
+    return "\n".join(blocks)
