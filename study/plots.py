@@ -77,28 +77,35 @@ def axis_labels(values: pd.Series, log: bool = False) -> pd.Series:
     return pd.Series(np.round(centres[index], 3), index=values.index)
 
 
-def save_heatmaps(trials: pd.DataFrame, out_dir: Path, log_scale: bool = False) -> dict[str, Path]:
-    """One PNG per metric: leak (x) by sub (y), one facet per init_scale value or bin.
+def heatmap_tables(trials: pd.DataFrame, metric: str, log_scale: bool = False) -> dict[float, pd.DataFrame]:
+    """The data behind one metric's heatmap: {init_scale value or bin centre: sub x leak table}.
 
-    trials: one row per COMPLETE trial with columns init_scale, leak, sub and the HEATMAP_METRICS.
-    Cells are the mean over the trials that fall in them; cells without a trial stay blank.
-    Returns {metric: path}.
+    trials: one row per COMPLETE trial with columns init_scale, leak, sub and `metric`. A cell is
+    the mean over the trials that fall in it; a cell without a trial is NaN (drawn blank).
     """
     frame = trials.assign(leak_axis=axis_labels(trials["leak"]), sub_axis=axis_labels(trials["sub"]),
                           scale_axis=axis_labels(trials["init_scale"], log=log_scale))
     leaks, subs = sorted(frame["leak_axis"].unique()), sorted(frame["sub_axis"].unique())
-    scales = sorted(frame["scale_axis"].unique())
+    return {
+        scale: (group.pivot_table(index="sub_axis", columns="leak_axis", values=metric, aggfunc="mean")
+                .reindex(index=subs, columns=leaks))
+        for scale, group in frame.groupby("scale_axis")
+    }
+
+
+def save_heatmaps(trials: pd.DataFrame, out_dir: Path, log_scale: bool = False) -> dict[str, Path]:
+    """One PNG per metric of HEATMAP_METRICS: leak (x) by sub (y), one facet per init_scale value
+    or bin, annotated cells, fixed colour ranges. Returns {metric: path}."""
     paths = {}
     for metric, title, cmap, (vmin, vmax) in HEATMAP_METRICS:
-        fig, axes = plt.subplots(1, len(scales), figsize=(1.0 + 0.9 * len(leaks) * len(scales) + 1.2, 0.7 * len(subs) + 1.6),
+        tables = heatmap_tables(trials, metric, log_scale)
+        n_sub, n_leak = next(iter(tables.values())).shape
+        fig, axes = plt.subplots(1, len(tables), figsize=(2.2 + 0.9 * n_leak * len(tables), 1.6 + 0.6 * n_sub),
                                  squeeze=False, layout="constrained")
-        for ax, scale in zip(axes[0], scales):
-            cells = (frame[frame["scale_axis"] == scale]
-                     .pivot_table(index="sub_axis", columns="leak_axis", values=metric, aggfunc="mean")
-                     .reindex(index=subs, columns=leaks))
+        for ax, (scale, cells) in zip(axes[0], tables.items()):
             sns.heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
-                        cbar=ax is axes[0][-1], cbar_kws={"label": title}, linewidths=0.5, linecolor="white",
-                        annot_kws={"fontsize": 8})
+                        cbar=ax is axes[0][-1], cbar_kws={"label": metric}, linewidths=0.5,
+                        linecolor="white", annot_kws={"fontsize": 8})
             ax.invert_yaxis()  # sub grows upwards
             ax.set_title(f"init_scale {scale:g}")
             ax.set_xlabel("leak")

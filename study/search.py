@@ -137,19 +137,22 @@ def grid_points(search: SearchConfig) -> list[dict[str, float]]:
 
 
 def enqueue_missing_grid_points(study: optuna.Study, search: SearchConfig) -> int:
-    """Queue each grid point that no COMPLETE, RUNNING or WAITING trial holds.
+    """Queue grid points that no COMPLETE, RUNNING or WAITING trial holds, as many as the target
+    still needs (in `grid_points` order).
 
     Optuna's GridSampler would count FAIL trials as visited; this retries them. Returns how many
     points were queued.
     """
+    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
     held = set()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)):
+    for trial in live:
         params = trial.system_attrs.get("fixed_params", trial.params)
         held.add(tuple(params.get(name) for name in SEARCHED))
     missing = [p for p in grid_points(search) if tuple(p[name] for name in SEARCHED) not in held]
-    for point in missing:
+    wanted = missing[:max(search.target_trials() - len(live), 0)]
+    for point in wanted:
         study.enqueue_trial(point)
-    return len(missing)
+    return len(wanted)
 
 
 def n_complete(study: optuna.Study) -> int:
@@ -227,9 +230,12 @@ class Search:
     def run(self) -> optuna.Study:
         device = resolve_device(self.run_config.train.device)
         data = load_fashion_mnist(self.run_config.data, device)  # a bad data dir fails before any storage
-        self._make_dirs()
+        db = sqlite_path(self.search.storage_url())
+        if db is not None:
+            _make_dir(db.parent)
         storage = open_storage(self.search)
         study = open_study(self.search, self.run_config, storage)
+        _make_dir(self.paths.artifacts)  # only once the study is known to be good
         optuna.storages.fail_stale_trials(study)
         target = self.search.target_trials()
         done = n_complete(study)
@@ -289,13 +295,6 @@ class Search:
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
 
-    def _make_dirs(self) -> None:
-        db = sqlite_path(self.search.storage_url())
-        for directory in ([db.parent] if db is not None else []) + [self.paths.artifacts]:
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise BadInput(f"cannot create {directory}: {e.strerror}; choose a writable place") from e
 
 
 def _sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -306,6 +305,13 @@ def _sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     if search.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=0)  # indexed by trial number: resumes continue the sequence
     return optuna.samplers.RandomSampler()
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create {directory}: {e.strerror}; choose a writable place") from e
 
 
 def _check_sqlite_file(db: Path) -> None:

@@ -1,0 +1,232 @@
+"""The study on real FashionMNIST (small MLP, 2 seeds, a few settings): storage, resume, grid, heatmaps."""
+
+import hashlib
+import statistics
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli
+from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
+from study.errors import BadInput
+from study.plots import HEATMAP_METRICS, draw_study, heatmap_tables
+from study.results import seed_frame, seed_records, trials_frame
+from study.search import CONFIG_ATTR, Search, load_existing_study
+
+SMALL_RUN = RunConfig(model=ModelConfig(model="mlp", widths=(32,)), optim=OptimConfig(lr=0.05))
+
+
+def small_search(tmp_path, name="s", **overrides):
+    settings = dict(name=name, storage=f"sqlite:///{tmp_path}/{name}.db", leak="0,0.2", sub="0,0.4", seeds="0,1")
+    return SearchConfig(**{**settings, **overrides})
+
+
+def complete_trials(study):
+    return study.get_trials(states=(TrialState.COMPLETE,))
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2x2 grid study with 2 seeds; shared by the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("finished")
+    config = small_search(tmp_path)
+    study = Search(config, SMALL_RUN, progress=False).run()
+    return config, study
+
+
+def test_every_trial_stores_each_seed_and_the_summary(finished):
+    config, study = finished
+    trials = complete_trials(study)
+    assert len(trials) == 4
+    for trial in trials:
+        records = seed_records(trial)
+        assert sorted(records) == [0, 1]
+        accs = [records[s]["val_acc"] for s in (0, 1)]
+        assert all(0.7 < a < 1 for a in accs)
+        assert trial.value == pytest.approx(statistics.fmean(accs))
+        assert trial.user_attrs["acc_std"] == pytest.approx(statistics.stdev(accs))
+        assert trial.user_attrs["worst_acc"] == min(accs)
+        assert trial.user_attrs["frac_trained"] == 1.0
+        assert trial.user_attrs["n_diverged"] == 0
+        assert [set(layer) for layer in trial.user_attrs["layers"]] == [{"mean", "std", "dead_frac", "dead_units"}]
+        # One activation picture per seed, uploaded as an artifact.
+        artifacts = [k for k in trial.system_attrs if k.startswith("artifacts:")]
+        assert len(artifacts) == 2
+    assert study.user_attrs[CONFIG_ATTR]["seeds"] == [0, 1]
+
+
+def test_grid_is_covered_once(finished):
+    _, study = finished
+    points = [(t.params["leak"], t.params["sub"], t.params["init_scale"]) for t in complete_trials(study)]
+    assert sorted(points) == [(0.0, 0.0, 1.0), (0.0, 0.4, 1.0), (0.2, 0.0, 1.0), (0.2, 0.4, 1.0)]
+
+
+def test_heatmap_data_matches_the_trials(finished, tmp_path):
+    _, study = finished
+    trials = trials_frame(study)
+    for metric, *_ in HEATMAP_METRICS:
+        tables = heatmap_tables(trials, metric)
+        assert list(tables) == [1.0]
+        table = tables[1.0]
+        assert list(table.index) == [0.0, 0.4] and list(table.columns) == [0.0, 0.2]
+        for _, row in trials.iterrows():
+            assert table.loc[row["sub"], row["leak"]] == pytest.approx(row[metric])
+    paths = draw_study(study, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(
+        [f"heatmap_{m}.png" for m, *_ in HEATMAP_METRICS] + ["lesson_settings_seeds.png"])
+    assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_heatmap_leaves_cells_without_trials_blank():
+    import pandas as pd
+    trials = pd.DataFrame({"init_scale": [1.0, 1.0, 2.0], "leak": [0.0, 0.1, 0.1], "sub": [0.0, 0.4, 0.0],
+                           "mean_val_acc": [0.8, 0.7, 0.6]})
+    tables = heatmap_tables(trials, "mean_val_acc")
+    assert tables[1.0].loc[0.0, 0.1] != tables[1.0].loc[0.0, 0.1]  # NaN: no trial at (leak .1, sub 0)
+    assert tables[2.0].loc[0.0, 0.1] == 0.6
+    assert np.isnan(tables[2.0].loc[0.4, 0.0])
+
+
+def test_range_samplers_are_binned_on_the_heatmap_axes():
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    trials = pd.DataFrame({"init_scale": rng.uniform(0.5, 2, 40), "leak": rng.uniform(0, 0.5, 40),
+                           "sub": rng.uniform(0, 0.9, 40), "mean_val_acc": rng.uniform(0.1, 0.9, 40)})
+    tables = heatmap_tables(trials, "mean_val_acc")
+    assert len(tables) == 5
+    assert all(t.shape[0] <= 5 and t.shape[1] <= 5 for t in tables.values())
+
+
+def test_rerun_adds_nothing_and_a_larger_target_adds_the_difference(tmp_path):
+    partial = small_search(tmp_path, n_trials=2)
+    study = Search(partial, SMALL_RUN, progress=False).run()
+    assert len(complete_trials(study)) == 2
+    study = Search(partial, SMALL_RUN, progress=False).run()  # the same command again
+    assert len(study.trials) == 2
+    study = Search(small_search(tmp_path, n_trials=3), SMALL_RUN, progress=False).run()
+    assert len(complete_trials(study)) == 3
+    study = Search(small_search(tmp_path), SMALL_RUN, progress=False).run()  # default: the whole grid
+    points = [(t.params["leak"], t.params["sub"]) for t in complete_trials(study)]
+    assert len(points) == 4 and len(set(points)) == 4
+
+
+def test_a_failed_grid_point_is_retried(tmp_path):
+    config = small_search(tmp_path, n_trials=1)
+    study = Search(config, SMALL_RUN, progress=False).run()
+    done = complete_trials(study)[0].params
+    # A crashed worker leaves a FAIL trial at another grid point.
+    study.enqueue_trial({"init_scale": 1.0, "leak": 0.2 if done["leak"] == 0 else 0.0, "sub": done["sub"]})
+    trial = study.ask()
+    trial.suggest_categorical("leak", [0.0, 0.2])
+    study.tell(trial, state=TrialState.FAIL)
+    study = Search(small_search(tmp_path), SMALL_RUN, progress=False).run()
+    points = {(t.params["leak"], t.params["sub"]) for t in complete_trials(study)}
+    assert len(complete_trials(study)) == 4 and len(points) == 4
+
+
+def test_changed_configuration_is_refused_without_touching_the_database(finished):
+    config, study = finished
+    db = config.storage_url().removeprefix("sqlite:///")
+    from pathlib import Path
+    before = digest(Path(db))
+    other_lr = RunConfig(model=SMALL_RUN.model, optim=OptimConfig(lr=0.1))
+    with pytest.raises(BadInput, match="optim.lr: stored 0.05, asked 0.1"):
+        Search(config, other_lr, progress=False).run()
+    with pytest.raises(BadInput, match="space.sub: stored 0,0.4, asked 0,0.7"):
+        Search(SearchConfig(**{**config.__dict__, "sub": "0,0.7"}), SMALL_RUN, progress=False).run()
+    assert digest(Path(db)) == before
+
+
+def test_diverged_settings_complete_with_chance_accuracy(tmp_path):
+    config = small_search(tmp_path, leak="0.1", sub="0", init_scale="10")
+    study = Search(config, RunConfig(model=SMALL_RUN.model, optim=OptimConfig(lr=5.0)), progress=False).run()
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["n_diverged"] == 2 and trial.user_attrs["frac_trained"] == 0
+    assert all(r["diverged"] for r in seed_records(trial).values())
+    assert trial.value < 0.2
+
+
+def test_stability_objective_is_a_pareto_study(tmp_path):
+    config = small_search(tmp_path, sampler="random", leak="0:0.3", sub="0,0.4", n_trials=2, objective="stability")
+    study = Search(config, SMALL_RUN, progress=False).run()
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for trial in complete_trials(study):
+        assert trial.values == [trial.user_attrs["mean_val_acc"], trial.user_attrs["acc_std"]]
+        assert 0 <= trial.params["leak"] <= 0.3
+    assert study.best_trials
+
+
+def test_seed_frame_lists_every_seed(finished):
+    _, study = finished
+    seeds = seed_frame(study)
+    assert len(seeds) == 8 and sorted(seeds["seed"].unique()) == [0, 1]
+
+
+def test_heatmaps_command_redraws_a_stored_study(finished, tmp_path):
+    config, _ = finished
+    proc = run_cli("heatmaps", "--name", config.name, "--storage", config.storage_url(), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "heatmap_worst_acc.png").exists()
+
+
+def test_load_existing_study_names_what_is_there(finished, tmp_path):
+    config, _ = finished
+    with pytest.raises(BadInput, match="no study 'nope'.*holds: s"):
+        load_existing_study(SearchConfig(name="nope", storage=config.storage_url()))
+    with pytest.raises(BadInput, match="no study database"):
+        load_existing_study(SearchConfig(name="x", storage=f"sqlite:///{tmp_path}/none.db"))
+
+
+SEARCH_BAD_INPUTS = [
+    (["--sampler", "bayes"], "invalid choice: 'bayes'"),
+    (["--sampler", "tpe", "--leak", "0.5:0.1"], "empty or inverted"),
+    (["--sampler", "tpe", "--leak", "0.2:0.2"], "empty or inverted"),
+    (["--leak", "0:0.5"], "grid sampler needs lists"),
+    (["--leak", "0,1"], "--leak values must be in [0, 1)"),
+    (["--leak", "0,,1"], "give a list like"),
+    (["--seeds", "0,one"], "--seeds '0,one'"),
+    (["--seeds", "1,1"], "distinct"),
+    (["--n-trials", "0"], "--n-trials must be >= 1"),
+    (["--n-trials", "99"], "exceeds the grid's 25 points"),
+    (["--init-scale", "0,1"], "--init-scale values must be positive"),
+    (["--sub", "0:1:log", "--sampler", "tpe"], "only --init-scale may be a log range"),
+    (["--storage", "nosuchdb://x/y"], "cannot open storage nosuchdb://x/y"),
+    (["--name", "a/b"], "--name 'a/b'"),
+    (["--lr", "-1"], "--lr must be positive"),
+]
+
+
+@pytest.mark.parametrize("flags, message", SEARCH_BAD_INPUTS, ids=[m for _, m in SEARCH_BAD_INPUTS])
+def test_search_bad_input_is_one_line_exit_2_and_creates_nothing(flags, message, tmp_path):
+    proc = run_cli("search", *flags, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_study_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli("search", "--storage", f"sqlite:///{blocker}/sub/x.db", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot create" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_damaged_database_is_refused_and_left_as_it_was(tmp_path):
+    db = tmp_path / "studies" / "quick.db"
+    db.parent.mkdir()
+    db.write_bytes(b"garbage, not sqlite" * 100)
+    before = digest(db)
+    proc = run_cli("search", "--model", "mlp", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a readable SQLite database" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert digest(db) == before
