@@ -124,6 +124,7 @@ def open_study(search: SearchConfig, run: RunConfig, storage: optuna.storages.RD
         return study
     study = optuna.create_study(study_name=search.name, storage=storage, directions=directions,
                                 sampler=_sampler(search))
+    study.set_metric_names(["mean_val_acc", "acc_std"][:len(directions)])  # shown by the dashboard
     study.set_user_attr(CONFIG_ATTR, wanted)
     return study
 

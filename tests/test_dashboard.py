@@ -1,0 +1,78 @@
+"""optuna-dashboard on a finished study: its API lists the trials and the page renders in Chromium."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
+from study.search import Search
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1280,900", "--virtual-time-budget=15000"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """A finished two-trial study and a dashboard serving it on a free loopback port."""
+    config = SearchConfig(name="dash", storage=f"sqlite:///{tmp_path}/dash.db", leak="0,0.1", sub="0.4", seeds="0")
+    Search(config, RunConfig(model=ModelConfig(model="mlp", widths=(32,)), optim=OptimConfig(lr=0.05)),
+           progress=False).run()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "study", "dashboard", "--name", "dash", "--storage",
+                               config.storage_url(), "--port", str(port)], cwd=tmp_path,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_dashboard_serves_the_study_and_its_page_renders(dashboard, tmp_path):
+    base, server = dashboard
+    studies = get_json(f"{base}/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["dash"]
+    detail = get_json(f"{base}/api/studies/{studies[0]['study_id']}")
+    assert len(detail["trials"]) == 2
+    assert all(t["state"] == "Complete" for t in detail["trials"])
+    assert server.stdout.readline().strip().endswith(f"{base}/dashboard")
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed for this test: scripts/test.sh installs it"
+    shot = tmp_path / "study_page.png"  # kept by pytest under its basetemp for a look
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", f"{base}/dashboard/studies/{studies[0]['study_id']}"],
+                   check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert pixels.std() > 0.05, "the page is blank"
+    assert len(colours) > 50, "the page shows too little to be the study's charts"
