@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-echo "== one training run: the lesson CNN with GeneralRelu(.1, .4), seed 0, one epoch"
-mkdir -p studies
-.venv/bin/python -m study train --model cnn --leak 0.1 --sub 0.4 --seed 0 --epochs 1 | tee studies/first-run.txt
-echo "== result saved in studies/first-run.txt"
+echo "== the quick study: lesson CNN, leak {0,.05,.1,.2,.5} x sub {0,.2,.4,.7,.9}, seeds 0,1,2, one epoch"
+.venv/bin/python -m study search
+echo "== results: studies/quick.db (Optuna storage) and the pictures in studies/quick/"
+echo "   browse the trials: .venv/bin/python -m study dashboard --name quick"

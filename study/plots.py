@@ -134,7 +134,7 @@ def save_lesson_strip(seed_accs: pd.DataFrame, out_dir: Path) -> Path | None:
     ax.set_xlabel("(leak, sub) x init_scale")
     ax.set_ylabel("validation accuracy, one dot per seed")
     ax.set_title("The lesson's settings, seed by seed")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     path = out_dir / "lesson_settings_seeds.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
