@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(search, ModelConfig, skip=SEARCHED, defaults=QUICK_STUDY)
     add_config_flags(search, OptimConfig, defaults=QUICK_STUDY)
     add_config_flags(search, TrainConfig, skip=("seed",))
+    search.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     search.set_defaults(handler=run_search)
 
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
@@ -148,17 +149,27 @@ def run_search(args: argparse.Namespace) -> int:
     search_config = config_from_flags(SearchConfig, args)
     # The searched fields (init_scale, leak, sub) are SearchConfig's spaces here, set per trial.
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
-    from study import plots, results, search
+    from study import plots, results, search, workers
 
+    runner = search.Search(search_config, run_config, progress=sys.stderr.isatty() and not args.worker)
     try:
-        study = search.Search(search_config, run_config, progress=sys.stderr.isatty()).run()
+        study = runner.open()
+        if args.worker or (search_config.workers == 1 and search_config.gpus is None):
+            runner.work(study)
+        else:
+            code = workers.run_workers(workers.worker_commands(args.argv[1:], search_config))
+            if code:
+                print(f"{PROG}: a worker stopped with exit code {code}; run the same command again to continue",
+                      file=sys.stderr)
+                return code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to continue:\n  {_resume_command()}",
+        print(f"{PROG}: interrupted; run the same command again to continue:\n  {' '.join([PROG, *args.argv])}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    paths = search.study_paths(search_config)
+    if args.worker:
+        return 0
     print(results.summary_table(study))
-    pictures = plots.draw_study(study, paths.out_dir)
+    pictures = plots.draw_study(study, runner.paths.out_dir)
     print("\nheatmaps: " + ", ".join(str(p) for p in pictures))
     print(f"dashboard: {PROG} dashboard --name {search_config.name}"
           + (f" --storage {search_config.storage}" if search_config.storage else ""))
@@ -183,10 +194,6 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume_command() -> str:
-    return " ".join([PROG, *sys.argv[1:]])
-
-
 def format_result(result) -> str:
     model, optim, run = result.config["model"], result.config["optim"], result.config["train"]
     status = f"DIVERGED at step {result.diverged_step}" if result.diverged else "trained"
@@ -207,7 +214,9 @@ def format_result(result) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # workers and the resume hint repeat the command as given
     try:
         return args.handler(args)
     except BadInput as e:

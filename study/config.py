@@ -242,7 +242,17 @@ class SearchConfig:
         default=0.5,  # chance is 0.1; a run below 0.5 after training has not learnt the task
         metadata=_help("validation accuracy above which a seed counts as trained"),
     )
-    workers: int = field(default=1, metadata=_help("worker processes on this study"))
+    workers: int = field(default=1, metadata=_help("worker processes on this study (this machine)"))
+    gpus: str | None = field(
+        default=None, metadata=_help("comma-separated GPU indices: one worker per GPU, e.g. 0,1,2,3"))
+    heartbeat_seconds: int = field(
+        default=10,  # one small UPDATE per worker every 10 s
+        metadata=_help("how often a running trial says it is alive"),
+    )
+    grace_seconds: int = field(
+        default=60,  # a killed worker's trial is failed and retried about a minute later
+        metadata=_help("a RUNNING trial silent this long is failed and its setting retried"),
+    )
 
     def __post_init__(self):
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
@@ -255,8 +265,15 @@ class SearchConfig:
             raise BadInput(f"--n-trials must be >= 1, got {self.n_trials}")
         if not 0 < self.train_threshold < 1:
             raise BadInput(f"--train-threshold must be in (0, 1), got {self.train_threshold}")
-        if self.workers != 1:
-            raise BadInput("--workers: only 1 worker is supported so far; start more commands on the same study later")
+        if self.workers < 1:
+            raise BadInput(f"--workers must be >= 1, got {self.workers}")
+        if self.gpus is not None:
+            self.gpu_list()
+        if self.heartbeat_seconds < 1:
+            raise BadInput(f"--heartbeat-seconds must be >= 1, got {self.heartbeat_seconds}")
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise BadInput(f"--grace-seconds ({self.grace_seconds}) must exceed --heartbeat-seconds "
+                           f"({self.heartbeat_seconds})")
         spaces = self.spaces()  # parses and checks every space
         if self.sampler == "grid":
             ranged = [s.name for s in spaces if s.choices is None]
@@ -278,6 +295,15 @@ class SearchConfig:
         if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
             raise BadInput(f"--seeds {self.seeds!r}: seeds must be distinct non-negative integers")
         return seeds
+
+    def gpu_list(self) -> tuple[int, ...]:
+        try:
+            gpus = tuple(int(g) for g in (self.gpus or "").split(","))
+        except ValueError:
+            raise BadInput(f"--gpus {self.gpus!r}: give comma-separated GPU indices like 0,1") from None
+        if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+            raise BadInput(f"--gpus {self.gpus!r}: GPU indices must be distinct and >= 0")
+        return gpus
 
     def grid_size(self) -> int:
         return math.prod(len(s.choices) for s in self.spaces())

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import statistics
 import tempfile
+import time
 import warnings
-from contextlib import closing
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta, upload_artifact
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm.auto import tqdm
@@ -34,11 +34,12 @@ from study.config import SEARCHED, ModelConfig, RunConfig, SearchConfig, TrainCo
 from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
+from study.storage import open_storage, prepare_for_workers, sqlite_path
 from study.train import TrainResult, resolve_device, train
 
 CONFIG_ATTR = "initstudy_config"
-HEARTBEAT_SECONDS = 60  # a RUNNING trial whose process stops beating for GRACE_SECONDS is failed
-GRACE_SECONDS = 180
+MAX_FAILS_PER_SETTING = 3  # a setting that failed this often (a bug, not a crash) is not retried again
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,11 +59,6 @@ def study_paths(search: SearchConfig) -> Paths:
     db = sqlite_path(search.storage_url())
     base = (db.parent if db is not None else Path("studies")) / search.name
     return Paths(out_dir=base, artifacts=base / "artifacts")
-
-
-def sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    return Path(url[len(prefix):]) if url.startswith(prefix) else None
 
 
 def study_config(search: SearchConfig, run: RunConfig) -> dict:
@@ -97,35 +93,36 @@ def config_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str
     return differences
 
 
-def open_storage(search: SearchConfig) -> optuna.storages.RDBStorage:
-    url = search.storage_url()
-    db = sqlite_path(url)
-    if db is not None:
-        _check_sqlite_file(db)
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
-    except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
-        raise BadInput(f"cannot open storage {url}: {_first_line(e)}") from e
-
-
 def open_study(search: SearchConfig, run: RunConfig, storage: optuna.storages.RDBStorage) -> optuna.Study:
-    """Load the study named `search.name` (refusing a different configuration) or create it."""
+    """Load the study named `search.name` (refusing a different configuration) or create it.
+
+    Several commands may start on one new study at once: the one that loses the race to create it
+    loads it, and waits briefly for the winner to store the configuration.
+    """
     wanted = study_config(search, run)
     directions = ["maximize", "minimize"] if search.objective == "stability" else ["maximize"]
-    if search.name in optuna.get_all_study_names(storage):
-        study = optuna.load_study(study_name=search.name, storage=storage, sampler=_sampler(search))
+    if search.name not in optuna.get_all_study_names(storage):
+        try:
+            study = optuna.create_study(study_name=search.name, storage=storage, directions=directions,
+                                        sampler=_sampler(search))
+            study.set_metric_names(["mean_val_acc", "acc_std"][:len(directions)])  # shown by the dashboard
+            study.set_user_attr(CONFIG_ATTR, wanted)
+            return study
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    study = optuna.load_study(study_name=search.name, storage=storage, sampler=_sampler(search))
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    for _ in range(20):
+        if stored is not None or study.trials:
+            break
+        time.sleep(0.5)  # a racing command created the study and is about to store its configuration
         stored = study.user_attrs.get(CONFIG_ATTR)
-        if stored is None:
-            raise BadInput(f"study {search.name!r} in {search.storage_url()} was not made by initstudy: use another --name")
-        differences = config_differences(stored, wanted)
-        if differences:
-            raise BadInput(f"study {search.name!r} was run with another configuration ({'; '.join(differences)}): "
-                           "run it with its own flags, or use another --name")
-        return study
-    study = optuna.create_study(study_name=search.name, storage=storage, directions=directions,
-                                sampler=_sampler(search))
-    study.set_metric_names(["mean_val_acc", "acc_std"][:len(directions)])  # shown by the dashboard
-    study.set_user_attr(CONFIG_ATTR, wanted)
+    if stored is None:
+        raise BadInput(f"study {search.name!r} in {search.storage_url()} was not made by initstudy: use another --name")
+    differences = config_differences(stored, wanted)
+    if differences:
+        raise BadInput(f"study {search.name!r} was run with another configuration ({'; '.join(differences)}): "
+                       "run it with its own flags, or use another --name")
     return study
 
 
@@ -137,27 +134,42 @@ def grid_points(search: SearchConfig) -> list[dict[str, float]]:
     return points
 
 
-def enqueue_missing_grid_points(study: optuna.Study, search: SearchConfig) -> int:
-    """Queue grid points that no COMPLETE, RUNNING or WAITING trial holds, as many as the target
-    still needs (in `grid_points` order).
+def point_of(trial: optuna.trial.FrozenTrial) -> tuple:
+    """A trial's setting (init_scale, leak, sub); a WAITING trial's comes from its queued params."""
+    params = trial.system_attrs.get("fixed_params", trial.params)
+    return tuple(params.get(name) for name in SEARCHED)
 
-    Optuna's GridSampler would count FAIL trials as visited; this retries them. Returns how many
-    points were queued.
+
+def requeue(study: optuna.Study, search: SearchConfig) -> int:
+    """Queue the settings the study still needs and no live (COMPLETE, RUNNING, WAITING) trial holds,
+    as many as the target leaves room for. Returns how many were queued.
+
+    Grid: every grid point (in `grid_points` order). Other samplers: the settings of FAIL trials,
+    so a crashed or interrupted trial is retried with the same setting. Optuna's GridSampler would
+    count FAIL trials as visited; this retries them. A setting that failed MAX_FAILS_PER_SETTING
+    times is not queued again.
     """
-    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
-    held = set()
-    for trial in live:
-        params = trial.system_attrs.get("fixed_params", trial.params)
-        held.add(tuple(params.get(name) for name in SEARCHED))
-    missing = [p for p in grid_points(search) if tuple(p[name] for name in SEARCHED) not in held]
+    trials = study.get_trials(deepcopy=False)
+    live = [t for t in trials if t.state in LIVE]
+    held = {point_of(t) for t in live}
+    fails = Counter(point_of(t) for t in trials if t.state == TrialState.FAIL)
+    if search.sampler == "grid":
+        candidates = [tuple(p[name] for name in SEARCHED) for p in grid_points(search)]
+    else:
+        candidates = list(dict.fromkeys(point_of(t) for t in trials if t.state == TrialState.FAIL))
+    missing = [p for p in candidates if p not in held and fails[p] < MAX_FAILS_PER_SETTING]
     wanted = missing[:max(search.target_trials() - len(live), 0)]
     for point in wanted:
-        study.enqueue_trial(point)
+        study.enqueue_trial(dict(zip(SEARCHED, point)))
     return len(wanted)
 
 
+def count_states(study: optuna.Study) -> Counter:
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
 def n_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return count_states(study)[TrialState.COMPLETE]
 
 
 def suggest(trial: optuna.Trial, search: SearchConfig) -> dict[str, float]:
@@ -221,7 +233,8 @@ def trial_note(params: dict, records: dict[int, dict], summary: dict, threshold:
 
 
 class Search:
-    """Runs one study to its target; `run()` returns the study."""
+    """Runs one study to its target: `open()` checks and opens the study, `work()` trains trials
+    until the study holds its target of COMPLETE trials; `run()` does both."""
 
     def __init__(self, search: SearchConfig, run: RunConfig, progress: bool = True):
         self.search, self.run_config, self.progress = search, run, progress
@@ -229,43 +242,69 @@ class Search:
         self.paths = study_paths(search)
 
     def run(self) -> optuna.Study:
-        device = resolve_device(self.run_config.train.device)
-        data = load_fashion_mnist(self.run_config.data, device)  # a bad data dir fails before any storage
+        return self.work(self.open())
+
+    def open(self) -> optuna.Study:
+        """Everything that can refuse the command, before anything is written, then the study."""
+        self.data = load_fashion_mnist(self.run_config.data, resolve_device(self.run_config.train.device))
         db = sqlite_path(self.search.storage_url())
         if db is not None:
             _make_dir(db.parent)
-        storage = open_storage(self.search)
-        study = open_study(self.search, self.run_config, storage)
-        _make_dir(self.paths.artifacts)  # only once the study is known to be good
-        optuna.storages.fail_stale_trials(study)
-        target = self.search.target_trials()
-        done = n_complete(study)
-        if done >= target:
-            return study
-        if self.search.sampler == "grid":
-            enqueue_missing_grid_points(study, self.search)
+        self.storage = open_storage(self.search.storage_url(), self.search.heartbeat_seconds,
+                                    self.search.grace_seconds)
+        study = open_study(self.search, self.run_config, self.storage)
+        prepare_for_workers(self.search.storage_url())  # only once the study is known to be good
+        _make_dir(self.paths.artifacts)
+        return study
 
+    def work(self, study: optuna.Study) -> optuna.Study:
         self.store = FileSystemArtifactStore(str(self.paths.artifacts))
-        self.data = data
-        self.bar = tqdm(total=target * len(self.seeds), initial=done * len(self.seeds), unit="run",
-                        desc="study", disable=not self.progress, dynamic_ncols=True)
+        target = self.search.target_trials()
+        self.bar = tqdm(total=target * len(self.seeds), initial=min(n_complete(study), target) * len(self.seeds),
+                        unit="run", desc="study", disable=not self.progress, dynamic_ncols=True)
         try:
-            study.optimize(self._objective, n_trials=target - done,
-                           callbacks=[optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE,))])
+            while self._next_step(study, target):
+                study.optimize(self._objective, n_trials=1)
+                self.bar.n = max(self.bar.n, min(n_complete(study), target) * len(self.seeds))
+                self.bar.refresh()
         finally:
             self.bar.close()
         return study
 
+    def _next_step(self, study: optuna.Study, target: int) -> bool:
+        """True when this worker should run a trial now; False when the study is done. Waits while
+        the settings left are held by RUNNING trials (other workers, or a killed one not yet stale)."""
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            requeue(study, self.search)
+            states = count_states(study)
+            complete, running, waiting = (states[s] for s in (TrialState.COMPLETE, TrialState.RUNNING,
+                                                              TrialState.WAITING))
+            if complete >= target:
+                return False
+            if waiting or (self.search.sampler != "grid" and complete + running < target):
+                return True
+            if not running:
+                raise BadInput(f"study {self.search.name!r} cannot reach {target} COMPLETE trials: settings "
+                               f"failed {MAX_FAILS_PER_SETTING} times each are not retried; see its FAIL trials")
+            time.sleep(min(self.search.heartbeat_seconds, 5))
+
     def _objective(self, trial: optuna.Trial):
         params = suggest(trial, self.search)
+        if self._held_elsewhere(trial, params):
+            raise optuna.TrialPruned("another trial holds this setting")  # a race between workers
+        stored = stored_seed_results(trial.study, self.storage, params)
         records: dict[int, dict] = {}
         for seed in self.seeds:
             self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
                                      f"sub {params['sub']:.3g} seed {seed}")
-            result = train(self._run_config(params, seed), self.data)
-            records[seed] = seed_record(result)
-            trial.set_user_attr(f"seed_{seed}", records[seed])  # kept even if a later seed is interrupted
-            self._upload_pictures(trial, result, params, seed)
+            if seed in stored:
+                records[seed] = self._reuse(trial, stored[seed], seed)
+            else:
+                result = train(self._run_config(params, seed), self.data)
+                records[seed] = seed_record(result)
+                trial.set_user_attr(f"seed_{seed}", records[seed])  # kept even if a later seed is interrupted
+                self._upload_pictures(trial, result, params, seed)
             self.bar.update()
 
         summary = summarise(records, self.search.train_threshold)
@@ -276,6 +315,30 @@ class Search:
         if self.search.objective == "stability":
             return summary["mean_val_acc"], summary["acc_std"]
         return summary["mean_val_acc"]
+
+    def _held_elsewhere(self, trial: optuna.Trial, params: dict) -> bool:
+        """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's setting.
+        Only grid points and retries must be unique; a sampler may choose to repeat a setting."""
+        trials = trial.study.get_trials(deepcopy=False)
+        this = next(t for t in trials if t.number == trial.number)
+        if self.search.sampler != "grid" and "fixed_params" not in this.system_attrs:
+            return False
+        point = tuple(params[name] for name in SEARCHED)
+        return any(point_of(t) == point and (t.state == TrialState.COMPLETE or
+                                             (t.state == TrialState.RUNNING and t.number < trial.number))
+                   for t in trials)
+
+    def _reuse(self, trial: optuna.Trial, stored: "StoredSeed", seed: int) -> dict:
+        """A seed finished by an earlier, failed trial of the same setting: its record and picture."""
+        record = {**stored.record, "reused_from": stored.trial_number}
+        trial.set_user_attr(f"seed_{seed}", record)
+        if stored.artifact_id is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"activations_seed{seed}.png"
+                download_artifact(artifact_store=self.store, artifact_id=stored.artifact_id, file_path=str(path))
+                upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
+                                mimetype="image/png")
+        return record
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:
         model: ModelConfig = replace(self.run_config.model, **params)
@@ -297,6 +360,31 @@ class Search:
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
 
 
+@dataclass
+class StoredSeed:
+    record: dict
+    trial_number: int
+    artifact_id: str | None  # its activation picture
+
+
+def stored_seed_results(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                        params: dict) -> dict[int, StoredSeed]:
+    """Seeds that FAIL trials of this setting finished before they stopped (the latest wins)."""
+    point = tuple(params[name] for name in SEARCHED)
+    stored = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if point_of(trial) != point:
+            continue
+        pictures = {meta.filename: meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage)}
+        for key, record in trial.user_attrs.items():
+            if not key.startswith("seed_"):
+                continue
+            seed = int(key.removeprefix("seed_"))
+            first_run = record.get("reused_from", trial.number)  # where the seed was really trained
+            clean = {k: v for k, v in record.items() if k != "reused_from"}
+            stored[seed] = StoredSeed(clean, first_run, pictures.get(f"activations_seed{seed}.png"))
+    return stored
+
 
 def _sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     # Grid points are enqueued (enqueue_missing_grid_points), so the sampler of a grid study is
@@ -315,30 +403,12 @@ def _make_dir(directory: Path) -> None:
         raise BadInput(f"cannot create {directory}: {e.strerror}; choose a writable place") from e
 
 
-def _check_sqlite_file(db: Path) -> None:
-    """Refuse, before Optuna writes anything, a path that is a directory or a file that is not SQLite."""
-    if db.is_dir():
-        raise BadInput(f"{db} is a directory, not a SQLite file: pass --storage sqlite:///path/to/file.db")
-    if db.exists():
-        try:
-            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-                conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as e:
-            raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another --name") from e
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-
 def load_existing_study(search: SearchConfig) -> optuna.Study:
     """A stored study, for reading; BadInput naming the studies there when it is absent."""
     db = sqlite_path(search.storage_url())
     if db is not None and not db.is_file():
         raise BadInput(f"no study database at {db}: run '{'python -m study search'} --name {search.name}' first")
-    storage = open_storage(search)
+    storage = open_storage(search.storage_url())
     names = optuna.get_all_study_names(storage)
     if search.name not in names:
         raise BadInput(f"no study {search.name!r} in {search.storage_url()} (it holds: {', '.join(names) or 'none'})")

@@ -1,0 +1,97 @@
+"""Opening an Optuna RDB storage so that many workers share it and nothing stored is damaged.
+
+SQLite: before anything writes, the file is checked read-only (`PRAGMA quick_check`) and its
+directory for writability, so a bad path fails with one line and leaves the file as it was. Once
+the study is known to be good, `prepare_for_workers` switches the database to WAL journal mode
+(readers such as the dashboard never block writers) and every transaction starts with
+`BEGIN IMMEDIATE` under a long busy timeout: a writer waits for the lock instead of failing with
+"database is locked" when it would otherwise upgrade a read transaction mid-way.
+
+Any other URL (PostgreSQL for many machines) is passed to Optuna unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import optuna
+from sqlalchemy import event
+
+from study.errors import BadInput
+
+SQLITE_PREFIX = "sqlite:///"
+BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url[len(SQLITE_PREFIX):]) if url.startswith(SQLITE_PREFIX) else None
+
+
+def open_storage(url: str, heartbeat_seconds: int | None = None,
+                 grace_seconds: int | None = None) -> optuna.storages.RDBStorage:
+    """The storage at `url`, checked first where it is a SQLite file. Raises BadInput."""
+    db = sqlite_path(url)
+    engine_kwargs = {}
+    if db is not None:
+        check_sqlite_file(db)
+        engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_SECONDS}}
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                                             grace_period=grace_seconds)
+    except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
+        raise BadInput(f"cannot open storage {url}: {first_line(e)}") from e
+    if db is not None:
+        _begin_immediate(storage)
+    return storage
+
+
+def prepare_for_workers(url: str) -> None:
+    """WAL journal mode for a SQLite database (persistent in the file); nothing for other storages."""
+    db = sqlite_path(url)
+    if db is not None:
+        with closing(sqlite3.connect(db, timeout=BUSY_TIMEOUT_SECONDS)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+
+
+def check_sqlite_file(db: Path) -> None:
+    """Refuse, before Optuna writes anything, a path that cannot hold a healthy SQLite database."""
+    if db.is_dir():
+        raise BadInput(f"{db} is a directory, not a SQLite file: pass --storage sqlite:///path/to/file.db")
+    directory = db.parent if str(db.parent) else Path(".")
+    if directory.is_dir() and not os.access(directory, os.W_OK):
+        raise BadInput(f"{directory} is not writable (SQLite writes its journal there): "
+                       "make it writable or choose another --storage")
+    if db.exists():
+        if not os.access(db, os.R_OK | os.W_OK):
+            raise BadInput(f"{db} is not readable and writable by this user")
+        try:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                result = conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another --name") from e
+        if result is None or result[0] != "ok":
+            raise BadInput(f"{db} is damaged (SQLite quick_check: {result[0] if result else 'no answer'}): "
+                           "restore it from a copy, or move it away and use another --name")
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _begin_immediate(storage: optuna.storages.RDBStorage) -> None:
+    """Make every SQLite transaction take the write lock at its start (see the module docstring)."""
+    engine = storage.engine
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None  # pysqlite would otherwise BEGIN (deferred) itself
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna checked the schema lack the hooks

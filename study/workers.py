@@ -1,0 +1,41 @@
+"""Several worker processes on one study: `--workers W` on this machine, or `--gpus 0,1` (one per GPU).
+
+Each worker is the same `search` command run as a plain worker (`--worker`), so workers started
+here behave exactly like independent commands started by hand on this or another machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Sequence
+
+from study.config import SearchConfig
+
+WORKER_FLAG = "--worker"
+
+
+def worker_commands(argv: Sequence[str], search: SearchConfig) -> list[list[str]]:
+    """The command of each worker. argv: the `search` arguments as the user gave them.
+
+    Later flags override earlier ones in argparse, so a worker's own settings are appended.
+    """
+    base = [sys.executable, "-m", "study", "search", *argv, WORKER_FLAG]
+    if search.gpus is not None:
+        return [[*base, "--device", f"cuda:{gpu}"] for gpu in search.gpu_list()]
+    return [list(base) for _ in range(search.workers)]
+
+
+def run_workers(commands: list[list[str]]) -> int:
+    """Start every worker, wait for all; the first non-zero exit code, else 0.
+
+    Ctrl-C reaches the workers too (same process group): each marks its running trial FAIL and stops.
+    """
+    processes = [subprocess.Popen(command) for command in commands]
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:
+        for p in processes:
+            p.wait()
+        raise
+    return next((code for code in codes if code != 0), 0)
