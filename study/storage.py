@@ -68,13 +68,25 @@ def check_sqlite_file(db: Path) -> None:
         if not os.access(db, os.R_OK | os.W_OK):
             raise BadInput(f"{db} is not readable and writable by this user")
         try:
-            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            with closing(sqlite3.connect(_read_only_uri(db), uri=True)) as conn:
                 result = conn.execute("PRAGMA quick_check").fetchone()
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
             raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another --name") from e
         if result is None or result[0] != "ok":
             raise BadInput(f"{db} is damaged (SQLite quick_check: {result[0] if result else 'no answer'}): "
                            "restore it from a copy, or move it away and use another --name")
+        if tables and "version_info" not in tables:
+            raise BadInput(f"{db} is a SQLite database of something else (tables: {', '.join(sorted(tables)[:3])}): "
+                           "it is left alone; choose another --storage")
+
+
+def _read_only_uri(db: Path) -> str:
+    """A URI that opens `db` without writing a byte. With no -wal file beside it nobody has it open
+    in WAL mode, and `immutable` keeps SQLite from creating -wal and -shm files; with one, those
+    files exist already and a plain read-only connection adds nothing."""
+    wal = db.with_name(db.name + "-wal")
+    return f"file:{db}?mode=ro" + ("" if wal.exists() else "&immutable=1")
 
 
 def first_line(error: Exception) -> str:

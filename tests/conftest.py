@@ -30,3 +30,16 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.Co
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 2, one line on stderr naming the problem, no traceback, nothing on stdout."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in lines[0], lines[0]
+    assert proc.stdout == ""
+
+
+# A study small enough for process-level tests: a 16-unit MLP, one epoch, statistics every 10 steps.
+TINY = ["--model", "mlp", "--widths", "16", "--lr", "0.05", "--stats-every", "10"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 
 def test_train_json_prints_one_object_with_the_result():
@@ -64,13 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(flags, message, tmp_path, request):
         flags = ["--data-dir", str(tmp_path)]
     elif flags == "truncated":
         flags = ["--data-dir", truncated_data_dir(request.getfixturevalue("data_copy"))]
-    proc = run_cli("train", "--model", "mlp", *flags)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert message in lines[0]
-    assert proc.stdout == ""
+    assert_one_line_error(run_cli("train", "--model", "mlp", *flags), message)
 
 
 def test_no_command_is_one_line_and_exit_2():

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
 from study.errors import BadInput
 from study.plots import HEATMAP_METRICS, draw_study, heatmap_tables
@@ -205,20 +205,15 @@ SEARCH_BAD_INPUTS = [
 
 @pytest.mark.parametrize("flags, message", SEARCH_BAD_INPUTS, ids=[m for _, m in SEARCH_BAD_INPUTS])
 def test_search_bad_input_is_one_line_exit_2_and_creates_nothing(flags, message, tmp_path):
-    proc = run_cli("search", *flags, cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert message in lines[0]
+    assert_one_line_error(run_cli("search", *flags, cwd=tmp_path), message)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_study_directory_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = run_cli("search", "--storage", f"sqlite:///{blocker}/sub/x.db", cwd=tmp_path)
-    assert proc.returncode == 2 and "cannot create" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert_one_line_error(run_cli("search", "--storage", f"sqlite:///{blocker}/sub/x.db", cwd=tmp_path),
+                          "cannot create")
 
 
 def test_damaged_database_is_refused_and_left_as_it_was(tmp_path):
@@ -226,7 +221,5 @@ def test_damaged_database_is_refused_and_left_as_it_was(tmp_path):
     db.parent.mkdir()
     db.write_bytes(b"garbage, not sqlite" * 100)
     before = digest(db)
-    proc = run_cli("search", "--model", "mlp", cwd=tmp_path)
-    assert proc.returncode == 2 and "not a readable SQLite database" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert_one_line_error(run_cli("search", "--model", "mlp", cwd=tmp_path), "not a readable SQLite database")
     assert digest(db) == before

@@ -1,0 +1,157 @@
+"""Bad input and damaged files never touch a stored study: one line, exit 2, the database byte-for-byte
+as it was. Each case runs the real command against an existing study (or a damaged copy of one)."""
+
+import gzip
+import hashlib
+import os
+import shutil
+import socket
+import sqlite3
+
+import pytest
+
+from conftest import ROOT, TINY, assert_one_line_error, run_cli
+from study.errors import BadInput
+from study.storage import check_sqlite_file
+
+GRID = ["--leak", "0,0.2", "--sub", "0", "--seeds", "0"]
+
+
+def tree_digest(directory) -> str:
+    """Every file below `directory` (the database, its journal, the artifacts), names and bytes."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(directory)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A finished two-trial study in <dir>/studies/base.db."""
+    home = tmp_path_factory.mktemp("stored")
+    proc = run_cli("search", "--name", "base", *TINY, *GRID, cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    return home
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def empty_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return str(tmp_path / "empty")
+
+
+def truncated_data(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        shutil.copy(f"/usr/share/datasets/fashion-mnist/{name}.gz", data)
+    labels = data / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-100]))
+    return str(data)
+
+
+# (extra flags, or a function of tmp_path giving them; the message's key words)
+AGAINST_THE_STORED_STUDY = [
+    (["--leak", "0,1"], "--leak values must be in [0, 1)"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "many"], "argument --batch-size: expected an integer"),
+    (["--init-scale", "-1"], "--init-scale values must be positive"),
+    (["--sampler", "bayes"], "invalid choice: 'bayes'"),
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--n-trials", "0"], "--n-trials must be >= 1"),
+    (["--seeds", "0,a"], "--seeds '0,a'"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--gpus", "0,x"], "--gpus '0,x'"),
+    (["--heartbeat-seconds", "30", "--grace-seconds", "10"], "must exceed --heartbeat-seconds"),
+    (["--sub", "0,0.4"], "space.sub: stored 0, asked 0,0.4"),
+    (["--lr", "0.1"], "optim.lr: stored 0.05, asked 0.1"),
+    (["--epochs", "2"], "optim.epochs: stored 1, asked 2"),
+    (lambda tmp: ["--data-dir", empty_dir(tmp)], "4 FashionMNIST files missing"),
+    (lambda tmp: ["--data-dir", truncated_data(tmp)], "t10k-labels-idx1-ubyte.gz is truncated"),
+]
+
+
+@pytest.mark.parametrize("flags, message", AGAINST_THE_STORED_STUDY, ids=[m for _, m in AGAINST_THE_STORED_STUDY])
+def test_bad_input_leaves_the_stored_study_unchanged(stored, tmp_path, flags, message):
+    if callable(flags):
+        flags = flags(tmp_path)
+    before = tree_digest(stored / "studies")
+    proc = run_cli("search", "--name", "base", *TINY, *GRID, *flags, cwd=stored)
+    assert_one_line_error(proc, message)
+    assert tree_digest(stored / "studies") == before
+
+
+def copy_study(stored, tmp_path):
+    target = tmp_path / "studies"
+    shutil.copytree(stored / "studies", target)
+    return target / "base.db"
+
+
+def test_truncated_database_is_refused(stored, tmp_path):
+    db = copy_study(stored, tmp_path)
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    before = tree_digest(tmp_path / "studies")
+    assert_one_line_error(run_cli("search", "--name", "base", *TINY, *GRID, cwd=tmp_path), "base.db is")
+    assert tree_digest(tmp_path / "studies") == before
+
+
+def test_garbage_database_is_refused(tmp_path):
+    db = tmp_path / "studies" / "base.db"
+    db.parent.mkdir()
+    db.write_bytes(os.urandom(8192))
+    before = tree_digest(tmp_path / "studies")
+    assert_one_line_error(run_cli("search", "--name", "base", *TINY, *GRID, cwd=tmp_path),
+                          "not a readable SQLite database")
+    assert tree_digest(tmp_path / "studies") == before
+
+
+def test_directory_where_the_database_should_be(tmp_path):
+    (tmp_path / "studies" / "base.db").mkdir(parents=True)
+    assert_one_line_error(run_cli("search", "--name", "base", *TINY, *GRID, cwd=tmp_path), "is a directory")
+
+
+def test_foreign_sqlite_database_is_not_taken_over(tmp_path):
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    before = db.read_bytes()
+    proc = run_cli("search", "--name", "base", "--storage", f"sqlite:///{db}", *TINY, *GRID, cwd=tmp_path)
+    assert_one_line_error(proc, "is a SQLite database of something else (tables: notes)")
+    assert db.read_bytes() == before
+
+
+def test_storage_server_that_is_not_running(tmp_path):
+    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/initstudy"
+    assert_one_line_error(run_cli("search", "--storage", url, *TINY, *GRID, cwd=tmp_path), "cannot open storage")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_study_directory(stored, tmp_path):
+    db = copy_study(stored, tmp_path)
+    before = tree_digest(tmp_path / "studies")
+    db.parent.chmod(0o555)
+    try:
+        # Root writes anywhere; without the two capabilities that let it, it meets the permissions.
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+        import subprocess
+        import sys
+        proc = subprocess.run([*prefix, sys.executable, "-m", "study", "search", "--name", "base", *TINY, *GRID],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        db.parent.chmod(0o755)
+    assert_one_line_error(proc, "is not writable")
+    assert tree_digest(tmp_path / "studies") == before
+
+
+def test_check_sqlite_file_accepts_a_healthy_database(stored):
+    check_sqlite_file(stored / "studies" / "base.db")
+    with pytest.raises(BadInput, match="is a directory"):
+        check_sqlite_file(stored / "studies")
