@@ -1,0 +1,172 @@
+"""Many workers, crashes and Ctrl-C: every setting ends COMPLETE exactly once and no seed is lost."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, TINY
+from study.config import SearchConfig
+from study.results import seed_records
+from study.workers import WORKER_FLAG, worker_commands
+
+GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]
+GRID_12 = ["--leak", "0,0.1,0.2,0.5", "--sub", "0,0.4,0.7"]
+FAST_RECOVERY = ["--heartbeat-seconds", "1", "--grace-seconds", "3"]
+
+
+def start(args, cwd, **popen):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def load(db, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+
+
+def points(trials):
+    return [(t.params["init_scale"], t.params["leak"], t.params["sub"]) for t in trials]
+
+
+def stored_seeds(db) -> int:
+    """Seed records in the database, read without Optuna (and without writing)."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM trial_user_attributes WHERE key LIKE 'seed_%'").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not made yet
+            return 0
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("workers, gpus, devices", [(3, None, [None] * 3), (1, "0,2", ["cuda:0", "cuda:2"]),
+                                                     (4, "1", ["cuda:1"])])
+def test_worker_commands(workers, gpus, devices):
+    config = SearchConfig(workers=workers, gpus=gpus)
+    commands = worker_commands(["--name", "x", "--device", "cpu"], config)
+    assert len(commands) == len(devices)
+    for command, device in zip(commands, devices):
+        assert command[1:6] == ["-m", "study", "search", "--name", "x"] and WORKER_FLAG in command
+        # argparse takes the last --device: the worker's own GPU overrides the user's flag.
+        last = max(i for i, arg in enumerate(command) if arg == "--device")
+        assert command[last + 1] == (device or "cpu")
+
+
+def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
+    db = tmp_path / "studies" / "many.db"
+    search = start(["search", "--name", "many", *TINY, *GRID_24, "--seeds", "0", "--workers", "4"], tmp_path)
+    wait_for(lambda: stored_seeds(db) > 0, 120, "the first trial")
+    from test_dashboard import free_port
+    port = free_port()
+    dashboard = start(["dashboard", "--name", "many", "--port", str(port)], tmp_path)
+    answers = []
+    try:
+        while search.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/1", timeout=10) as r:
+                    answers.append(len(json.loads(r.read())["trials"]))
+            except OSError:
+                pass  # the dashboard is still starting
+            time.sleep(0.5)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+    out, err = search.communicate(timeout=60)
+    assert search.returncode == 0, err
+    assert "locked" not in err.lower()
+    assert answers, "the dashboard never answered while the workers ran"
+    study = load(db, "many")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 24 and len(set(points(complete))) == 24
+    assert all(sorted(seed_records(t)) == [0] for t in complete)
+    assert "24 COMPLETE trials" in out
+
+
+def test_independent_commands_share_one_study(tmp_path):
+    db = tmp_path / "studies" / "shared.db"
+    args = ["search", "--name", "shared", *TINY, *GRID_12, "--seeds", "0"]
+    procs = [start(args, tmp_path) for _ in range(3)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    complete = load(db, "shared").get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 12 and len(set(points(complete))) == 12
+
+
+def test_ctrl_c_fails_the_trial_and_resuming_reuses_finished_seeds(tmp_path):
+    db = tmp_path / "studies" / "stop.db"
+    args = ["search", "--name", "stop", *TINY, "--leak", "0.1", "--sub", "0.4", "--seeds", "0,1,2,3,4,5"]
+    proc = start(args, tmp_path)
+    wait_for(lambda: stored_seeds(db) >= 1, 120, "the first seed")
+    proc.send_signal(signal.SIGINT)
+    stopped = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert time.monotonic() - stopped < 10
+    assert "run the same command again" in err and "search --name stop" in err
+    (failed,) = load(db, "stop").trials
+    assert failed.state == TrialState.FAIL
+    done_before = seed_records(failed)
+    assert done_before
+
+    proc = start(args, tmp_path)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    complete = load(db, "stop").get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 1
+    records = seed_records(complete[0])
+    assert sorted(records) == [0, 1, 2, 3, 4, 5]
+    for seed, record in done_before.items():
+        assert records[seed]["reused_from"] == failed.number
+        assert records[seed]["val_acc"] == record["val_acc"]
+
+
+@pytest.mark.slow
+def test_chaos_sigkill_three_times_then_resume(tmp_path):
+    """A 12-point grid, 2 seeds each, killed with SIGKILL at 3 random moments and resumed each time."""
+    db = tmp_path / "studies" / "chaos.db"
+    args = ["search", "--name", "chaos", *TINY, *GRID_12, "--seeds", "0,1", *FAST_RECOVERY]
+    rng = random.Random(1234)
+    for _ in range(3):
+        proc = start(args, tmp_path)
+        seen = stored_seeds(db)
+        wait_for(lambda: stored_seeds(db) > seen, 120, "progress before the kill")
+        time.sleep(rng.uniform(0, 3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    proc = start(args, tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+
+    study = load(db, "chaos")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 12
+    assert Counter(points(complete)).most_common(1)[0][1] == 1
+    by_point = {p: t for p, t in zip(points(complete), complete)}
+    killed = study.get_trials(states=(TrialState.FAIL,))
+    assert killed, "no trial was running at any kill"
+    # Every seed a killed trial had finished and stored is in the final trial, trained only once.
+    for trial in killed:
+        final = seed_records(by_point[points([trial])[0]])
+        for seed, record in seed_records(trial).items():
+            origin = record.get("reused_from", trial.number)
+            assert final[seed].get("reused_from") == origin
+            assert final[seed]["val_acc"] == record["val_acc"]
+    assert all(sorted(seed_records(t)) == [0, 1] for t in complete)
