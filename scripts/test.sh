@@ -3,11 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# The dashboard test takes a screenshot in headless Chromium (Debian's package).
-if ! command -v chromium >/dev/null; then
+
+# Debian packages the tests use: Chromium (a screenshot of the dashboard) and PostgreSQL (a real
+# server for the many-machines storage test; the test starts and stops its own instance).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-    echo "== installing chromium for the dashboard test"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
+    echo "== installing ${missing[*]} for the tests"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 exec .venv/bin/python -m pytest "$@"

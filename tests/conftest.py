@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
 
 # A study small enough for process-level tests: a 16-unit MLP, one epoch, statistics every 10 steps.
 TINY = ["--model", "mlp", "--widths", "16", "--lr", "0.05", "--stats-every", "10"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,19 +11,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
 from study.search import Search
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--window-size=1280,900", "--virtual-time-budget=15000"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, timeout: float = 60.0):

@@ -5,12 +5,11 @@ import gzip
 import hashlib
 import os
 import shutil
-import socket
 import sqlite3
 
 import pytest
 
-from conftest import ROOT, TINY, assert_one_line_error, run_cli
+from conftest import ROOT, TINY, assert_one_line_error, free_port, run_cli
 from study.errors import BadInput
 from study.storage import check_sqlite_file
 
@@ -33,12 +32,6 @@ def stored(tmp_path_factory):
     proc = run_cli("search", "--name", "base", *TINY, *GRID, cwd=home)
     assert proc.returncode == 0, proc.stderr
     return home
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def empty_dir(tmp_path):

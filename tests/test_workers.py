@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, free_port
 from study.config import SearchConfig
 from study.results import seed_records
 from study.workers import WORKER_FLAG, worker_commands
@@ -74,7 +74,6 @@ def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
     db = tmp_path / "studies" / "many.db"
     search = start(["search", "--name", "many", *TINY, *GRID_24, "--seeds", "0", "--workers", "4"], tmp_path)
     wait_for(lambda: stored_seeds(db) > 0, 120, "the first trial")
-    from test_dashboard import free_port
     port = free_port()
     dashboard = start(["dashboard", "--name", "many", "--port", str(port)], tmp_path)
     answers = []
