@@ -5,6 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be chosen before triton
+# is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from study.config import DataConfig
 from study.data import DEBIAN_DIR, IDX_FILES, load_fashion_mnist
