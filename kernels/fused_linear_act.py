@@ -177,7 +177,8 @@ def _act_grad(
 def _tiles(M: int, N: int, K: int) -> dict:
     """Tile sizes and launch options.
 
-    Interpreter: cost grows with programs x K-steps, so tiles as large as the problem (up to 128).
+    Interpreter: cost grows with programs x K-steps, so tiles as large as the problem (up to 512 rows,
+    128 columns and K).
     CUDA: 64x64 tiles with 32-wide K-steps, 4 warps, 3 pipeline stages, the common choice for
     fp32/bf16 GEMMs of these sizes (N <= 256, K <= 784); tl.dot needs every dimension >= 16.
     Not tuned on a GPU (none was available): see kernels/README.md.
@@ -186,7 +187,7 @@ def _tiles(M: int, N: int, K: int) -> dict:
         return max(16, min(cap, triton.next_power_of_2(size)))
 
     if interpreting():
-        return {"BLOCK_M": fit(M, 128), "BLOCK_N": fit(N, 128), "BLOCK_K": fit(K, 128)}
+        return {"BLOCK_M": fit(M, 512), "BLOCK_N": fit(N, 128), "BLOCK_K": fit(K, 128)}
     return {"BLOCK_M": 64, "BLOCK_N": fit(N, 64), "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
 
 

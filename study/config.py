@@ -15,7 +15,7 @@ from study.errors import BadInput
 MODELS = ("mlp", "cnn")
 INITS = ("kaiming", "lsuv")
 SCHEDULES = ("constant", "onecycle")
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "triton")
 
 
 def _help(text: str, **extra) -> dict:
@@ -116,7 +116,13 @@ class OptimConfig:
 class TrainConfig:
     seed: int = field(default=0, metadata=_help("seed of the initial weights and of the data order"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N"))
-    backend: str = field(default="torch", metadata=_help("layer implementation", choices=BACKENDS))
+    backend: str = field(
+        default="torch",
+        metadata=_help("torch: PyTorch layers; triton: the fused kernel (CUDA, or Triton's slow interpreter "
+                       "on a machine without CUDA)", choices=BACKENDS),
+    )
+    max_steps: int | None = field(
+        default=None, metadata=_help("stop after this many optimiser steps (default: all epochs)"))
     stats_every: int = field(
         default=1,  # every step, as the lesson's hooks do; raise it to make long runs cheaper
         metadata=_help("record activation statistics every this many steps"),
@@ -133,6 +139,8 @@ class TrainConfig:
             raise BadInput(f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.backend not in BACKENDS:
             raise BadInput(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise BadInput(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.stats_every < 1:
             raise BadInput(f"--stats-every must be >= 1, got {self.stats_every}")
         if not self.diverge_loss > 0:

@@ -5,6 +5,8 @@ Definitions follow fast.ai's course22p2 (miniai/activations.py, init.py, lesson 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,28 +34,80 @@ class GeneralRelu(nn.Module):
         return f"leak={self.leak}, sub={self.sub}, maxv={self.maxv}"
 
 
-def build_model(config: ModelConfig) -> nn.Sequential:
-    """The untrained network; call `init_weights` before training. Input (B, 1, 28, 28), output (B, 10)."""
-    def act() -> GeneralRelu:
-        return GeneralRelu(config.leak, config.sub, config.maxv)
+class FusedLinearAct(nn.Linear):
+    """`GeneralRelu(linear(x))` in one Triton kernel that also reduces the activation statistics.
 
+    A `nn.Linear` (same parameters, same initialisation) whose forward returns the activation and
+    keeps the kernel's statistics of it in `last_stats` (see kernels/fused_linear_act.py).
+    x: (B, in_features) -> (B, out_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int, leak: float, sub: float, maxv: float | None):
+        super().__init__(in_features, out_features)
+        self.leak, self.sub, self.maxv = leak, sub, maxv
+        self.last_stats = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, self.last_stats = fused_kernel().fused_linear_act(x, self.weight, self.bias, self.leak, self.sub, self.maxv)
+        return y
+
+
+class FusedConvAct(nn.Conv2d):
+    """`GeneralRelu(conv3x3_stride2(x))` as the fused kernel's GEMM over unfolded patches (im2col):
+    rows = batch x output positions, K = in_channels x 9, units = output channels.
+    x: (B, C, H, W) -> (B, out_channels, ceil(H/2), ceil(W/2))."""
+
+    def __init__(self, in_channels: int, out_channels: int, leak: float, sub: float, maxv: float | None):
+        super().__init__(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.leak, self.sub, self.maxv = leak, sub, maxv
+        self.last_stats = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        out_h, out_w = (height + 1) // 2, (width + 1) // 2
+        patches = F.unfold(x, kernel_size=3, stride=2, padding=1)  # (B, C*9, L)
+        rows = patches.transpose(1, 2).reshape(batch * out_h * out_w, -1)  # (B*L, C*9)
+        y, self.last_stats = fused_kernel().fused_linear_act(
+            rows, self.weight.flatten(1), self.bias, self.leak, self.sub, self.maxv)  # (B*L, out)
+        return y.reshape(batch, out_h * out_w, -1).transpose(1, 2).reshape(batch, -1, out_h, out_w)
+
+
+def fused_kernel():
+    """kernels.fused_linear_act; without CUDA its kernels run in Triton's interpreter, which has to
+    be chosen before they are compiled (imported)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from kernels import fused_linear_act
+    return fused_linear_act
+
+
+def build_model(config: ModelConfig, backend: str = "torch") -> nn.Sequential:
+    """The untrained network; call `init_weights` before training. Input (B, 1, 28, 28), output (B, 10).
+
+    backend "torch": layers followed by GeneralRelu modules; "triton": each hidden layer and its
+    activation fused (`FusedLinearAct`, `FusedConvAct`), with the same parameters and initialisation.
+    """
+    act = (config.leak, config.sub, config.maxv)
     if config.model == "mlp":
         widths = (IMAGE_PIXELS, *config.widths)
         layers: list[nn.Module] = [nn.Flatten()]
         for n_in, n_out in zip(widths, widths[1:]):
-            layers += [nn.Linear(n_in, n_out), act()]
+            layers += ([FusedLinearAct(n_in, n_out, *act)] if backend == "triton"
+                       else [nn.Linear(n_in, n_out), GeneralRelu(*act)])
         return nn.Sequential(*layers, nn.Linear(widths[-1], N_CLASSES))
 
     layers = []
     for n_in, n_out in zip(CNN_CHANNELS, CNN_CHANNELS[1:]):
-        layers += [_conv(n_in, n_out), act()]
+        layers += ([FusedConvAct(n_in, n_out, *act)] if backend == "triton"
+                   else [_conv(n_in, n_out), GeneralRelu(*act)])
     # The lesson's head: one more stride-2 convolution (2x2 -> 1x1) to 10 channels, then flatten.
     return nn.Sequential(*layers, _conv(CNN_CHANNELS[-1], N_CLASSES), nn.Flatten())
 
 
-def activations(model: nn.Module) -> list[GeneralRelu]:
-    """The model's GeneralRelu modules, input side first: the layers whose statistics are recorded."""
-    return [m for m in model.modules() if isinstance(m, GeneralRelu)]
+def activations(model: nn.Module) -> list[nn.Module]:
+    """The modules whose output is a hidden activation (GeneralRelu, or a fused layer), input side
+    first: the layers whose statistics are recorded."""
+    return [m for m in model.modules() if isinstance(m, (GeneralRelu, FusedLinearAct, FusedConvAct))]
 
 
 def weighted_layers(model: nn.Module) -> list[nn.Module]:
@@ -91,6 +145,7 @@ def lsuv(model: nn.Module, batch: torch.Tensor, tol: float = 1e-3, max_iters: in
     """
     final = []
     with torch.no_grad():
+        # A fused layer is its own activation: then `layer` and `act` are one module.
         for layer, act in zip(weighted_layers(model), activations(model)):
             centre = act.leak > 0 or act.sub > 0
             captured: dict[str, torch.Tensor] = {}

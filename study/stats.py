@@ -119,8 +119,12 @@ class StatsRecorder:
     def _hook(self, index: int):
         def hook(module, inputs, output):
             if self.recording:
-                with torch.no_grad():
-                    stats = activation_stats(inputs[0], output, self.bins, self.hist_max)
+                kernel = getattr(module, "last_stats", None)  # a fused layer reduced them already
+                if kernel is not None:
+                    stats = ActivationStats(kernel.sum, kernel.sumsq, kernel.count, kernel.hist, kernel.unit_pos)
+                else:
+                    with torch.no_grad():
+                        stats = activation_stats(inputs[0], output, self.bins, self.hist_max)
                 self.records[index].append((self.step, stats))
         return hook
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from sqlalchemy import event
 
 from study.errors import BadInput
 
 SQLITE_PREFIX = "sqlite:///"
 BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds
+SCHEMA_RACE_RETRIES = 5
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -38,11 +41,19 @@ def open_storage(url: str, heartbeat_seconds: int | None = None,
     if db is not None:
         check_sqlite_file(db)
         engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_SECONDS}}
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
-                                             grace_period=grace_seconds)
-    except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
-        raise BadInput(f"cannot open storage {url}: {first_line(e)}") from e
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                 heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds)
+            break
+        except sqlalchemy.exc.IntegrityError as e:
+            # Commands started together on a new database race to create Optuna's tables; the
+            # losers find them made on the next attempt.
+            if attempt == SCHEMA_RACE_RETRIES:
+                raise BadInput(f"cannot open storage {url}: {first_line(e)}") from e
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
+            raise BadInput(f"cannot open storage {url}: {first_line(e)}") from e
     if db is not None:
         _begin_immediate(storage)
     return storage

@@ -8,6 +8,7 @@ with `diverged=True`: divergence is a finding, never an exception.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from study.config import OptimConfig, RunConfig
 from study.data import FashionMNIST, load_fashion_mnist, shuffled_batches
+from study.errors import BadInput
 from study.model import activations, build_model, init_weights
 from study.stats import LayerHistory, StatsRecorder
 
@@ -61,11 +63,15 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
     # Two generators so that the seed changes both the initial weights and the data order.
     init_gen = torch.Generator().manual_seed(2 * config.train.seed)
     order_gen = torch.Generator().manual_seed(2 * config.train.seed + 1)
-    model = build_model(config.model).to(device)
+    if config.train.backend == "triton" and device.type != "cuda" and torch.cuda.is_available():
+        raise BadInput("--backend triton runs on CUDA here: use --device cuda (the interpreter is for machines "
+                       "without a GPU)")
+    model = build_model(config.model, config.train.backend).to(device)
     init_weights(model, config.model, init_gen, batch=data.x_train[:config.optim.batch_size])
 
-    steps_per_epoch = math.ceil(len(data.x_train) / config.optim.batch_size)
-    total_steps = steps_per_epoch * config.optim.epochs
+    total_steps = math.ceil(len(data.x_train) / config.optim.batch_size) * config.optim.epochs
+    if config.train.max_steps is not None:
+        total_steps = min(total_steps, config.train.max_steps)
     optimizer, scheduler = _optimizer(model, config.optim, total_steps)
 
     losses: list[float] = []
@@ -73,23 +79,22 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, leave=False)
     with StatsRecorder(activations(model)) as recorder:
         model.train()
-        for epoch in range(config.optim.epochs):
-            for xb, yb in shuffled_batches(data.x_train, data.y_train, config.optim.batch_size, order_gen):
-                step = len(losses)
-                recorder.step, recorder.recording = step, step % config.train.stats_every == 0
-                loss = F.cross_entropy(model(xb), yb)
-                losses.append(loss.item())
-                if not math.isfinite(losses[-1]) or losses[-1] > config.train.diverge_loss:
-                    diverged_step = step
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                bar.update()
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            if diverged_step is not None:
+        batches = itertools.chain.from_iterable(
+            shuffled_batches(data.x_train, data.y_train, config.optim.batch_size, order_gen)
+            for _ in range(config.optim.epochs))
+        for step, (xb, yb) in enumerate(itertools.islice(batches, total_steps)):
+            recorder.step, recorder.recording = step, step % config.train.stats_every == 0
+            loss = F.cross_entropy(model(xb), yb)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]) or losses[-1] > config.train.diverge_loss:
+                diverged_step = step
                 break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         history = recorder.history()
     bar.close()
 

@@ -1,5 +1,6 @@
 """Training on real FashionMNIST: the lesson's CNN trains, runs repeat exactly, divergence is a result."""
 
+import dataclasses
 import math
 
 import pytest
@@ -80,3 +81,34 @@ def test_more_epochs_take_more_steps_and_train_further(fashion, epochs):
     more = run(fashion, model="mlp", widths=(64,), optim=OptimConfig(lr=0.05, epochs=epochs))
     assert more.steps == epochs * one.steps
     assert more.val_acc > one.val_acc
+
+
+@pytest.mark.parametrize("model, widths, batch_size", [("mlp", (64, 32), 256), ("cnn", (256,), 64)])
+def test_fused_kernel_trains_like_the_pytorch_layers(fashion, model, widths, batch_size):
+    """The Triton path (interpreter here) and the PyTorch path from one seed: same losses, and the
+    statistics recorded from the kernel's epilogue equal those computed from the activations."""
+    # The interpreter runs a program at a time: score on 500 images, not 20,000.
+    small = dataclasses.replace(fashion, x_val=fashion.x_val[:500], y_val=fashion.y_val[:500],
+                                x_test=fashion.x_test[:500], y_test=fashion.y_test[:500])
+    results = {}
+    for backend in ("torch", "triton"):
+        results[backend] = run(small, model=model, widths=widths, leak=0.1, sub=0.4,
+                               optim=OptimConfig(batch_size=batch_size),
+                               train=TrainConfig(backend=backend, max_steps=5))
+    torch_run, triton_run = results["torch"], results["triton"]
+    assert triton_run.steps == torch_run.steps == 5
+    assert triton_run.losses == pytest.approx(torch_run.losses, abs=1e-4)
+    for ours, theirs in zip(triton_run.history, torch_run.history):
+        assert ours.steps == theirs.steps == [0, 1, 2, 3, 4]
+        assert ours.mean == pytest.approx(theirs.mean, abs=1e-4)
+        assert ours.std == pytest.approx(theirs.std, rel=1e-4)
+        assert ours.dead_units == theirs.dead_units
+        moved = sum(abs(a - b) for step_a, step_b in zip(ours.hist, theirs.hist) for a, b in zip(step_a, step_b))
+        assert moved <= 4  # only values on a bin edge, after five steps of float32 drift, may move
+    assert triton_run.val_acc == pytest.approx(torch_run.val_acc, abs=0.01)
+    assert triton_run.val_acc > 0.2  # five steps: above chance
+
+
+def test_max_steps_stops_early(fashion):
+    result = run(fashion, model="mlp", widths=(16,), optim=OptimConfig(lr=0.05), train=TrainConfig(max_steps=7))
+    assert result.steps == 7 and len(result.losses) == 7
