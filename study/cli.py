@@ -135,6 +135,7 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     config = RunConfig(*(config_from_flags(cls, args) for cls in RUN_CONFIGS))
+    _prepare_backend(config.train.backend)
     from study.train import train  # torch is imported only once the flags are known to be good
 
     result = train(config, progress=not args.json and sys.stderr.isatty())
@@ -149,6 +150,7 @@ def run_search(args: argparse.Namespace) -> int:
     search_config = config_from_flags(SearchConfig, args)
     # The searched fields (init_scale, leak, sub) are SearchConfig's spaces here, set per trial.
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+    _prepare_backend(run_config.train.backend)
     from study import plots, results, search, workers
 
     runner = search.Search(search_config, run_config, progress=sys.stderr.isatty() and not args.worker)
@@ -192,6 +194,12 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     serve_dashboard(SearchConfig(name=args.name, storage=args.storage), args.host, args.port)
     return 0
+
+
+def _prepare_backend(backend: str) -> None:
+    if backend == "triton":
+        from study.model import choose_triton_interpreter
+        choose_triton_interpreter()
 
 
 def format_result(result) -> str:

@@ -6,6 +6,7 @@ Definitions follow fast.ai's course22p2 (miniai/activations.py, init.py, lesson 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +73,27 @@ class FusedConvAct(nn.Conv2d):
         return y.reshape(batch, out_h * out_w, -1).transpose(1, 2).reshape(batch, -1, out_h, out_w)
 
 
-def fused_kernel():
-    """kernels.fused_linear_act; without CUDA its kernels run in Triton's interpreter, which has to
-    be chosen before they are compiled (imported)."""
+def choose_triton_interpreter() -> None:
+    """Without CUDA, run Triton kernels in Triton's interpreter. Triton reads this when it is first
+    imported (torch._dynamo imports it too), so call this before anything trains."""
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def fused_kernel():
+    """kernels.fused_linear_act, with the interpreter chosen where there is no CUDA."""
+    choose_triton_interpreter()
+    if os.environ.get("TRITON_INTERPRET") == "1" and _triton_compiled_already():
+        raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set: call "
+                           "study.model.choose_triton_interpreter() first (the command line does)")
     from kernels import fused_linear_act
     return fused_linear_act
+
+
+def _triton_compiled_already() -> bool:
+    """Whether triton.language was imported in compiled (not interpreted) mode."""
+    language = sys.modules.get("triton.language.standard")
+    return language is not None and type(language.cdiv).__name__ != "InterpretedFunction"
 
 
 def build_model(config: ModelConfig, backend: str = "torch") -> nn.Sequential:

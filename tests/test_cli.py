@@ -2,10 +2,13 @@
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 
 
 def test_train_json_prints_one_object_with_the_result():
@@ -70,3 +73,15 @@ def test_bad_input_is_one_line_and_exit_2(flags, message, tmp_path, request):
 def test_no_command_is_one_line_and_exit_2():
     proc = run_cli()
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_on_the_fused_kernel_from_the_command_line():
+    """--backend triton on a machine without CUDA chooses Triton's interpreter before triton loads."""
+    env_free = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "study", "train", "--model", "mlp", "--widths", "32",
+                           "--backend", "triton", "--max-steps", "3", "--batch-size", "256", "--json"],
+                          cwd=ROOT, env={**env_free, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["steps"] == 3 and record["config"]["train"]["backend"] == "triton"
+    assert record["layers"][0]["units"] == 32
