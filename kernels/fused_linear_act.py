@@ -27,8 +27,8 @@ Determinism: every tile writes its partial statistics (sum, sumsq: one float eac
 int32 counts; unit_pos: BLOCK_N int32 counts) to its own slot of a buffer, and a second stage
 reduces the buffers in a fixed order (float64 for the sums). No atomics: the same input gives
 bitwise the same statistics. Cost: (2 + hist_bins) x 4 bytes per tile plus N x 4 bytes per row of
-tiles, e.g. 1.6 KB + 4 KB for M=1024, N=256 with 64x64 tiles, against 1 MB for y itself; the second
-stage is a few tiny reductions.
+tiles, e.g. 10.8 KB + 16 KB for M=1024, N=256 with 64x64 tiles, against 1 MB for y itself; the
+second stage is four tiny reductions (four launches).
 
 Backward (autograd): gradients for x, weight and bias (not for leak, sub, maxv). The forward saves
 x, weight and a one-byte code per element of y (0: z <= 0, slope leak; 1: z > 0, slope 1; 2:
