@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     heatmaps.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
     heatmaps.set_defaults(handler=run_heatmaps)
 
+    report = commands.add_parser("report", help="write a stored study's report.md: numbers, intervals, findings")
+    _add_study_flags(report)
+    report.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
+    report.set_defaults(handler=run_report)
+
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
     _add_study_flags(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -186,6 +191,16 @@ def run_heatmaps(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else search.study_paths(config).out_dir
     for path in plots.draw_study(study, out):
         print(path)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from study import report, search
+
+    config = SearchConfig(name=args.name, storage=args.storage)
+    study = search.load_existing_study(config)
+    path = report.write_report(study, Path(args.out) if args.out else search.study_paths(config).out_dir)
+    print(path)
     return 0
 
 
