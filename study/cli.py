@@ -125,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
     report.set_defaults(handler=run_report)
 
+    depth = commands.add_parser("depth", help="signal propagation through a deep MLP at initialisation")
+    depth.add_argument("--depth", type=_int, default=50, help="hidden layers (default: 50)")
+    depth.add_argument("--width", type=_int, default=256, help="units per hidden layer (default: 256)")
+    depth.add_argument("--leak", type=_finite_float, default=0.0, help="GeneralRelu leak (default: 0)")
+    depth.add_argument("--sub", type=_finite_float, default=0.0, help="GeneralRelu sub (default: 0)")
+    depth.add_argument("--init-scale", type=_finite_float, default=1.0, help="Kaiming multiplier (default: 1)")
+    depth.add_argument("--seeds", default="0,1,2", help="seeds, comma separated (default: 0,1,2)")
+    depth.add_argument("--batch", type=_int, default=512, help="FashionMNIST images in the batch (default: 512)")
+    depth.add_argument("--out", default="studies/depth", help="output directory (default: studies/depth)")
+    add_config_flags(depth, DataConfig)
+    depth.set_defaults(handler=run_depth)
+
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
     _add_study_flags(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -201,6 +213,26 @@ def run_report(args: argparse.Namespace) -> int:
     study = search.load_existing_study(config)
     path = report.write_report(study, Path(args.out) if args.out else search.study_paths(config).out_dir)
     print(path)
+    return 0
+
+
+def run_depth(args: argparse.Namespace) -> int:
+    if args.depth < 1 or args.width < 1 or args.batch < 2:
+        raise BadInput("--depth and --width must be >= 1 and --batch >= 2")
+    ModelConfig(model="mlp", leak=args.leak, sub=args.sub, init_scale=args.init_scale)  # checks the values
+    seeds = SearchConfig(seeds=args.seeds).seed_list()
+    data_config = config_from_flags(DataConfig, args)
+    from study.data import load_fashion_mnist
+    from study.depth import INITS, last_to_first_std, run_depth
+
+    batch = load_fashion_mnist(data_config).x_train[:args.batch]
+    profiles, paths = run_depth(batch, Path(args.out), args.depth, args.width, args.leak, args.sub,
+                                args.init_scale, seeds, progress=sys.stderr.isatty())
+    print(f"std of the last hidden layer / the first, mean over seeds {','.join(map(str, seeds))}:")
+    for init in INITS:
+        print(f"  {init:>8}: {last_to_first_std(profiles, init):.3g}")
+    for path in paths.values():
+        print(path)
     return 0
 
 

@@ -154,3 +154,56 @@ def draw_study(study, out_dir: Path) -> list[Path]:
     paths = list(save_heatmaps(trials, out_dir, log_scale=log_scale).values())
     strip = save_lesson_strip(seed_frame(study), out_dir)
     return paths + ([strip] if strip else [])
+
+
+def save_depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: list[float], title: str,
+                       out_dir: Path) -> dict[str, Path]:
+    """The depth experiments' pictures (study/depth.py): std vs depth per initialisation (log
+    scale), normalised singular-value spectra at a few depths, and the init_scale x leak heatmap of
+    the last layer's log10 std."""
+    inits = list(dict.fromkeys(p.init for p in profiles))
+    paths = {}
+
+    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.6), sharey=True, layout="constrained")
+    for ax, init in zip(axes, inits):
+        for p in (p for p in profiles if p.init == init):
+            ax.semilogy(range(1, len(p.std) + 1), np.maximum(p.std, 1e-30), label=f"seed {p.seed}")
+        ax.axhline(1.0, color="grey", linestyle=":")
+        ax.set_title(init)
+        ax.set_xlabel("layer")
+    axes[0].set_ylabel("activation std")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Activation std through depth: {title}")
+    paths["std_vs_depth"] = out_dir / "depth_std.png"
+    fig.savefig(paths["std_vs_depth"], dpi=90)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.6), sharey=True, layout="constrained")
+    for ax, init in zip(axes, inits):
+        first = next(p for p in profiles if p.init == init)
+        depth = len(first.singular_values)
+        for layer in sorted({1, max(depth // 5, 1), max(depth // 2, 1), depth}):
+            values = np.maximum(first.singular_values[layer - 1], 1e-12)
+            ax.semilogy(range(1, len(values) + 1), values,
+                        label=f"layer {layer} (eff. rank {first.effective_rank[layer - 1]:.0f})")
+        ax.set_title(init)
+        ax.set_xlabel("singular value index")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("singular value / largest")
+    fig.suptitle(f"Spectrum of the centred activations, seed {profiles[0].seed}: {title}")
+    paths["spectra"] = out_dir / "depth_spectra.png"
+    fig.savefig(paths["spectra"], dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(leaks), 1.2 + 0.5 * len(scales)), layout="constrained")
+    frame = pd.DataFrame(sweep, index=[f"{s:g}" for s in scales], columns=[f"{l:g}" for l in leaks])
+    sns.heatmap(frame, ax=ax, cmap="RdBu_r", center=0, vmin=-6, vmax=6, annot=True, fmt=".1f",
+                annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 std, last layer (0: std 1)"})
+    ax.invert_yaxis()
+    ax.set_xlabel("leak")
+    ax.set_ylabel("init_scale (x Kaiming)")
+    ax.set_title("Kaiming x init_scale: where activations neither vanish nor explode")
+    paths["sweep"] = out_dir / "depth_std_sweep.png"
+    fig.savefig(paths["sweep"], dpi=90)
+    plt.close(fig)
+    return paths
