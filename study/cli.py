@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(depth, DataConfig)
     depth.set_defaults(handler=run_depth)
 
+    findings = commands.add_parser("findings", help="run the findings studies and write docs/findings.md")
+    findings.add_argument("--out", default="docs", help="directory of findings.md and its figures (default: docs)")
+    findings.set_defaults(handler=run_findings)
+
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
     _add_study_flags(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -233,6 +237,13 @@ def run_depth(args: argparse.Namespace) -> int:
         print(f"  {init:>8}: {last_to_first_std(profiles, init):.3g}")
     for path in paths.values():
         print(path)
+    return 0
+
+
+def run_findings(args: argparse.Namespace) -> int:
+    from study.findings import write_findings
+
+    print(write_findings(Path(args.out), progress=sys.stderr.isatty()))
     return 0
 
 

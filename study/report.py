@@ -135,10 +135,10 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     lines += ["", "## Findings", ""] + [f"- {s}" for s in findings(table, threshold)]
     lesson = lesson_rows(table)
     if not lesson.empty:
-        lines += ["", "## The lesson's settings", "", _markdown(lesson)]
-    lines += ["", "## Top settings by mean accuracy", "", _markdown(table.sort_values("mean", ascending=False).head(8)),
+        lines += ["", "## The lesson's settings", "", markdown_table(lesson)]
+    lines += ["", "## Top settings by mean accuracy", "", markdown_table(table.sort_values("mean", ascending=False).head(8)),
               "", "## Top settings by worst seed", "",
-              _markdown(table.sort_values(["worst", "mean"], ascending=False).head(8)), "", "## Heatmaps", ""]
+              markdown_table(table.sort_values(["worst", "mean"], ascending=False).head(8)), "", "## Heatmaps", ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -162,7 +162,7 @@ def _duration(study: optuna.Study) -> str:
             f"of wall time ({training / 60:.1f} min of it training).")
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     columns = ["setting", "seeds", "mean [95% CI]", "seed std", "worst", "trained", "diverged",
                "near-zero (last)", "dead units (last)"]
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -1,0 +1,36 @@
+"""The findings document's verdicts and its studies' configuration."""
+
+import pandas as pd
+
+from study.cli import build_parser, config_from_flags, RUN_CONFIGS
+from study.config import SEARCHED, RunConfig, SearchConfig
+from study.findings import STUDIES, TEN_SEEDS, configs, verdicts
+from study.search import study_config
+
+
+def table(rows):
+    columns = ["init_scale", "leak", "sub", "n_seeds", "mean", "worst", "best", "n_trained", "n_diverged"]
+    return pd.DataFrame([dict(zip(columns, r)) for r in rows])
+
+
+def test_verdicts_follow_the_numbers():
+    fragile_and_collapsed = table([(1.0, 0.2, 0.4, 10, 0.5, 0.1, 0.84, 6, 4), (1.0, 0.05, 0.9, 10, 0.1, 0.09, 0.11, 0, 10),
+                                   (1.0, 0.05, 0.4, 10, 0.84, 0.83, 0.85, 10, 0)])
+    lines = verdicts(fragile_and_collapsed)
+    assert lines[0].startswith("**(.2, .4) is seed-fragile: holds.** 6 of 10 seeds trained")
+    assert lines[1].startswith("**(.05, .9) collapses: holds.** 0 of 10 seeds trained")
+    assert "(0.05, 0.4) worst 0.830" in lines[2]
+
+    robust = table([(1.0, 0.2, 0.4, 10, 0.84, 0.83, 0.85, 10, 0), (1.0, 0.05, 0.9, 10, 0.6, 0.2, 0.8, 7, 3)])
+    lines = verdicts(robust)
+    assert "seed-fragile: does not hold" in lines[0] and "collapses: does not hold" in lines[1]
+
+
+def test_findings_studies_are_the_same_as_the_command_line_ones():
+    """So that a study started with `python -m study search` is continued, not refused, by findings."""
+    for entry in STUDIES:
+        args = build_parser().parse_args(["search", "--name", entry.name, "--leak", entry.leak, "--sub", entry.sub,
+                                          "--seeds", TEN_SEEDS, "--epochs", str(entry.epochs)])
+        cli_search = config_from_flags(SearchConfig, args)
+        cli_run = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+        assert study_config(*configs(entry)) == study_config(cli_search, cli_run)
