@@ -171,6 +171,7 @@ def _is_cuda_index(device: str) -> bool:
 
 
 SAMPLERS = ("grid", "tpe", "random", "qmc")
+CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study's configuration
 OBJECTIVES = ("accuracy", "stability")
 SEARCHED = ("init_scale", "leak", "sub")  # the ModelConfig fields a search varies
 

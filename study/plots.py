@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from study.config import CONFIG_ATTR  # noqa: E402
 from study.stats import HIST_MAX, LayerHistory  # noqa: E402
 
 # (column, title, colour map, fixed range): fixed so that pictures compare across studies.
@@ -149,7 +150,7 @@ def draw_study(study, out_dir: Path) -> list[Path]:
     if trials.empty:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = study.user_attrs.get("initstudy_config", {})
+    config = study.user_attrs.get(CONFIG_ATTR, {})
     log_scale = config.get("space", {}).get("init_scale", "").endswith(":log")
     paths = list(save_heatmaps(trials, out_dir, log_scale=log_scale).values())
     strip = save_lesson_strip(seed_frame(study), out_dir)

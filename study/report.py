@@ -17,10 +17,9 @@ import optuna
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from study.config import SEARCHED
+from study.config import CONFIG_ATTR, SEARCHED
 from study.plots import LESSON_SETTINGS, draw_study
 from study.results import seed_frame, trials_frame
-from study.search import CONFIG_ATTR
 
 DEFAULT_THRESHOLD = 0.5
 

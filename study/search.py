@@ -30,14 +30,13 @@ from optuna_dashboard import save_note
 from tqdm.auto import tqdm
 
 from study import __version__
-from study.config import SEARCHED, ModelConfig, RunConfig, SearchConfig, TrainConfig
+from study.config import CONFIG_ATTR, SEARCHED, ModelConfig, RunConfig, SearchConfig, TrainConfig
 from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
 from study.storage import open_storage, prepare_for_workers, sqlite_path
 from study.train import TrainResult, resolve_device, train
 
-CONFIG_ATTR = "initstudy_config"
 MAX_FAILS_PER_SETTING = 3  # a setting that failed this often (a bug, not a crash) is not retried again
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study

@@ -9,11 +9,11 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import assert_one_line_error, run_cli
-from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
+from study.config import CONFIG_ATTR, ModelConfig, OptimConfig, RunConfig, SearchConfig
 from study.errors import BadInput
 from study.plots import HEATMAP_METRICS, draw_study, heatmap_tables
 from study.results import seed_frame, seed_records, trials_frame
-from study.search import CONFIG_ATTR, Search, load_existing_study
+from study.search import Search, load_existing_study
 
 SMALL_RUN = RunConfig(model=ModelConfig(model="mlp", widths=(32,)), optim=OptimConfig(lr=0.05))
 
