@@ -22,12 +22,14 @@ def run_study(tmp_path, name, **settings):
 
 
 @pytest.fixture(scope="module")
-def lesson_study(tmp_path_factory):
-    """Two of the lesson's settings and plain ReLU, four seeds each, in <dir>/lesson.db."""
-    directory = tmp_path_factory.mktemp("report")
-    study = run_study(directory, "lesson", leak="0,0.1", sub="0,0.4", seeds="0,1,2,3")
-    study.set_user_attr("test_storage", f"sqlite:///{directory}/lesson.db")
-    return study
+def lesson_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("report")
+
+
+@pytest.fixture(scope="module")
+def lesson_study(lesson_dir):
+    """Two of the lesson's settings and plain ReLU, four seeds each, in <lesson_dir>/lesson.db."""
+    return run_study(lesson_dir, "lesson", leak="0,0.1", sub="0,0.4", seeds="0,1,2,3")
 
 
 def test_table_numbers_are_the_trials_numbers(lesson_study):
@@ -87,8 +89,7 @@ def test_report_file_embeds_its_pictures(lesson_study, tmp_path):
             assert (tmp_path / line.split("(")[1].rstrip(")")).exists()
 
 
-def test_report_command(lesson_study, tmp_path):
-    storage = lesson_study.user_attrs["test_storage"]
-    proc = run_cli("report", "--name", "lesson", "--storage", storage, "--out", str(tmp_path))
+def test_report_command(lesson_study, lesson_dir, tmp_path):
+    proc = run_cli("report", "--name", "lesson", "--storage", f"sqlite:///{lesson_dir}/lesson.db", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report.md").exists()
