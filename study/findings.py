@@ -85,11 +85,13 @@ def verdicts(table: pd.DataFrame) -> list[str]:
 def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
     figures = doc_dir / "findings"
     figures.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, tables = [], []
     for entry in STUDIES:
         search, run = configs(entry)
         study = Search(search, run, progress=progress).run()
         sections.append(_study_section(entry, study, figures))
+        tables.append(setting_table(study))
+    sections.append(_epoch_comparison(*tables))
 
     batch = load_fashion_mnist(DataConfig()).x_train[:512]
     profiles, depth_paths = run_depth(batch, figures / "depth", progress=progress)
@@ -130,16 +132,52 @@ def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
     return path
 
 
+def epoch_comparison(one: pd.DataFrame, three: pd.DataFrame) -> list[str]:
+    """Per setting in both tables: seeds trained after one epoch and after three."""
+    keys = ["init_scale", "leak", "sub"]
+    both = one.merge(three, on=keys, suffixes=("_1", "_3"))
+    lines = []
+    for r in both.to_dict("records"):
+        change = ("the same seeds' count" if r["n_trained_1"] == r["n_trained_3"]
+                  else f"{r['n_trained_3'] - r['n_trained_1']:+d} seeds")
+        lines.append(f"{name(r)}: {r['n_trained_1']} of {r['n_seeds_1']} trained after 1 epoch, "
+                     f"{r['n_trained_3']} of {r['n_seeds_3']} after 3 ({change}); mean of the trained seeds "
+                     f"{_trained_mean(one, r)} -> {_trained_mean(three, r)}.")
+    return lines
+
+
+def _trained_mean(table: pd.DataFrame, setting: dict) -> str:
+    row = table[(table["leak"] == setting["leak"]) & (table["sub"] == setting["sub"])
+                & (table["init_scale"] == setting["init_scale"])].to_dict("records")[0]
+    return "none" if row["n_trained"] == 0 else f"{row['trained_mean']:.3f}"
+
+
+def _epoch_comparison(one: pd.DataFrame, three: pd.DataFrame) -> str:
+    lines = ["## One epoch against three", "",
+             "Does training longer rescue the seeds that failed? Settings in both studies (same seeds):", ""]
+    comparison = epoch_comparison(one, three)
+    lines += [f"- {line}" for line in comparison]
+    both = one.merge(three, on=["init_scale", "leak", "sub"], suffixes=("_1", "_3"))
+    same_counts = bool(len(both)) and (both["n_trained_1"] == both["n_trained_3"]).all()
+    failures_diverged = (both["n_diverged_3"] == both["n_seeds_3"] - both["n_trained_3"]).all()
+    if same_counts and failures_diverged:
+        lines += ["", "No: for every setting here as many seeds trained after three epochs as after one, and every "
+                  "seed that failed had diverged (its loss crossed the bound and the run stopped); the extra "
+                  "epochs only improved the seeds that already trained."]
+    return "\n".join(lines) + "\n"
+
+
 def _study_section(entry: FindingsStudy, study: optuna.Study, figures: Path) -> str:
     out = figures / entry.name
     if out.exists():
         shutil.rmtree(out)
     pictures = draw_study(study, out)
     table = setting_table(study)
-    wall = _wall_minutes(study)
+    training = sum(t.user_attrs.get("seconds", 0.0) for t in study.trials if t.state.is_finished()) / 60
     lines = [f"## {entry.epochs} epoch{'s' if entry.epochs > 1 else ''}: {entry.purpose}", "",
              f"Study `{entry.name}`: leak {{{entry.leak}}} x sub {{{entry.sub}}}, init_scale 1, {len(table)} settings "
-             f"x 10 seeds, {wall:.0f} min of wall time.", ""]
+             f"x 10 seeds: {training:.0f} min of training, {_wall_minutes(study):.0f} min of wall time on a machine "
+             f"shared with other work{_resumed(study)}.", ""]
     lines += [f"- {v}" for v in verdicts(table)]
     lines += ["", "Generated findings:", ""] + [f"- {s}" for s in findings(table, 0.5)]
     lesson = lesson_rows(table)
@@ -150,6 +188,11 @@ def _study_section(entry: FindingsStudy, study: optuna.Study, figures: Path) -> 
     wanted = ("heatmap_frac_trained", "heatmap_mean_val_acc", "heatmap_worst_acc", "lesson_settings_seeds")
     lines += [f"![{p.stem}](findings/{entry.name}/{p.name})" for p in pictures if p.stem in wanted]
     return "\n".join(lines) + "\n"
+
+
+def _resumed(study: optuna.Study) -> str:
+    failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+    return f"; {failed} trial{'s' if failed > 1 else ''} stopped and resumed, finished seeds reused" if failed else ""
 
 
 def _wall_minutes(study: optuna.Study) -> float:

@@ -29,8 +29,8 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
 
     Columns: n_seeds, mean, ci_low, ci_high (95% t-interval of the mean, clipped to [0, 1]; NaN below
     2 seeds), std,
-    worst, best, n_trained (val acc > the study's train_threshold), n_diverged, near_zero_last,
-    dead_units_last.
+    worst, best, n_trained (val acc > the study's train_threshold), n_diverged, trained_mean (mean
+    over the seeds that trained; NaN if none), near_zero_last, dead_units_last.
     """
     threshold = study.user_attrs.get(CONFIG_ATTR, {}).get("train_threshold", DEFAULT_THRESHOLD)
     seeds, trials = seed_frame(study), trials_frame(study)
@@ -47,10 +47,11 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
             **dict(zip(SEARCHED, setting)), "n_seeds": n, "mean": mean, "ci_low": max(mean - half, 0.0),
             "ci_high": min(mean + half, 1.0), "std": std, "worst": accs.min(), "best": accs.max(),
             "n_trained": int((accs > threshold).sum()), "n_diverged": int(group["diverged"].sum()),
+            "trained_mean": accs[accs > threshold].mean() if (accs > threshold).any() else float("nan"),
             "near_zero_last": same["near_zero_last"].mean(), "dead_units_last": same["dead_units_last"].mean(),
         })
     columns = [*SEARCHED, "n_seeds", "mean", "ci_low", "ci_high", "std", "worst", "best", "n_trained",
-               "n_diverged", "near_zero_last", "dead_units_last"]
+               "n_diverged", "trained_mean", "near_zero_last", "dead_units_last"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -34,3 +34,16 @@ def test_findings_studies_are_the_same_as_the_command_line_ones():
         cli_search = config_from_flags(SearchConfig, args)
         cli_run = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
         assert study_config(*configs(entry)) == study_config(cli_search, cli_run)
+
+
+def test_epoch_comparison_reports_seed_counts_per_setting():
+    from study.findings import epoch_comparison
+
+    def full(rows):
+        frame = table(rows)
+        return frame.assign(trained_mean=[0.84 if k else float("nan") for k in frame["n_trained"]])
+
+    one = full([(1.0, 0.2, 0.4, 10, 0.6, 0.07, 0.84, 7, 3), (1.0, 0.05, 0.9, 10, 0.1, 0.09, 0.11, 0, 10)])
+    three = full([(1.0, 0.2, 0.4, 10, 0.6, 0.07, 0.87, 8, 2)])
+    (line,) = epoch_comparison(one, three)
+    assert line.startswith("(0.2, 0.4): 7 of 10 trained after 1 epoch, 8 of 10 after 3 (+1 seeds)")
