@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from study.config import ModelConfig
 from study.model import activations, build_model, init_weights, weighted_layers
+from study.plots import save_depth_figures
 from study.stats import StatsRecorder
 
 INITS = ("default", "lecun", "kaiming", "lsuv")
@@ -118,8 +119,6 @@ def run_depth(batch: torch.Tensor, out_dir: Path, depth: int = 50, width: int = 
               progress: bool = False) -> tuple[list[DepthProfile], dict[str, Path]]:
     """All three experiments; PNGs with their numbers as CSV in out_dir. Returns the profiles and
     {name: path}."""
-    from study.plots import save_depth_figures
-
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [(init, seed) for init in INITS for seed in seeds]
     profiles = [profile(deep_mlp(depth, width, leak, sub, init, init_scale, seed, batch), batch, init, seed)

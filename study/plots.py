@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from study.config import CONFIG_ATTR  # noqa: E402
+from study.results import seed_frame, trials_frame  # noqa: E402
 from study.stats import HIST_MAX, LayerHistory  # noqa: E402
 
 # (column, title, colour map, fixed range): fixed so that pictures compare across studies.
@@ -144,8 +145,6 @@ def save_lesson_strip(seed_accs: pd.DataFrame, out_dir: Path) -> Path | None:
 
 def draw_study(study, out_dir: Path) -> list[Path]:
     """All of a stored study's pictures into `out_dir`: the heatmaps and the lesson settings' strip."""
-    from study.results import seed_frame, trials_frame
-
     trials = trials_frame(study)
     if trials.empty:
         return []

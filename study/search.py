@@ -406,7 +406,7 @@ def load_existing_study(search: SearchConfig) -> optuna.Study:
     """A stored study, for reading; BadInput naming the studies there when it is absent."""
     db = sqlite_path(search.storage_url())
     if db is not None and not db.is_file():
-        raise BadInput(f"no study database at {db}: run '{'python -m study search'} --name {search.name}' first")
+        raise BadInput(f"no study database at {db}: run 'python -m study search --name {search.name}' first")
     storage = open_storage(search.storage_url())
     names = optuna.get_all_study_names(storage)
     if search.name not in names:
