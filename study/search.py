@@ -155,7 +155,9 @@ def requeue(study: optuna.Study, search: SearchConfig) -> int:
     if search.sampler == "grid":
         candidates = [tuple(p[name] for name in SEARCHED) for p in grid_points(search)]
     else:
-        candidates = list(dict.fromkeys(point_of(t) for t in trials if t.state == TrialState.FAIL))
+        # A trial killed before its setting was sampled has no point to retry.
+        candidates = list(dict.fromkeys(point_of(t) for t in trials
+                                        if t.state == TrialState.FAIL and None not in point_of(t)))
     missing = [p for p in candidates if p not in held and fails[p] < MAX_FAILS_PER_SETTING]
     wanted = missing[:max(search.target_trials() - len(live), 0)]
     for point in wanted:

@@ -130,6 +130,18 @@ def test_a_failed_grid_point_is_retried(tmp_path):
     assert len(complete_trials(study)) == 4 and len(points) == 4
 
 
+def test_a_trial_killed_before_sampling_is_not_retried_as_an_empty_setting(tmp_path):
+    config = small_search(tmp_path, sampler="random", leak="0:0.3", n_trials=2)
+    study = Search(config, SMALL_RUN, progress=False).run()
+    study.tell(study.ask(), state=TrialState.FAIL)  # killed between ask and the first suggest
+    study = Search(small_search(tmp_path, sampler="random", leak="0:0.3", n_trials=3), SMALL_RUN,
+                   progress=False).run()
+    complete = complete_trials(study)
+    assert len(complete) == 3
+    assert all(set(t.params) == {"init_scale", "leak", "sub"} for t in complete)
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+
+
 def test_changed_configuration_is_refused_without_touching_the_database(finished):
     config, study = finished
     db = config.storage_url().removeprefix("sqlite:///")

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY, free_port
 from study.config import SearchConfig
 from study.results import seed_records
+from study.search import point_of
 from study.workers import WORKER_FLAG, worker_commands
 
 GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]
@@ -36,7 +37,8 @@ def load(db, name):
 
 
 def points(trials):
-    return [(t.params["init_scale"], t.params["leak"], t.params["sub"]) for t in trials]
+    # point_of, not params: a trial killed before it sampled has only its queued point.
+    return [point_of(t) for t in trials]
 
 
 def stored_seeds(db) -> int:
