@@ -7,6 +7,10 @@ Per layer and recorded step, from the activation `a = GeneralRelu(z)` and its pr
 - `unit_pos`: per output unit (feature of a linear layer, channel of a convolution), the number of
   rows (batch x positions) whose pre-activation is > 0. A unit with 0 is dead on that batch.
 
+`activation_stats` is the plain reference; `batched_stats` computes the same numbers for G models at
+once in few passes (one `bincount` gives every model's histogram and every unit's positive count),
+which is what training records.
+
 Summaries: mean, std (unbiased), `near_zero_frac` = share of |a| in the lowest bin (the fast.ai
 lesson's "dead" chart: with sub > 0 an off unit outputs -sub and lands in a higher bin, so this is
 "near zero", not "off"), and `dead_units` = units never positive on the batch.
@@ -73,6 +77,70 @@ def activation_stats(pre: torch.Tensor, act: torch.Tensor, bins: int = HIST_BINS
 
 
 @dataclass
+class BatchedStats:
+    """One layer of G models at one step. sum, sumsq: (G,) float; hist: (G, bins) float32 counts;
+    unit_pos: (G, units) int64; count: elements per model."""
+
+    sum: torch.Tensor
+    sumsq: torch.Tensor
+    count: int
+    hist: torch.Tensor
+    unit_pos: torch.Tensor
+
+    def member(self, index: int) -> ActivationStats:
+        return ActivationStats(self.sum[index], self.sumsq[index], self.count, self.hist[index],
+                               self.unit_pos[index])
+
+    def summaries(self) -> dict[str, list]:
+        """Per model: mean, std (unbiased), near_zero_frac, dead_units, each a list of G numbers."""
+        n = self.count
+        total, total_sq = self.sum.double(), self.sumsq.double()
+        var = ((total_sq - total * total / n) / max(n - 1, 1)).clamp_min(0.0)
+        return {
+            "mean": (total / n).tolist(),
+            "std": var.sqrt().tolist(),
+            "near_zero_frac": (self.hist[:, 0].double() / n).tolist(),
+            "dead_units": (self.unit_pos == 0).sum(dim=1).tolist(),
+        }
+
+
+def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: int = HIST_BINS,
+                  hist_max: float = HIST_MAX) -> BatchedStats:
+    """`activation_stats` of G models at once, the histogram counted exactly as histc counts it.
+
+    pre, act: the models in `model_dim` (0 or 1), the units in dim 2, every other dim is rows:
+    (G, B, N) for stacked linear layers, (B, G, C, H, W) for grouped convolutions.
+    """
+    acc = torch.float64 if act.dtype == torch.float64 else torch.float32
+    a = act.detach()
+    n_models, n_units = a.shape[model_dim], a.shape[2]
+    others = [d for d in range(a.dim()) if d != model_dim]
+    count = a.numel() // n_models
+
+    scaled = a.abs().to(acc).mul_(bins / hist_max)
+    # histc puts |a| == hist_max in the last bin; the clamp below would send it to the overflow bin.
+    at_max = (scaled == bins).sum(dim=others)
+    # One index per element: (model, unit, pre > 0, bin); bin `bins` is overflow (above hist_max, NaN).
+    index = scaled.nan_to_num_(bins, bins, bins).clamp_(max=bins).to(torch.int32)
+    slots = bins + 1
+    shape = [1] * a.dim()
+    shape[model_dim], shape[2] = n_models, n_units
+    index += (torch.arange(n_models * n_units, device=a.device, dtype=torch.int32) * (2 * slots)).view(shape)
+    index += pre.detach().gt(0).to(torch.int32).mul_(slots)
+    counts = torch.bincount(index.view(-1), minlength=n_models * n_units * 2 * slots)
+    counts = counts.view(n_models, n_units, 2, slots)
+    hist = counts.sum(dim=(1, 2))[:, :bins].to(torch.float32)
+    hist[:, -1] += at_max
+    return BatchedStats(
+        sum=a.sum(dim=others, dtype=acc),
+        sumsq=(a.to(acc) * a).sum(dim=others),
+        count=count,
+        hist=hist,
+        unit_pos=counts[:, :, 1].sum(dim=2),
+    )
+
+
+@dataclass
 class LayerHistory:
     """One layer's statistics over the recorded steps; every list has one entry per step."""
 
@@ -92,8 +160,43 @@ class LayerHistory:
         }
 
 
+class LayerRecords:
+    """One layer's `BatchedStats` over the recorded steps, for models that may leave the batch.
+
+    `add(step, stats, models)`: `models[i]` names the model in row i of `stats`. `history(model)`
+    reads one model's rows back as a `LayerHistory`.
+    """
+
+    def __init__(self):
+        self.entries: list[tuple[int, BatchedStats, dict[int, int]]] = []
+        self._summaries: dict[int, dict[str, list]] = {}
+
+    def add(self, step: int, stats: BatchedStats, models: list[int]) -> None:
+        self.entries.append((step, stats, {model: row for row, model in enumerate(models)}))
+
+    def history(self, model: int) -> LayerHistory:
+        steps, rows = [], []
+        for index, (step, stats, row_of) in enumerate(self.entries):
+            if model in row_of:
+                steps.append(step)
+                rows.append((index, stats, row_of[model]))
+        summaries = [self._summary(index, stats) for index, stats, _ in rows]
+        return LayerHistory(
+            steps=steps,
+            **{key: [summary[key][row] for summary, (_, _, row) in zip(summaries, rows)]
+               for key in ("mean", "std", "near_zero_frac", "dead_units")},
+            hist=[stats.hist[row].tolist() for _, stats, row in rows],
+            units=rows[0][1].unit_pos.shape[1] if rows else 0,
+        )
+
+    def _summary(self, index: int, stats: BatchedStats) -> dict[str, list]:
+        if index not in self._summaries:  # computed once for all G models of the entry
+            self._summaries[index] = stats.summaries()
+        return self._summaries[index]
+
+
 class StatsRecorder:
-    """Forward hooks on a model's activation modules that keep `ActivationStats` of chosen steps.
+    """Forward hooks on a model's activation modules that record `BatchedStats` (G = 1) of chosen steps.
 
     Use as a context manager (the hooks are removed on exit, also on error); set `recording` before
     each forward pass to say whether that pass is recorded.
@@ -103,7 +206,7 @@ class StatsRecorder:
         self.modules, self.bins, self.hist_max = modules, bins, hist_max
         self.recording = False
         self.step = 0
-        self.records: list[list[tuple[int, ActivationStats]]] = [[] for _ in modules]
+        self.records = [LayerRecords() for _ in modules]
         self._handles: list = []
 
     def __enter__(self) -> "StatsRecorder":
@@ -121,26 +224,19 @@ class StatsRecorder:
             if self.recording:
                 kernel = getattr(module, "last_stats", None)  # a fused layer reduced them already
                 if kernel is not None:
-                    stats = ActivationStats(kernel.sum, kernel.sumsq, kernel.count, kernel.hist, kernel.unit_pos)
+                    stats = from_kernel(kernel, single=True)
                 else:
-                    with torch.no_grad():
-                        stats = activation_stats(inputs[0], output, self.bins, self.hist_max)
-                self.records[index].append((self.step, stats))
+                    # A model dim before the units (dim 1) makes one model's layer a batch of G = 1.
+                    stats = batched_stats(inputs[0].unsqueeze(1), output.unsqueeze(1), 1, self.bins, self.hist_max)
+                self.records[index].add(self.step, stats, [0])
         return hook
 
     def history(self) -> list[LayerHistory]:
-        layers = []
-        for records in self.records:
-            steps = [step for step, _ in records]
-            stats = [s for _, s in records]
-            layers.append(LayerHistory(
-                steps=steps,
-                mean=[s.mean for s in stats],
-                std=[s.std for s in stats],
-                near_zero_frac=[s.near_zero_frac for s in stats],
-                dead_units=[s.dead_units for s in stats],
-                hist=torch.stack([s.hist for s in stats]).tolist() if stats else [],
-                units=len(stats[0].unit_pos) if stats else 0,
-            ))
-        return layers
+        return [records.history(0) for records in self.records]
 
+
+def from_kernel(kernel, single: bool = False) -> BatchedStats:
+    """The fused kernel's `LinearActStats` as `BatchedStats`; `single`: the kernel ran without a G dim."""
+    parts = (kernel.sum, kernel.sumsq, kernel.hist, kernel.unit_pos)
+    total, total_sq, hist, unit_pos = (t.unsqueeze(0) for t in parts) if single else parts
+    return BatchedStats(total, total_sq, kernel.count, hist.to(torch.float32), unit_pos)

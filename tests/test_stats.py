@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from study.model import GeneralRelu
-from study.stats import HIST_BINS, HIST_MAX, StatsRecorder, activation_stats
+from study.stats import HIST_BINS, HIST_MAX, LayerRecords, StatsRecorder, activation_stats, batched_stats
 
 
 def reference_hist(values: torch.Tensor, bins: int, hist_max: float) -> torch.Tensor:
@@ -56,6 +56,56 @@ def test_histogram_edges_follow_histc():
     assert hist[1] == 1  # 0.25 opens the second bin
     assert hist[-1] == 3  # 9.99, 10 and |-10|: the upper edge belongs to the last bin
     assert sum(hist) == 7  # 10.01 lies outside [0, 10] and is not counted
+
+
+def model_slices(x: torch.Tensor, model_dim: int) -> list[torch.Tensor]:
+    """Each model's tensor with its units at dim 1, as one model's layer has them."""
+    return [x.select(model_dim, g) if model_dim == 1 else x.select(0, g) for g in range(x.shape[model_dim])]
+
+
+@pytest.mark.parametrize("shape, model_dim", [((1, 64, 256), 0), ((3, 16, 33), 0), ((8, 1, 5, 4, 4), 1),
+                                              ((8, 4, 6, 3, 3), 1)])
+@pytest.mark.parametrize("leak, sub", [(0.0, 0.0), (0.1, 0.4), (0.5, -0.25)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak, sub, dtype):
+    gen = torch.Generator().manual_seed(1)
+    pre = (torch.randn(shape, generator=gen, dtype=dtype) * 4)
+    pre.view(-1)[::7] = torch.randint(-40, 41, pre.view(-1)[::7].shape, generator=gen).to(dtype) / 4  # on edges
+    act = GeneralRelu(leak, sub)(pre)
+    stats = batched_stats(pre, act, model_dim)
+    for g, (p, a) in enumerate(zip(model_slices(pre, model_dim), model_slices(act, model_dim))):
+        ref = activation_stats(p, a)
+        one = stats.member(g)
+        assert one.count == ref.count
+        assert torch.equal(one.hist, ref.hist.to(one.hist.dtype))
+        assert torch.equal(one.unit_pos, ref.unit_pos)
+        assert one.sum.item() == pytest.approx(ref.sum.item(), rel=1e-5, abs=1e-3)
+        assert one.sumsq.item() == pytest.approx(ref.sumsq.item(), rel=1e-5)
+        summary = stats.summaries()
+        assert summary["mean"][g] == pytest.approx(ref.mean, rel=1e-4, abs=1e-5)
+        assert summary["std"][g] == pytest.approx(ref.std, rel=1e-4)
+        assert summary["dead_units"][g] == ref.dead_units
+        assert summary["near_zero_frac"][g] == pytest.approx(ref.near_zero_frac)
+
+
+def test_batched_histogram_edges_and_non_finite_values_follow_histc():
+    act = torch.tensor([0.0, 0.2499, 0.25, 9.99, 10.0, 10.01, -10.0, -0.1, float("nan"), float("inf"),
+                        -float("inf")])
+    stats = batched_stats(act.view(1, 1, -1), act.view(1, 1, -1), 0)
+    assert torch.equal(stats.hist[0], torch.histc(act.abs(), HIST_BINS, 0, HIST_MAX))
+    assert stats.hist[0, 0] == 3 and stats.hist[0, -1] == 3 and stats.hist.sum() == 7
+
+
+def test_layer_records_follow_a_model_that_leaves_the_batch():
+    records = LayerRecords()
+    pre = torch.randn(3, 8, 5)
+    for step, models in [(0, [0, 1, 2]), (1, [0, 2]), (2, [2])]:
+        rows = pre[:len(models)] + step
+        records.add(step, batched_stats(rows, rows, 0), models)
+    assert records.history(1).steps == [0]
+    assert records.history(2).steps == [0, 1, 2]
+    assert records.history(2).mean[2] == pytest.approx((pre[0] + 2).mean().item(), rel=1e-5)
+    assert records.history(2).mean[0] == pytest.approx(pre[2].mean().item(), rel=1e-5)
 
 
 def test_near_zero_and_dead_units():
