@@ -16,6 +16,7 @@ MODELS = ("mlp", "cnn")
 INITS = ("kaiming", "lsuv")
 SCHEDULES = ("constant", "onecycle")
 BACKENDS = ("torch", "triton")
+DTYPES = ("float32", "bfloat16", "float64")
 
 
 def _help(text: str, **extra) -> dict:
@@ -121,6 +122,12 @@ class TrainConfig:
         metadata=_help("torch: PyTorch layers; triton: the fused kernel (CUDA, or Triton's slow interpreter "
                        "on a machine without CUDA)", choices=BACKENDS),
     )
+    dtype: str = field(
+        default="float32",
+        metadata=_help("bfloat16: autocast with float32 master weights (faster where the CPU or GPU has "
+                       "bf16 units); float64: everything in double precision, for checking",
+                       choices=DTYPES),
+    )
     max_steps: int | None = field(
         default=None, metadata=_help("stop after this many optimiser steps (default: all epochs)"))
     stats_every: int = field(
@@ -139,6 +146,8 @@ class TrainConfig:
             raise BadInput(f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.backend not in BACKENDS:
             raise BadInput(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.dtype not in DTYPES:
+            raise BadInput(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise BadInput(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.stats_every < 1:

@@ -52,9 +52,10 @@ class FashionMNIST:
     std: float
     source: str  # the directory the IDX files came from
 
-    def to(self, device: torch.device) -> "FashionMNIST":
-        moved = {name: getattr(self, name).to(device) for name in
-                 ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "FashionMNIST":
+        """On `device`, the images in `dtype` (the labels stay int64)."""
+        moved = {name: getattr(self, name).to(device) for name in ("y_train", "y_val", "y_test")}
+        moved |= {name: getattr(self, name).to(device, dtype) for name in ("x_train", "x_val", "x_test")}
         return FashionMNIST(**moved, mean=self.mean, std=self.std, source=self.source)
 
 

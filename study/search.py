@@ -74,6 +74,8 @@ def study_config(search: SearchConfig, run: RunConfig) -> dict:
         "data": asdict(run.data),
         "stats_every": run.train.stats_every,
         "diverge_loss": run.train.diverge_loss,
+        # Only when not the default, so that studies stored before the option existed continue.
+        **({"dtype": run.train.dtype} if run.train.dtype != "float32" else {}),
         "code_version": __version__,
     }
 

@@ -121,18 +121,19 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     # Every pass below is one plain same-dtype op: on the CPU, comparisons into bool tensors,
     # mixed-dtype adds and `where` cost several times more than these (measured, 1.6M elements).
     workspace = {} if workspace is None else workspace
-    scaled = _scratch(workspace, "scaled", a.shape, acc, a.device).copy_(a).abs_().mul_(bins / hist_max)
-    flags = _scratch(workspace, "flags", a.shape, acc, a.device)
+    scaled = _scratch(workspace, "scaled", a, acc).copy_(a).abs_().mul_(bins / hist_max)
+    flags = _scratch(workspace, "flags", a, acc)
     above = torch.gt(scaled, bins, out=flags).sum(dim=others)  # |a| > hist_max (and inf): not counted
     # Slots per (model, unit, pre > 0): bins, then |a| >= hist_max, then NaN.
     slots = bins + 2
     scaled.clamp_(max=bins).nan_to_num_(nan=bins + 1)
     scaled.add_(torch.gt(pre.detach(), 0, out=flags), alpha=slots)
-    index = _scratch(workspace, "index", a.shape, torch.int32, a.device).copy_(scaled)  # truncates: floor
+    index = _scratch(workspace, "index", a, torch.int32).copy_(scaled)  # truncates: floor
     shape = [1] * a.dim()
     shape[model_dim], shape[2] = n_models, n_units
     index += (torch.arange(n_models * n_units, device=a.device, dtype=torch.int32) * (2 * slots)).view(shape)
-    counts = torch.bincount(index.view(-1), minlength=n_models * n_units * 2 * slots)
+    # The scratch tensor is dense in some order (maybe channels-last); counting does not mind which.
+    counts = torch.bincount(index.as_strided((index.numel(),), (1,)), minlength=n_models * n_units * 2 * slots)
     counts = counts.view(n_models, n_units, 2, slots)
     per_model = counts.sum(dim=(1, 2))
     hist = per_model[:, :bins].to(torch.float32)
@@ -146,10 +147,12 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     )
 
 
-def _scratch(workspace: dict, name: str, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (name, tuple(shape), dtype, device)
+def _scratch(workspace: dict, name: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A reused tensor with `like`'s shape and memory layout (channels-last stays channels-last,
+    so every pass reads and writes memory in order)."""
+    key = (name, tuple(like.shape), like.stride(), dtype, like.device)
     if key not in workspace:
-        workspace[key] = torch.empty(shape, dtype=dtype, device=device)
+        workspace[key] = torch.empty_like(like, dtype=dtype)
     return workspace[key]
 
 
