@@ -16,6 +16,7 @@ import json
 import random
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
@@ -34,6 +35,7 @@ from study.config import CONFIG_ATTR, SEARCHED, ModelConfig, RunConfig, SearchCo
 from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
+from study.population import train_population
 from study.storage import open_storage, prepare_for_workers, sqlite_path
 from study.train import TrainResult, resolve_device, train
 
@@ -43,6 +45,8 @@ NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Population mode asks and tells its trials itself and keeps their heartbeats (`Heartbeats`).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 @dataclass
@@ -263,11 +267,15 @@ class Search:
     def work(self, study: optuna.Study) -> optuna.Study:
         self.store = FileSystemArtifactStore(str(self.paths.artifacts))
         target = self.search.target_trials()
+        population = self.search.population_size(resolve_device(self.run_config.train.device).type)
         self.bar = tqdm(total=target * len(self.seeds), initial=min(n_complete(study), target) * len(self.seeds),
                         unit="run", desc="study", disable=not self.progress, dynamic_ncols=True)
         try:
             while self._next_step(study, target):
-                study.optimize(self._objective, n_trials=1)
+                if population > 1:
+                    self._run_population(study, target, population)
+                else:
+                    study.optimize(self._objective, n_trials=1)
                 self.bar.n = max(self.bar.n, min(n_complete(study), target) * len(self.seeds))
                 self.bar.refresh()
         finally:
@@ -293,23 +301,80 @@ class Search:
             time.sleep(min(self.search.heartbeat_seconds, 5))
 
     def _objective(self, trial: optuna.Trial):
+        params = self._start(trial)
+        records = self._reuse_stored(trial, params)
+        for seed in self.seeds:
+            if seed in records:
+                continue
+            self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
+                                     f"sub {params['sub']:.3g} seed {seed}")
+            result = train(self._run_config(params, seed), self.data)
+            records[seed] = self._store_seed(trial, params, seed, result)
+        return self._finish(trial, params, records)
+
+    def _run_population(self, study: optuna.Study, target: int, size: int) -> None:
+        """Up to `size` trials asked at once and all their seeds trained in one population; every
+        seed is stored as its model finishes, every trial told when the population is done."""
+        states = count_states(study)
+        room = states[TrialState.WAITING] if self.search.sampler == "grid" else \
+            target - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
+        trials, told = [], set()
+        try:
+            for _ in range(max(1, min(size, room))):
+                trial = study.ask()
+                try:
+                    trials.append((trial, self._start(trial)))
+                except optuna.TrialPruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+            with Heartbeats(self.storage, [trial._trial_id for trial, _ in trials], self.search.heartbeat_seconds):
+                records = {trial.number: self._reuse_stored(trial, params) for trial, params in trials}
+                models = [(trial, params, seed) for trial, params in trials for seed in self.seeds
+                          if seed not in records[trial.number]]
+                self.bar.set_description(f"{len(models)} models ({len(trials)} settings) at once")
+
+                def store(index: int, result: TrainResult) -> None:
+                    trial, params, seed = models[index]
+                    records[trial.number][seed] = self._store_seed(trial, params, seed, result)
+
+                if models:
+                    train_population([self._run_config(params, seed) for _, params, seed in models], self.data,
+                                     on_result=store)
+            for trial, params in trials:
+                values = self._finish(trial, params, records[trial.number])
+                study.tell(trial, values)
+                told.add(trial.number)
+        except BaseException:
+            # As Study.optimize does for its trial: an interrupted trial is FAIL, and its stored seeds
+            # are reused when its setting is retried.
+            for trial, _ in trials:
+                if trial.number not in told:
+                    study.tell(trial, state=TrialState.FAIL)
+            raise
+
+    def _start(self, trial: optuna.Trial) -> dict:
+        """The trial's setting; TrialPruned when another trial holds it."""
         params = suggest(trial, self.search)
         if self._held_elsewhere(trial, params):
             raise optuna.TrialPruned("another trial holds this setting")  # a race between workers
-        stored = stored_seed_results(trial.study, self.storage, params)
-        records: dict[int, dict] = {}
-        for seed in self.seeds:
-            self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
-                                     f"sub {params['sub']:.3g} seed {seed}")
-            if seed in stored:
-                records[seed] = self._reuse(trial, stored[seed], seed)
-            else:
-                result = train(self._run_config(params, seed), self.data)
-                records[seed] = seed_record(result)
-                trial.set_user_attr(f"seed_{seed}", records[seed])  # kept even if a later seed is interrupted
-                self._upload_pictures(trial, result, params, seed)
-            self.bar.update()
+        return params
 
+    def _reuse_stored(self, trial: optuna.Trial, params: dict) -> dict[int, dict]:
+        """seed -> record of the seeds earlier, failed trials of this setting finished."""
+        stored = stored_seed_results(trial.study, self.storage, params)
+        records = {seed: self._reuse(trial, stored[seed], seed) for seed in self.seeds if seed in stored}
+        self.bar.update(len(records))
+        return records
+
+    def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> dict:
+        record = seed_record(result)
+        trial.set_user_attr(f"seed_{seed}", record)  # kept even if a later seed is interrupted
+        self._upload_pictures(trial, result, params, seed)
+        self.bar.update()
+        return record
+
+    def _finish(self, trial: optuna.Trial, params: dict, records: dict[int, dict]):
+        """Summary attributes and note; returns the objective value(s)."""
+        records = {seed: records[seed] for seed in self.seeds}
         summary = summarise(records, self.search.train_threshold)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
@@ -361,6 +426,36 @@ class Search:
         best = max([t.user_attrs.get("mean_val_acc", 0.0) for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
+
+
+class Heartbeats:
+    """While training, a heartbeat for each trial every `interval` seconds, as Study.optimize keeps
+    for its one trial: when this worker is killed, its trials go stale and are failed and retried."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: float):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self.enabled = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> "Heartbeats":
+        if self.enabled:
+            self._record()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._record()
+
+    def _record(self) -> None:
+        for trial_id in self.trial_ids:
+            self.storage.record_heartbeat(trial_id)
 
 
 @dataclass

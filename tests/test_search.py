@@ -2,6 +2,7 @@
 
 import hashlib
 import statistics
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -142,6 +143,48 @@ def test_a_trial_killed_before_sampling_is_not_retried_as_an_empty_setting(tmp_p
     assert not [t for t in study.trials if t.state == TrialState.WAITING]
 
 
+def test_population_mode_stores_the_same_study_as_one_trial_at_a_time(finished, tmp_path):
+    _, alone = finished
+    study = Search(small_search(tmp_path, population="3"), SMALL_RUN, progress=False).run()
+    trials = complete_trials(study)
+    assert len(trials) == 4 and len({tuple(t.params.items()) for t in trials}) == 4
+    by_point = {tuple(sorted(t.params.items())): t for t in complete_trials(alone)}
+    for trial in trials:
+        records = seed_records(trial)
+        assert sorted(records) == [0, 1]
+        before = seed_records(by_point[tuple(sorted(trial.params.items()))])
+        for seed in (0, 1):  # float32 rounding of batched GEMMs apart, the same runs
+            assert records[seed]["val_acc"] == pytest.approx(before[seed]["val_acc"], abs=0.01)
+        assert trial.value == pytest.approx(statistics.fmean(r["val_acc"] for r in records.values()))
+        assert len([k for k in trial.system_attrs if k.startswith("artifacts:")]) == 2
+
+
+def test_population_auto_is_off_on_the_cpu_and_fills_32_models_on_cuda():
+    assert small_search(Path("."), population="auto").population_size("cpu") == 1
+    assert small_search(Path("."), population="auto", seeds="0,1,2").population_size("cuda") == 10
+    assert small_search(Path("."), population="off").population_size("cuda") == 1
+    assert small_search(Path("."), population="5").population_size("cpu") == 5
+
+
+def test_population_mode_reuses_the_seeds_a_failed_trial_stored(tmp_path):
+    config = small_search(tmp_path, leak="0.1", sub="0.4", population="2")
+    search = Search(config, SMALL_RUN, progress=False)
+    study = search.open()
+    study.enqueue_trial({"init_scale": 1.0, "leak": 0.1, "sub": 0.4})
+    trial = study.ask()
+    trial.suggest_categorical("leak", [0.1])
+    record = {"val_acc": 0.5, "test_acc": 0.5, "diverged": False, "diverged_step": None, "steps": 1,
+              "seconds": 0.1, "final_loss": 1.0, "layers": [{"mean": 0, "std": 1, "dead_frac": 0, "dead_units": 0,
+                                                             "units": 32}]}
+    trial.set_user_attr("seed_1", record)
+    study.tell(trial, state=TrialState.FAIL)
+    study = search.work(study)
+    (complete,) = complete_trials(study)
+    records = seed_records(complete)
+    assert records[1]["reused_from"] == trial.number and records[1]["val_acc"] == 0.5
+    assert records[0]["val_acc"] > 0.7 and "reused_from" not in records[0]
+
+
 def test_changed_configuration_is_refused_without_touching_the_database(finished):
     config, study = finished
     db = config.storage_url().removeprefix("sqlite:///")
@@ -212,6 +255,9 @@ SEARCH_BAD_INPUTS = [
     (["--storage", "nosuchdb://x/y"], "cannot open storage nosuchdb://x/y"),
     (["--name", "a/b"], "--name 'a/b'"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--population", "0"], "--population '0': give a number of settings >= 1, off or auto"),
+    (["--population", "many"], "--population 'many'"),
+    (["--dtype", "half"], "invalid choice: 'half'"),
 ]
 
 

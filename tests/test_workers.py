@@ -140,10 +140,13 @@ def test_ctrl_c_fails_the_trial_and_resuming_reuses_finished_seeds(tmp_path):
 
 
 @pytest.mark.slow
-def test_chaos_sigkill_three_times_then_resume(tmp_path):
-    """A 12-point grid, 2 seeds each, killed with SIGKILL at 3 random moments and resumed each time."""
+@pytest.mark.parametrize("population", ["off", "4"])
+def test_chaos_sigkill_three_times_then_resume(tmp_path, population):
+    """A 12-point grid, 2 seeds each, killed with SIGKILL at 3 random moments and resumed each time;
+    one trial at a time, and 4 trials (8 models) trained as one population."""
     db = tmp_path / "studies" / "chaos.db"
-    args = ["search", "--name", "chaos", *TINY, *GRID_12, "--seeds", "0,1", *FAST_RECOVERY]
+    args = ["search", "--name", "chaos", *TINY, *GRID_12, "--seeds", "0,1", *FAST_RECOVERY,
+            "--population", population]
     rng = random.Random(1234)
     for _ in range(3):
         proc = start(args, tmp_path)
