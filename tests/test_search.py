@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import assert_one_line_error, run_cli
+from conftest import TINY, assert_one_line_error, run_cli
 from study.config import CONFIG_ATTR, ModelConfig, OptimConfig, RunConfig, SearchConfig
 from study.errors import BadInput
 from study.plots import HEATMAP_METRICS, draw_study, heatmap_tables
@@ -157,6 +157,15 @@ def test_population_mode_stores_the_same_study_as_one_trial_at_a_time(finished, 
             assert records[seed]["val_acc"] == pytest.approx(before[seed]["val_acc"], abs=0.01)
         assert trial.value == pytest.approx(statistics.fmean(r["val_acc"] for r in records.values()))
         assert len([k for k in trial.system_attrs if k.startswith("artifacts:")]) == 2
+
+
+def test_population_search_from_the_command_line_prints_no_warnings(tmp_path):
+    proc = run_cli("search", "--name", "p", *TINY, "--leak", "0.1,0.2", "--sub", "0.4", "--seeds", "0,1",
+                   "--population", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/studies/p.db")
+    assert len(complete_trials(study)) == 2
 
 
 def test_population_auto_is_off_on_the_cpu_and_fills_32_models_on_cuda():
