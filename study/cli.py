@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -174,6 +175,8 @@ def run_search(args: argparse.Namespace) -> int:
     _prepare_backend(run_config.train.backend)
     from study import plots, results, search, workers
 
+    if args.worker:
+        share_cores(search_config)
     runner = search.Search(search_config, run_config, progress=sys.stderr.isatty() and not args.worker)
     try:
         study = runner.open()
@@ -252,6 +255,15 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     serve_dashboard(SearchConfig(name=args.name, storage=args.storage), args.host, args.port)
     return 0
+
+
+def share_cores(search_config: SearchConfig) -> None:
+    """A worker started by --workers takes its share of this machine's cores for its CPU threads:
+    W workers at all cores each would fight over them."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, cores // search_config.workers))
 
 
 def _prepare_backend(backend: str) -> None:

@@ -1,0 +1,255 @@
+"""How fast a study's trainings run: one table of model-epochs per second, peak memory and FLOP rate.
+
+Rows, for the MLP and the lesson's CNN (one epoch of FashionMNIST each, warm-up excluded):
+  (a) lesson-style loop: DataLoader, forward hooks with mean, std and `abs().histc(40, 0, 10)` every batch
+  (b) this project's single-model `train`, statistics every step
+  (c) the same without statistics (recorded at step 0 only)
+  (d) population training of G models at once, statistics every step
+  (e) (b) under bfloat16 autocast, where the device supports it
+and a bare `torch.mm` of the MLP's first layer measured in the same run: the GEMM rate the rows'
+GFLOP/s are compared with. Each row runs in a fresh process, so its peak memory is its own.
+
+    python scripts/bench_study.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from kernels.bench_fused_linear_act import predict
+from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.data import load_fashion_mnist
+from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, build_model, init_weights
+from study.population import train_population
+from study.train import make_optimizer, resolve_device, train
+
+ROWS = ("a", "b", "c", "d8", "d32", "e")
+ROW_NAMES = {
+    "a": "(a) lesson-style loop: DataLoader + histc hooks",
+    "b": "(b) single model, statistics every step",
+    "c": "(c) single model, no statistics",
+    "d8": "(d) population G=8, statistics every step",
+    "d32": "(d) population G=32, statistics every step",
+    "e": "(e) single model, bfloat16 autocast, statistics",
+}
+N_TRAIN = 50_000
+
+
+@dataclass
+class Measured:
+    models: int  # trained at once
+    seconds: float  # one epoch of all of them
+    peak_mb: float
+
+    @property
+    def model_epochs_per_second(self) -> float:
+        return self.models / self.seconds
+
+
+def run_config(model: str, device: str, **train) -> RunConfig:
+    """The study's defaults for `model`: GeneralRelu(.1, .4), Kaiming, lr 0.1 (trains, both models)."""
+    return RunConfig(model=ModelConfig(model=model), optim=OptimConfig(lr=0.1),
+                     train=TrainConfig(device=device, **train))
+
+
+def train_flops(model: str) -> float:
+    """FLOPs of one epoch of training (forward + backward = 3x the forward GEMMs/convolutions)."""
+    if model == "mlp":
+        widths = (IMAGE_PIXELS, *ModelConfig().widths, N_CLASSES)
+        per_image = sum(2 * a * b for a, b in zip(widths, widths[1:]))
+    else:
+        per_image, size = 0, 28
+        for n_in, n_out in zip((*CNN_CHANNELS,), (*CNN_CHANNELS[1:], N_CLASSES)):
+            size = (size + 1) // 2
+            per_image += 2 * n_in * 9 * n_out * size * size
+    return 3.0 * per_image * N_TRAIN
+
+
+def lesson_loop(config: RunConfig, data, max_steps: int | None = None) -> None:
+    """The notebook way: a DataLoader of the tensors, and hooks that keep every batch's statistics."""
+    model = build_model(config.model).to(data.x_train.device)
+    init_weights(model, config.model, torch.Generator().manual_seed(0))
+    kept = []
+
+    def hook(module, inputs, out):
+        kept.append((out.mean(), out.std(), out.abs().histc(40, 0, 10)))
+
+    handles = [m.register_forward_hook(hook) for m in activations(model)]
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=config.optim.batch_size,
+                        shuffle=True, generator=torch.Generator().manual_seed(1))
+    optimizer, _ = make_optimizer(model.parameters(), config.optim, len(loader))
+    for xb, yb in itertools.islice(loader, max_steps):
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for handle in handles:
+        handle.remove()
+
+
+def measure_row(model: str, row: str, device: str) -> Measured:
+    """One epoch of `row`, after a few warm-up steps; in this process."""
+    data = load_fashion_mnist(DataConfig(), resolve_device(device))
+    no_stats = 10 ** 9
+    size = int(row[1:]) if row.startswith("d") else 1
+    configs = [run_config(model, device, seed=seed, stats_every=no_stats if row == "c" else 1,
+                          dtype="bfloat16" if row == "e" else "float32") for seed in range(size)]
+
+    def run(max_steps: int | None) -> None:
+        runs = [replace(c, train=replace(c.train, max_steps=max_steps)) for c in configs]
+        if row == "a":
+            lesson_loop(runs[0], data, max_steps)
+        elif size > 1:
+            train_population(runs, data)
+        else:
+            train(runs[0], data)
+
+    run(max_steps=3)  # warm-up: allocator, oneDNN primitives, CUDA kernels
+    with _Timer(device) as timer:
+        run(max_steps=None)
+    return Measured(size, timer.seconds, _peak_mb(device))
+
+
+def bare_mm_gflops(device: str) -> float:
+    """The MLP first layer's GEMM (1024x784 @ 784x256), timed bare: the rate to compare with."""
+    dev = resolve_device(device)
+    x, w = torch.randn(1024, IMAGE_PIXELS, device=dev), torch.randn(IMAGE_PIXELS, 256, device=dev)
+    for _ in range(20):
+        torch.mm(x, w)
+    repeats = 200
+    with _Timer(device) as timer:
+        for _ in range(repeats):
+            torch.mm(x, w)
+    return 2.0 * 1024 * IMAGE_PIXELS * 256 * repeats / timer.seconds / 1e9
+
+
+def bf16_supported(device: str) -> bool:
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def gpu_population_prediction() -> str:
+    """The kernel issue's analytic H100 model: per-model time of the MLP's fused hidden layers at
+    G=1 and G=32 (forward); the ratio is the predicted population speed-up there."""
+    def per_model(G: int) -> float:
+        first = predict(G, 1024, IMAGE_PIXELS, 256, shared_x=False)
+        hidden = predict(G, 1024, 256, 256, shared_x=False)
+        return (first.fused_seconds + 2 * hidden.fused_seconds) / G
+
+    return (f"PREDICTION (not measured; analytic H100 model of kernels/bench_fused_linear_act.py): the MLP's "
+            f"fused hidden layers take {per_model(1) * 1e6:.1f} us per model per step alone and "
+            f"{per_model(32) * 1e6:.1f} us in a population of 32: {per_model(1) / per_model(32):.1f}x "
+            f"fewer GPU-seconds per model, launch-bound alone, bandwidth-bound together.")
+
+
+def table(results: dict[tuple[str, str], Measured], mm_gflops: float) -> str:
+    lines = ["| model | row | model-epochs/s | x (a) | x (b) | peak memory MB | GFLOP/s | % of bare mm |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (model, row), m in results.items():
+        rate = m.model_epochs_per_second
+        gflops = train_flops(model) * rate / 1e9
+        base_a, base_b = results.get((model, "a")), results.get((model, "b"))
+        lines.append(f"| {model} | {ROW_NAMES[row]} | {rate:.3f} | {_ratio(rate, base_a)} | {_ratio(rate, base_b)} | "
+                     f"{m.peak_mb:.0f} | {gflops:.1f} | {100 * gflops / mm_gflops:.0f}% |")
+    return "\n".join(lines)
+
+
+def _ratio(rate: float, base: Measured | None) -> str:
+    return f"{rate / base.model_epochs_per_second:.2f}" if base else "-"
+
+
+def header(device: str) -> str:
+    dev = resolve_device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    return (f"{datetime.date.today()}, {name}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}; one epoch = 50,000 FashionMNIST images, batch 1024")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Model-epochs per second of the ways to train a study.")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--models", default="mlp,cnn", help="comma separated (default: mlp,cnn)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma separated of {','.join(ROWS)}")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # MODEL:ROW, run in a child process
+    args = parser.parse_args(argv)
+    if args.row:
+        model, row = args.row.split(":")
+        m = measure_row(model, row, args.device)
+        print(json.dumps({"models": m.models, "seconds": m.seconds, "peak_mb": m.peak_mb}))
+        return 0
+
+    rows = [r for r in args.rows.split(",") if r != "e" or bf16_supported(args.device)]
+    jobs = [(model, row) for model in args.models.split(",") for row in rows]
+    results = {}
+    for model, row in tqdm(jobs, desc="bench", unit="row"):
+        child = subprocess.run([sys.executable, "-m", "study.bench", "--device", args.device, "--row",
+                                f"{model}:{row}"], capture_output=True, text=True, check=False)
+        if child.returncode != 0:
+            print(f"bench: {model} {row} failed: {child.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 1
+        results[(model, row)] = Measured(**json.loads(child.stdout.strip().splitlines()[-1]))
+    mm_gflops = bare_mm_gflops(args.device)
+    print(header(args.device))
+    print()
+    print(table(results, mm_gflops))
+    print()
+    print(f"bare torch.mm 1024x784 @ 784x256: {mm_gflops:.0f} GFLOP/s")
+    print(gpu_population_prediction())
+    return 0
+
+
+class _Timer:
+    """Wall time of a block; on CUDA between two events, after the work queued before it."""
+
+    def __init__(self, device: str):
+        self.cuda = resolve_device(device).type == "cuda"
+
+    def __enter__(self) -> "_Timer":
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start_event = torch.cuda.Event(enable_timing=True)
+            self.end_event = torch.cuda.Event(enable_timing=True)
+            self.start_event.record()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.end_event.record()
+            torch.cuda.synchronize()
+            self.seconds = self.start_event.elapsed_time(self.end_event) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self.start
+
+
+def _peak_mb(device: str) -> float:
+    if resolve_device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
+
+
+def _cpu_name() -> str:
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} CPU ({torch.get_num_threads()} threads)"
+    return platform.processor() or "CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
