@@ -174,16 +174,18 @@ def run_search(args: argparse.Namespace) -> int:
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
     _prepare_backend(run_config.train.backend)
     from study import plots, results, search, workers
+    from study.train import resolve_device
 
     if args.worker:
         share_cores(search_config)
     runner = search.Search(search_config, run_config, progress=sys.stderr.isatty() and not args.worker)
     try:
         study = runner.open()
-        if args.worker or (search_config.workers == 1 and search_config.gpus is None):
+        device_type = resolve_device(run_config.train.device).type
+        if args.worker or (search_config.worker_count(device_type) == 1 and search_config.gpus is None):
             runner.work(study)
         else:
-            code = workers.run_workers(workers.worker_commands(args.argv[1:], search_config))
+            code = workers.run_workers(workers.worker_commands(args.argv[1:], search_config, device_type))
             if code:
                 print(f"{PROG}: a worker stopped with exit code {code}; run the same command again to continue",
                       file=sys.stderr)
@@ -263,7 +265,7 @@ def share_cores(search_config: SearchConfig) -> None:
     import torch
 
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores // search_config.workers))
+    torch.set_num_threads(max(1, cores // search_config.worker_count("cpu")))
 
 
 def _prepare_backend(backend: str) -> None:

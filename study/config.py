@@ -8,6 +8,7 @@ Every default carries its unit and why. Each dataclass validates itself on const
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 from study.errors import BadInput
@@ -261,7 +262,12 @@ class SearchConfig:
         default=0.5,  # chance is 0.1; a run below 0.5 after training has not learnt the task
         metadata=_help("validation accuracy above which a seed counts as trained"),
     )
-    workers: int = field(default=1, metadata=_help("worker processes on this study (this machine)"))
+    workers: str = field(
+        default="1",
+        metadata=_help("worker processes on this study on this machine: a number, or auto (one per CPU core "
+                       "when training on the CPU, each with one thread: ~1.3x the runs per second of one "
+                       "process with all cores on 2 cores, measured)"),
+    )
     gpus: str | None = field(
         default=None, metadata=_help("comma-separated GPU indices: one worker per GPU, e.g. 0,1,2,3"))
     population: str = field(
@@ -290,8 +296,7 @@ class SearchConfig:
             raise BadInput(f"--n-trials must be >= 1, got {self.n_trials}")
         if not 0 < self.train_threshold < 1:
             raise BadInput(f"--train-threshold must be in (0, 1), got {self.train_threshold}")
-        if self.workers < 1:
-            raise BadInput(f"--workers must be >= 1, got {self.workers}")
+        self.worker_count("cpu")  # checks the value
         if self.gpus is not None:
             self.gpu_list()
         if self.heartbeat_seconds < 1:
@@ -330,6 +335,18 @@ class SearchConfig:
         if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
             raise BadInput(f"--gpus {self.gpus!r}: GPU indices must be distinct and >= 0")
         return gpus
+
+    def worker_count(self, device_type: str) -> int:
+        """Worker processes for this machine; auto is one per usable core on the CPU, else one."""
+        if str(self.workers) == "auto":
+            return len(os.sched_getaffinity(0)) if device_type == "cpu" else 1
+        try:
+            count = int(self.workers)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise BadInput(f"--workers must be a number >= 1 or auto, got {self.workers}")
+        return count
 
     def population_size(self, device_type: str) -> int:
         """Trials (settings) trained together; 1 is one trial at a time."""

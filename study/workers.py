@@ -15,7 +15,7 @@ from study.config import SearchConfig
 WORKER_FLAG = "--worker"
 
 
-def worker_commands(argv: Sequence[str], search: SearchConfig) -> list[list[str]]:
+def worker_commands(argv: Sequence[str], search: SearchConfig, device_type: str = "cpu") -> list[list[str]]:
     """The command of each worker. argv: the `search` arguments as the user gave them.
 
     Later flags override earlier ones in argparse, so a worker's own settings are appended.
@@ -23,7 +23,10 @@ def worker_commands(argv: Sequence[str], search: SearchConfig) -> list[list[str]
     base = [sys.executable, "-m", "study", "search", *argv, WORKER_FLAG]
     if search.gpus is not None:
         return [[*base, "--device", f"cuda:{gpu}"] for gpu in search.gpu_list()]
-    return [list(base) for _ in range(search.workers)]
+    count = search.worker_count(device_type)
+    # Each worker is told the count, so that it takes its share of the cores (`--workers auto` would
+    # count them again, and a worker must not start workers of its own).
+    return [[*base, "--workers", str(count)] for _ in range(count)]
 
 
 def run_workers(commands: list[list[str]]) -> int:

@@ -72,6 +72,15 @@ def test_worker_commands(workers, gpus, devices):
         assert command[last + 1] == (device or "cpu")
 
 
+def test_workers_auto_is_one_per_core_on_the_cpu_each_told_the_count():
+    config = SearchConfig(workers="auto")
+    cores = len(os.sched_getaffinity(0))
+    commands = worker_commands(["--name", "x", "--workers", "auto"], config, "cpu")
+    assert len(commands) == cores
+    assert all(command[-2:] == ["--workers", str(cores)] for command in commands)
+    assert config.worker_count("cuda") == 1
+
+
 def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
     db = tmp_path / "studies" / "many.db"
     search = start(["search", "--name", "many", *TINY, *GRID_24, "--seeds", "0", "--workers", "4"], tmp_path)
