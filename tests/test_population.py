@@ -107,3 +107,29 @@ def test_bfloat16_population_trains(fashion):
     runs = [replace(c, train=replace(c.train, dtype="bfloat16")) for c in configs(MLP, settings=SETTINGS[:1])]
     population = train_population(runs, fashion)
     assert all(not m.diverged and m.val_acc > 0.75 for m in population)
+
+
+def test_triton_population_trains_like_the_torch_population(fashion):
+    """The fused kernel's G dimension (interpreter here) against the batched PyTorch layers: same
+    losses, and every member's statistics from the kernel equal those computed from activations."""
+    # The interpreter runs a program at a time: score on 500 images, not 20,000.
+    small = replace(fashion, x_val=fashion.x_val[:500], y_val=fashion.y_val[:500],
+                    x_test=fashion.x_test[:500], y_test=fashion.y_test[:500])
+    runs = [RunConfig(model=ModelConfig(model="mlp", widths=(32,), leak=leak, sub=sub),
+                      optim=OptimConfig(lr=0.05, batch_size=256), train=TrainConfig(seed=seed, device="cpu", max_steps=4))
+            for leak, sub in [(0.1, 0.4), (0.0, 0.0)] for seed in (0, 1)]
+    on_torch = train_population(runs, small)
+    on_triton = train_population([replace(c, train=replace(c.train, backend="triton")) for c in runs], small)
+    for ours, theirs in zip(on_triton, on_torch):
+        assert ours.losses == pytest.approx(theirs.losses, abs=1e-4)
+        (layer_ours,), (layer_theirs,) = ours.history, theirs.history
+        assert layer_ours.steps == layer_theirs.steps == [0, 1, 2, 3]
+        assert layer_ours.mean == pytest.approx(layer_theirs.mean, abs=1e-4)
+        assert layer_ours.dead_units == layer_theirs.dead_units
+        assert ours.val_acc == pytest.approx(theirs.val_acc, abs=0.01)
+
+
+def test_the_cnn_has_no_triton_population():
+    runs = configs(CNN, seeds=(0,), settings=SETTINGS[:1])
+    with pytest.raises(BadInput, match="--backend triton runs the MLP only"):
+        check_population([replace(c, train=replace(c.train, backend="triton")) for c in runs])
