@@ -14,7 +14,6 @@ matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 from study.config import CONFIG_ATTR  # noqa: E402
 from study.results import seed_frame, trials_frame  # noqa: E402
@@ -32,6 +31,14 @@ HEATMAP_METRICS = (
 LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
 MAX_AXIS_VALUES = 8  # more distinct values than this (range samplers) are binned
 N_BINS = 5
+
+
+def _seaborn():
+    """seaborn, imported on first use: with scipy it adds ~1 s to the start of every search worker,
+    and workers draw no heatmaps."""
+    import seaborn
+
+    return seaborn
 
 
 def save_activation_figure(history: list[LayerHistory], title: str, path: Path) -> Path:
@@ -109,7 +116,7 @@ def save_heatmaps(trials: pd.DataFrame, out_dir: Path, log_scale: bool = False) 
         fig, axes = plt.subplots(1, len(tables), figsize=(2.2 + 0.9 * n_leak * len(tables), 1.6 + 0.6 * n_sub),
                                  squeeze=False, layout="constrained")
         for ax, (scale, cells) in zip(axes[0], tables.items()):
-            sns.heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
+            _seaborn().heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
                         cbar=ax is axes[0][-1], cbar_kws={"label": metric}, linewidths=0.5,
                         linecolor="white", annot_kws={"fontsize": 8})
             ax.invert_yaxis()  # sub grows upwards
@@ -134,7 +141,7 @@ def save_lesson_strip(seed_accs: pd.DataFrame, out_dir: Path) -> Path | None:
         return None
     keep = keep.assign(setting=[f"({l:g}, {s:g}) x{k:g}" for l, s, k in zip(keep["leak"], keep["sub"], keep["init_scale"])])
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * keep["setting"].nunique(), 4), layout="constrained")
-    sns.stripplot(keep.sort_values("setting"), x="setting", y="val_acc", ax=ax, size=7, jitter=0.15, alpha=0.8)
+    _seaborn().stripplot(keep.sort_values("setting"), x="setting", y="val_acc", ax=ax, size=7, jitter=0.15, alpha=0.8)
     ax.axhline(0.1, color="grey", linestyle=":", label="chance")
     ax.set_ylim(0, 1)
     ax.set_xlabel("(leak, sub) x init_scale")
@@ -201,7 +208,7 @@ def save_depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: 
 
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(leaks), 1.2 + 0.5 * len(scales)), layout="constrained")
     frame = pd.DataFrame(sweep, index=[f"{s:g}" for s in scales], columns=[f"{l:g}" for l in leaks])
-    sns.heatmap(frame, ax=ax, cmap="RdBu_r", center=0, vmin=-6, vmax=6, annot=True, fmt=".1f",
+    _seaborn().heatmap(frame, ax=ax, cmap="RdBu_r", center=0, vmin=-6, vmax=6, annot=True, fmt=".1f",
                 annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 std, last layer (0: std 1)"})
     ax.invert_yaxis()
     ax.set_xlabel("leak")

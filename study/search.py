@@ -298,7 +298,8 @@ class Search:
             if not running:
                 raise BadInput(f"study {self.search.name!r} cannot reach {target} COMPLETE trials: settings "
                                f"failed {MAX_FAILS_PER_SETTING} times each are not retried; see its FAIL trials")
-            time.sleep(min(self.search.heartbeat_seconds, 5))
+            # Short: the study is often done moments later, and the command waits for every worker.
+            time.sleep(1)
 
     def _objective(self, trial: optuna.Trial):
         params = self._start(trial)
