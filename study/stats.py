@@ -121,12 +121,19 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     # Every pass below is one plain same-dtype op: on the CPU, comparisons into bool tensors,
     # mixed-dtype adds and `where` cost several times more than these (measured, 1.6M elements).
     workspace = {} if workspace is None else workspace
-    scaled = _scratch(workspace, "scaled", a, acc).copy_(a).abs_().mul_(bins / hist_max)
+    scaled = _scratch(workspace, "scaled", a, acc)
+    if a.dtype == acc:
+        torch.abs(a, out=scaled)
+    else:
+        scaled.copy_(a).abs_()
+    scaled.mul_(bins / hist_max)
     flags = _scratch(workspace, "flags", a, acc)
-    above = torch.gt(scaled, bins, out=flags).sum(dim=others)  # |a| > hist_max (and inf): not counted
     # Slots per (model, unit, pre > 0): bins, then |a| >= hist_max, then NaN.
     slots = bins + 2
-    scaled.clamp_(max=bins).nan_to_num_(nan=bins + 1)
+    above = None
+    if not scaled.max() < bins:  # some |a| >= hist_max, or NaN (max passes it on): rare, so checked first
+        above = torch.gt(scaled, bins, out=flags).sum(dim=others)  # |a| > hist_max (and inf): not counted
+        scaled.clamp_(max=bins).nan_to_num_(nan=bins + 1)
     scaled.add_(torch.gt(pre.detach(), 0, out=flags), alpha=slots)
     index = _scratch(workspace, "index", a, torch.int32).copy_(scaled)  # truncates: floor
     shape = [1] * a.dim()
@@ -137,7 +144,8 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     counts = counts.view(n_models, n_units, 2, slots)
     per_model = counts.sum(dim=(1, 2))
     hist = per_model[:, :bins].to(torch.float32)
-    hist[:, -1] += per_model[:, bins] - above.to(per_model.dtype)  # histc's last bin includes hist_max
+    if above is not None:
+        hist[:, -1] += per_model[:, bins] - above.to(per_model.dtype)  # histc's last bin includes hist_max
     return BatchedStats(
         sum=a.sum(dim=others, dtype=acc),
         sumsq=torch.linalg.vector_norm(a.to(acc), dim=others) ** 2,

@@ -67,11 +67,15 @@ def model_slices(x: torch.Tensor, model_dim: int) -> list[torch.Tensor]:
                                               ((8, 4, 6, 3, 3), 1)])
 @pytest.mark.parametrize("leak, sub", [(0.0, 0.0), (0.1, 0.4), (0.5, -0.25)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak, sub, dtype):
+@pytest.mark.parametrize("beyond", [True, False], ids=["beyond-hist-max", "within-hist-max"])
+def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak, sub, dtype, beyond):
     gen = torch.Generator().manual_seed(1)
     pre = (torch.randn(shape, generator=gen, dtype=dtype) * 4)
     pre.view(-1)[::7] = torch.randint(-40, 41, pre.view(-1)[::7].shape, generator=gen).to(dtype) / 4  # on edges
+    if not beyond:  # the common case, which skips the passes for |a| >= hist_max
+        pre = pre.clamp(-9.5, 9.5)
     act = GeneralRelu(leak, sub)(pre)
+    assert (act.abs().max() >= HIST_MAX) == beyond
     stats = batched_stats(pre, act, model_dim)
     for g, (p, a) in enumerate(zip(model_slices(pre, model_dim), model_slices(act, model_dim))):
         ref = activation_stats(p, a)
