@@ -103,7 +103,7 @@ def lesson_loop(config: RunConfig, data, max_steps: int | None = None) -> None:
 
 
 def measure_row(model: str, row: str, device: str) -> Measured:
-    """Seconds of one epoch of `row` after a few warm-up steps (the faster of two for one model),
+    """Seconds of one epoch of `row` after a few warm-up steps (the fastest of three for one model),
     in this process."""
     data = load_fashion_mnist(DataConfig(), resolve_device(device))
     no_stats = 10 ** 9
@@ -122,7 +122,7 @@ def measure_row(model: str, row: str, device: str) -> Measured:
 
     run(max_steps=3)  # warm-up: allocator, oneDNN primitives, CUDA kernels
     seconds = []
-    for _ in range(1 if size > 1 else 2):  # the best of two where a run is short, as a study's later runs
+    for _ in range(1 if size > 1 else 3):  # the best of three where a run is short: this VM is noisy
         with _Timer(device) as timer:
             run(max_steps=None)
         seconds.append(timer.seconds)
