@@ -319,14 +319,17 @@ class Search:
         states = count_states(study)
         room = states[TrialState.WAITING] if self.search.sampler == "grid" else \
             target - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
-        trials, told = [], set()
+        asked, trials, told = [], [], set()
         try:
             for _ in range(max(1, min(size, room))):
                 trial = study.ask()
+                asked.append(trial)
                 try:
                     trials.append((trial, self._start(trial)))
                 except optuna.TrialPruned:
                     study.tell(trial, state=TrialState.PRUNED)
+                    told.add(trial.number)
+            # `_trial_id`: Optuna has no public name for it; its own heartbeat thread uses the same.
             with Heartbeats(self.storage, [trial._trial_id for trial, _ in trials], self.search.heartbeat_seconds):
                 records = {trial.number: self._reuse_stored(trial, params) for trial, params in trials}
                 models = [(trial, params, seed) for trial, params in trials for seed in self.seeds
@@ -347,7 +350,7 @@ class Search:
         except BaseException:
             # As Study.optimize does for its trial: an interrupted trial is FAIL, and its stored seeds
             # are reused when its setting is retried.
-            for trial, _ in trials:
+            for trial in asked:
                 if trial.number not in told:
                     study.tell(trial, state=TrialState.FAIL)
             raise

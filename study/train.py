@@ -127,6 +127,7 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             else:
+                recorder.recording = False  # scoring passes are not training steps
                 epoch_val_acc.append(accuracy(model, data.x_val, data.y_val))
                 continue
             break  # diverged, or max_steps reached inside the epoch
