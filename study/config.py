@@ -170,6 +170,17 @@ class RunConfig:
         return asdict(self)
 
 
+def _count(value: str | int, error: str) -> int:
+    """`value` as an integer >= 1, else BadInput(error)."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise BadInput(error)
+    return count
+
+
 def _check_finite(name: str, value: float) -> None:
     if not math.isfinite(value):
         raise BadInput(f"--{name} must be a finite number, got {value}")
@@ -340,13 +351,7 @@ class SearchConfig:
         """Worker processes for this machine; auto is one per usable core on the CPU, else one."""
         if str(self.workers) == "auto":
             return len(os.sched_getaffinity(0)) if device_type == "cpu" else 1
-        try:
-            count = int(self.workers)
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise BadInput(f"--workers must be a number >= 1 or auto, got {self.workers}")
-        return count
+        return _count(self.workers, f"--workers must be a number >= 1 or auto, got {self.workers}")
 
     def population_size(self, device_type: str) -> int:
         """Trials (settings) trained together; 1 is one trial at a time."""
@@ -355,13 +360,8 @@ class SearchConfig:
         if self.population == "auto":
             # 32 models keep a GPU busy where one small model leaves it launch-bound (kernels/README.md).
             return max(1, AUTO_POPULATION_MODELS // len(self.seed_list())) if device_type == "cuda" else 1
-        try:
-            size = int(self.population)
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise BadInput(f"--population {self.population!r}: give a number of settings >= 1, off or auto")
-        return size
+        return _count(self.population, f"--population {self.population!r}: give a number of settings >= 1, "
+                                       "off or auto")
 
     def grid_size(self) -> int:
         return math.prod(len(s.choices) for s in self.spaces())

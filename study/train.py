@@ -47,7 +47,8 @@ class TrainResult:
         return record
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.float32, "float64": torch.float64}  # of weights and data
+# --dtype -> the dtype of weights and data (bfloat16 autocasts the compute, weights stay float32)
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -61,7 +62,7 @@ def prepare_data(config: RunConfig, data: FashionMNIST | None) -> tuple[torch.de
     device = resolve_device(config.train.device)
     if data is None:
         data = load_fashion_mnist(config.data, device)
-    dtype = DTYPES[config.train.dtype]
+    dtype = WEIGHT_DTYPES[config.train.dtype]
     if data.x_train.dtype != dtype:
         data = data.to(device, dtype)
     return device, data
@@ -92,7 +93,7 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
     if config.train.backend == "triton" and device.type != "cuda" and torch.cuda.is_available():
         raise BadInput("--backend triton runs on CUDA here: use --device cuda (the interpreter is for machines "
                        "without a GPU)")
-    model = build_model(config.model, config.train.backend).to(device, DTYPES[config.train.dtype])
+    model = build_model(config.model, config.train.backend).to(device, WEIGHT_DTYPES[config.train.dtype])
     init_weights(model, config.model, init_gen, batch=data.x_train[:config.optim.batch_size])
     if config.model.model == "cnn" and config.train.backend == "torch":
         # With 1-64 channels, channels-last convolutions run ~20% faster on the CPU (measured). After
