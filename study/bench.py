@@ -38,7 +38,6 @@ from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, buil
 from study.population import train_population
 from study.train import make_optimizer, resolve_device, train
 
-ROWS = ("a", "b", "c", "d8", "d32", "e")
 ROW_NAMES = {
     "a": "(a) lesson-style loop: DataLoader + histc hooks",
     "b": "(b) single model, statistics every step",
@@ -47,6 +46,7 @@ ROW_NAMES = {
     "d32": "(d) population G=32, statistics every step",
     "e": "(e) single model, bfloat16 autocast, statistics",
 }
+ROWS = tuple(ROW_NAMES)
 N_TRAIN = 50_000
 
 
@@ -74,7 +74,7 @@ def train_flops(model: str) -> float:
         per_image = sum(2 * a * b for a, b in zip(widths, widths[1:]))
     else:
         per_image, size = 0, 28
-        for n_in, n_out in zip((*CNN_CHANNELS,), (*CNN_CHANNELS[1:], N_CLASSES)):
+        for n_in, n_out in zip(CNN_CHANNELS, (*CNN_CHANNELS[1:], N_CLASSES)):
             size = (size + 1) // 2
             per_image += 2 * n_in * 9 * n_out * size * size
     return 3.0 * per_image * N_TRAIN

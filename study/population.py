@@ -17,7 +17,6 @@ from the stacks, so it costs nothing afterwards and never slows the others.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,7 +29,7 @@ from study.config import RunConfig
 from study.data import FashionMNIST
 from study.errors import BadInput
 from study.model import CNN_CHANNELS, build_model, fused_kernel, init_weights, weighted_layers
-from study.stats import HIST_BINS, HIST_MAX, BatchedStats, LayerRecords, batched_stats, from_kernel
+from study.stats import BatchedStats, LayerRecords, batched_stats, from_kernel
 from study.train import (EVAL_BATCH, TrainResult, autocast, is_diverged, make_optimizer, prepare_data,
                          step_count)
 
@@ -122,7 +121,7 @@ class Population:
             z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             h = general_relu(z, leak, sub, self.maxv)
             if record:
-                record(layer, batched_stats(z, h, 0, HIST_BINS, HIST_MAX, self.workspace))
+                record(layer, batched_stats(z, h, 0, workspace=self.workspace))
         weight, bias = self.params[-2:]
         return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
@@ -137,7 +136,7 @@ class Population:
             h = general_relu(z, leak, sub, self.maxv)
             if record:
                 split = (batch, members, channels, *z.shape[2:])
-                record(layer, batched_stats(z.view(split), h.view(split), 1, HIST_BINS, HIST_MAX, self.workspace))
+                record(layer, batched_stats(z.view(split), h.view(split), 1, workspace=self.workspace))
         logits = self._conv(h, len(CNN_CHANNELS) - 1)  # (B, G * 10, 1, 1)
         return logits.view(batch, members, -1).transpose(0, 1)
 
