@@ -1,7 +1,9 @@
 """The command line: flags -> config dataclasses -> work -> printed results and exit codes.
 
 Only this module parses flags, prints for people and picks exit codes. Everything below raises
-`BadInput` for a problem the user can fix; here it becomes one line on stderr and exit code 2.
+`BadInput` for a problem the user can fix (one line on stderr, exit code 2) and `StorageFault` when
+the database failed under a running study (one line, exit code 3). Everything printed passes
+`study.secrets.redact`, so no password reaches the terminal or a log.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Sequence
 
 from pathlib import Path
 
-from study.config import SEARCHED, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig, TrainConfig
-from study.errors import BadInput
+from study.config import SEARCHED, STORAGE_ENV, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig, TrainConfig
+from study.errors import BadInput, StorageFault
+from study.secrets import guard_output, mask_url, redact, remember
 
 PROG = "python -m study"
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE_FAULT = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -152,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="quick", help="study name (default: quick)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
+    parser.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV} if set, "
+                                          "else sqlite:///studies/NAME.db)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -185,13 +190,14 @@ def run_search(args: argparse.Namespace) -> int:
         if args.worker or (search_config.worker_count(device_type) == 1 and search_config.gpus is None):
             runner.work(study)
         else:
-            code = workers.run_workers(workers.worker_commands(args.argv[1:], search_config, device_type))
+            code = workers.run_workers(workers.worker_commands(args.argv[1:], search_config, device_type),
+                                       search_config.storage_url())
             if code:
                 print(f"{PROG}: a worker stopped with exit code {code}; run the same command again to continue",
                       file=sys.stderr)
                 return code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to continue:\n  {' '.join([PROG, *args.argv])}",
+        print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.worker:
@@ -200,7 +206,7 @@ def run_search(args: argparse.Namespace) -> int:
     pictures = plots.draw_study(study, runner.paths.out_dir)
     print("\nheatmaps: " + ", ".join(str(p) for p in pictures))
     print(f"dashboard: {PROG} dashboard --name {search_config.name}"
-          + (f" --storage {search_config.storage}" if search_config.storage else ""))
+          + (f" --storage {mask_url(search_config.storage)}" if search_config.storage else ""))
     return 0
 
 
@@ -259,6 +265,16 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command as given, with any password masked and a word on how to give it instead."""
+    command = " ".join([PROG, *argv])
+    shown = redact(command)
+    if shown != command:
+        shown += (f"   (password hidden: put the storage URL in ${STORAGE_ENV}, or leave the password out "
+                  "of it and let libpq read PGPASSWORD or ~/.pgpass)")
+    return shown
+
+
 def share_cores(search_config: SearchConfig) -> None:
     """A worker started by --workers takes its share of this machine's cores for its CPU threads:
     W workers at all cores each would fight over them."""
@@ -294,7 +310,10 @@ def format_result(result) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    guard_output()  # first: argparse's own errors may quote a --storage value
     argv = list(sys.argv[1:] if argv is None else argv)
+    for value in _storage_values(argv):
+        remember(value)
     args = build_parser().parse_args(argv)
     args.argv = argv  # workers and the resume hint repeat the command as given
     try:
@@ -302,6 +321,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageFault as e:
+        return _storage_fault(e)
+    except OSError as e:
+        from study.faults import fault_of
+
+        fault = fault_of(e)
+        if fault is None:
+            raise
+        return _storage_fault(fault)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _storage_fault(fault: StorageFault) -> int:
+    print(f"{PROG}: error: {fault}", file=sys.stderr)
+    if fault.abandon_connections:
+        # Leave without closing the SQLite connections (see StorageFault): nothing more is written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_STORAGE_FAULT)
+    return EXIT_STORAGE_FAULT
+
+
+def _storage_values(argv: Sequence[str]) -> list[str]:
+    """The values given to --storage, in both spellings, before argparse (whose errors quote them)."""
+    values = [value for flag, value in zip(argv, argv[1:]) if flag == "--storage"]
+    return values + [arg.split("=", 1)[1] for arg in argv if arg.startswith("--storage=")]

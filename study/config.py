@@ -196,6 +196,8 @@ CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study'
 OBJECTIVES = ("accuracy", "stability")
 SEARCHED = ("init_scale", "leak", "sub")  # the ModelConfig fields a search varies
 AUTO_POPULATION_MODELS = 32  # models per population that --population auto aims for on CUDA
+STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
+STORAGE_RETRY_SECONDS = 180  # rides out a server restart or failover; past it the command stops, resumable
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,9 @@ class ParamSpace:
 class SearchConfig:
     name: str = field(default="quick", metadata=_help("study name"))
     storage: str | None = field(
-        default=None, metadata=_help("Optuna storage URL (default: sqlite:///studies/NAME.db)"))
+        default=None,
+        metadata=_help(f"Optuna storage URL (default: ${STORAGE_ENV} if set, else sqlite:///studies/NAME.db); "
+                       "for PostgreSQL leave the password out and let libpq read PGPASSWORD or ~/.pgpass"))
     n_trials: int | None = field(
         default=None,
         metadata=_help("the study's target number of COMPLETE trials; re-running continues to it "
@@ -295,6 +299,10 @@ class SearchConfig:
         default=60,  # a killed worker's trial is failed and retried about a minute later
         metadata=_help("a RUNNING trial silent this long is failed and its setting retried"),
     )
+    storage_retry_seconds: int = field(
+        default=STORAGE_RETRY_SECONDS,
+        metadata=_help("how long a running study retries a database server that does not answer"),
+    )
 
     def __post_init__(self):
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
@@ -312,6 +320,8 @@ class SearchConfig:
             self.gpu_list()
         if self.heartbeat_seconds < 1:
             raise BadInput(f"--heartbeat-seconds must be >= 1, got {self.heartbeat_seconds}")
+        if self.storage_retry_seconds < 0:
+            raise BadInput(f"--storage-retry-seconds must be >= 0, got {self.storage_retry_seconds}")
         if self.grace_seconds <= self.heartbeat_seconds:
             raise BadInput(f"--grace-seconds ({self.grace_seconds}) must exceed --heartbeat-seconds "
                            f"({self.heartbeat_seconds})")
@@ -372,4 +382,4 @@ class SearchConfig:
         return self.grid_size() if self.sampler == "grid" else 30
 
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///studies/{self.name}.db"
+        return self.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{self.name}.db"

@@ -12,6 +12,7 @@ activation pictures are uploaded as artifacts, and a Markdown note summarises th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import statistics
@@ -35,6 +36,7 @@ from study.config import CONFIG_ATTR, SEARCHED, ModelConfig, RunConfig, SearchCo
 from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
+from study.secrets import mask_url
 from study.population import train_population
 from study.storage import open_storage, prepare_for_workers, sqlite_path
 from study.train import TrainResult, resolve_device, train
@@ -43,7 +45,8 @@ MAX_FAILS_PER_SETTING = 3  # a setting that failed this often (a bug, not a cras
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# ERROR: Optuna's "Trial N failed" warning carries a traceback; the command line says it in one line.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # Population mode asks and tells its trials itself and keeps their heartbeats (`Heartbeats`).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
@@ -123,7 +126,8 @@ def open_study(search: SearchConfig, run: RunConfig, storage: optuna.storages.RD
         time.sleep(0.5)  # a racing command created the study and is about to store its configuration
         stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
-        raise BadInput(f"study {search.name!r} in {search.storage_url()} was not made by initstudy: use another --name")
+        raise BadInput(f"study {search.name!r} in {mask_url(search.storage_url())} was not made by initstudy: "
+                       "use another --name")
     differences = config_differences(stored, wanted)
     if differences:
         raise BadInput(f"study {search.name!r} was run with another configuration ({'; '.join(differences)}): "
@@ -258,7 +262,7 @@ class Search:
         if db is not None:
             _make_dir(db.parent)
         self.storage = open_storage(self.search.storage_url(), self.search.heartbeat_seconds,
-                                    self.search.grace_seconds)
+                                    self.search.grace_seconds, self.search.storage_retry_seconds)
         study = open_study(self.search, self.run_config, self.storage)
         prepare_for_workers(self.search.storage_url())  # only once the study is known to be good
         _make_dir(self.paths.artifacts)
@@ -272,10 +276,7 @@ class Search:
                         unit="run", desc="study", disable=not self.progress, dynamic_ncols=True)
         try:
             while self._next_step(study, target):
-                if population > 1:
-                    self._run_population(study, target, population)
-                else:
-                    study.optimize(self._objective, n_trials=1)
+                self._run_trials(study, target, population)
                 self.bar.n = max(self.bar.n, min(n_complete(study), target) * len(self.seeds))
                 self.bar.refresh()
         finally:
@@ -301,21 +302,13 @@ class Search:
             # Short: the study is often done moments later, and the command waits for every worker.
             time.sleep(1)
 
-    def _objective(self, trial: optuna.Trial):
-        params = self._start(trial)
-        records = self._reuse_stored(trial, params)
-        for seed in self.seeds:
-            if seed in records:
-                continue
-            self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
-                                     f"sub {params['sub']:.3g} seed {seed}")
-            result = train(self._run_config(params, seed), self.data)
-            records[seed] = self._store_seed(trial, params, seed, result)
-        return self._finish(trial, params, records)
+    def _run_trials(self, study: optuna.Study, target: int, size: int) -> None:
+        """Up to `size` trials asked at once and their seeds trained: one run at a time when `size` is 1,
+        else all of them as one population. Every seed is stored as its model finishes, every trial
+        told when its seeds are done.
 
-    def _run_population(self, study: optuna.Study, target: int, size: int) -> None:
-        """Up to `size` trials asked at once and all their seeds trained in one population; every
-        seed is stored as its model finishes, every trial told when the population is done."""
+        Ask and tell, not Study.optimize: when the storage itself fails, optimize's own attempt to
+        record the failure fails too and hides the cause; here the cause is what reaches the user."""
         states = count_states(study)
         room = states[TrialState.WAITING] if self.search.sampler == "grid" else \
             target - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
@@ -334,13 +327,18 @@ class Search:
                 records = {trial.number: self._reuse_stored(trial, params) for trial, params in trials}
                 models = [(trial, params, seed) for trial, params in trials for seed in self.seeds
                           if seed not in records[trial.number]]
-                self.bar.set_description(f"{len(models)} models ({len(trials)} settings) at once")
 
                 def store(index: int, result: TrainResult) -> None:
                     trial, params, seed = models[index]
                     records[trial.number][seed] = self._store_seed(trial, params, seed, result)
 
-                if models:
+                if size == 1:
+                    for index, (_, params, seed) in enumerate(models):
+                        self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
+                                                 f"sub {params['sub']:.3g} seed {seed}")
+                        store(index, train(self._run_config(params, seed), self.data))
+                elif models:
+                    self.bar.set_description(f"{len(models)} models ({len(trials)} settings) at once")
                     train_population([self._run_config(params, seed) for _, params, seed in models], self.data,
                                      on_result=store)
             for trial, params in trials:
@@ -349,10 +347,12 @@ class Search:
                 told.add(trial.number)
         except BaseException:
             # As Study.optimize does for its trial: an interrupted trial is FAIL, and its stored seeds
-            # are reused when its setting is retried.
+            # are reused when its setting is retried. If the storage refuses even that, the trial's
+            # heartbeat stops and the next command fails it as stale.
             for trial in asked:
                 if trial.number not in told:
-                    study.tell(trial, state=TrialState.FAIL)
+                    with contextlib.suppress(Exception):
+                        study.tell(trial, state=TrialState.FAIL)
             raise
 
     def _start(self, trial: optuna.Trial) -> dict:
@@ -510,8 +510,9 @@ def load_existing_study(search: SearchConfig) -> optuna.Study:
     db = sqlite_path(search.storage_url())
     if db is not None and not db.is_file():
         raise BadInput(f"no study database at {db}: run 'python -m study search --name {search.name}' first")
-    storage = open_storage(search.storage_url())
+    storage = open_storage(search.storage_url(), retry_seconds=search.storage_retry_seconds)
     names = optuna.get_all_study_names(storage)
     if search.name not in names:
-        raise BadInput(f"no study {search.name!r} in {search.storage_url()} (it holds: {', '.join(names) or 'none'})")
+        raise BadInput(f"no study {search.name!r} in {mask_url(search.storage_url())} "
+                       f"(it holds: {', '.join(names) or 'none'})")
     return optuna.load_study(study_name=search.name, storage=storage)

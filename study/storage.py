@@ -7,7 +7,9 @@ the study is known to be good, `prepare_for_workers` switches the database to WA
 `BEGIN IMMEDIATE` under a long busy timeout: a writer waits for the lock instead of failing with
 "database is locked" when it would otherwise upgrade a read transaction mid-way.
 
-Any other URL (PostgreSQL for many machines) is passed to Optuna unchanged.
+Any other URL (PostgreSQL for many machines) is passed to Optuna with a connection pool that pings
+a connection before use and a 10 s connection timeout. `study.faults` says what a study does when
+the database misbehaves while it runs. No message shows a URL's password (`study.secrets`).
 """
 
 from __future__ import annotations
@@ -22,40 +24,52 @@ import optuna
 import sqlalchemy
 from sqlalchemy import event
 
+from study.config import STORAGE_RETRY_SECONDS
 from study.errors import BadInput
+from study.faults import ResilientStorage, SqliteWatch
+from study.secrets import mask_url, remember
 
 SQLITE_PREFIX = "sqlite:///"
 BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds
 SCHEMA_RACE_RETRIES = 5
+CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails in seconds, not after TCP's minutes
 
 
 def sqlite_path(url: str) -> Path | None:
     return Path(url[len(SQLITE_PREFIX):]) if url.startswith(SQLITE_PREFIX) else None
 
 
-def open_storage(url: str, heartbeat_seconds: int | None = None,
-                 grace_seconds: int | None = None) -> optuna.storages.RDBStorage:
-    """The storage at `url`, checked first where it is a SQLite file. Raises BadInput."""
+def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: int | None = None,
+                 retry_seconds: float = STORAGE_RETRY_SECONDS) -> ResilientStorage:
+    """The storage at `url`, checked first where it is a SQLite file. Raises BadInput.
+
+    Opening is not retried: a server that does not answer now is more likely a wrong URL than a
+    restart, and the user should hear so at once. Calls after opening are (`study.faults`).
+    """
+    remember(url)
     db = sqlite_path(url)
-    engine_kwargs = {}
     if db is not None:
         check_sqlite_file(db)
         engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_SECONDS}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+        if url.startswith(("postgresql:", "postgresql+psycopg2:", "postgres:")):
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                 heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds)
+            storage = ResilientStorage(url, retry_seconds, engine_kwargs=engine_kwargs,
+                                       heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds)
             break
         except sqlalchemy.exc.IntegrityError as e:
             # Commands started together on a new database race to create Optuna's tables; the
             # losers find them made on the next attempt.
             if attempt == SCHEMA_RACE_RETRIES:
-                raise BadInput(f"cannot open storage {url}: {first_line(e)}") from e
+                raise BadInput(f"cannot open storage {mask_url(url)}: {first_line(e)}") from e
             time.sleep(0.5 * (attempt + 1))
         except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
-            raise BadInput(f"cannot open storage {url}: {first_line(e)}") from e
+            raise BadInput(f"cannot open storage {mask_url(url)}: {first_line(e)}") from e
     if db is not None:
-        _begin_immediate(storage)
+        _sqlite_transactions(storage, SqliteWatch(db))
     return storage
 
 
@@ -105,9 +119,11 @@ def first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _begin_immediate(storage: optuna.storages.RDBStorage) -> None:
-    """Make every SQLite transaction take the write lock at its start (see the module docstring)."""
+def _sqlite_transactions(storage: optuna.storages.RDBStorage, watch: SqliteWatch) -> None:
+    """Make every SQLite transaction take the write lock at its start (see the module docstring),
+    after `watch` has checked that the file is still the one opened."""
     engine = storage.engine
+    watch.check()
 
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_connection, connection_record):
@@ -115,6 +131,7 @@ def _begin_immediate(storage: optuna.storages.RDBStorage) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
+        watch.check()
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened while Optuna checked the schema lack the hooks

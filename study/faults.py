@@ -1,0 +1,236 @@
+"""What a running study does when its database misbehaves.
+
+- **A server (PostgreSQL) restarts or drops connections**: every storage call is retried with
+  back-off (0.5 s, doubling to 10 s) for up to `retry_seconds`; the pool pings a connection before
+  handing it out, so a restart costs at most one failed call per connection. Past the bound the call
+  raises `StorageFault` naming the storage (password masked), and every later call fails at once,
+  so the command stops promptly instead of waiting out the bound once per call.
+- **SQLite's disk fills** (or the file-size limit is reached): `StorageFault` saying so and where.
+  SQLite rolls the failed transaction back, so everything stored before is intact.
+- **The SQLite file is replaced or truncated** under the running command: `SqliteWatch` refuses
+  to start another transaction, so nothing is written to a file that is not the one opened.
+
+Heartbeats are best effort: one attempt, and a miss is harmless (the grace period spans several).
+A write whose reply was lost may have been applied: the retry of a state change accepts finding
+the trial already in the state it asked for.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from study.errors import StorageFault
+from study.secrets import mask_url
+
+FIRST_DELAY_SECONDS = 0.5
+MAX_DELAY_SECONDS = 10.0
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+LOW_SPACE_BYTES = 16 * 2**20  # below this, an I/O error while writing is taken to mean a full disk
+# Every storage method that reads or writes the database: the public ones, and the private ones
+# Optuna's cache (_CachedStorage) calls on it.
+RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+    "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
+    "get_best_trial", "_get_best_trial_id",
+)
+# RUNNING trials that never recorded a heartbeat (Optuna's schema: trials, trial_heartbeats).
+SILENT_SINCE_START = sqlalchemy.text(
+    "SELECT trials.trial_id, trials.datetime_start FROM trials LEFT JOIN trial_heartbeats "
+    "ON trial_heartbeats.trial_id = trials.trial_id "
+    "WHERE trials.study_id = :study_id AND trials.state = 'RUNNING' AND trial_heartbeats.trial_id IS NULL")
+
+
+class ResilientStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage with the behaviour under faults described in the module docstring."""
+
+    def __init__(self, url: str, retry_seconds: float, **kwargs):
+        self.retry_seconds = retry_seconds
+        self.gave_up: str | None = None  # the message of the outage that ended this storage's use
+        super().__init__(url, **kwargs)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        if self.gave_up:
+            return
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as e:
+            fault = fault_of(e, self)
+            if fault is not None:
+                raise fault from e
+            if not self.transient(e):
+                raise
+            # A missed beat: the next one, or the retried call of the main thread, will tell.
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials (last heartbeat older than the grace period), and RUNNING trials that
+        never recorded a heartbeat and started longer ago than that: their command died, or its disk
+        filled, between asking for the trial and its first heartbeat. Optuna leaves those RUNNING
+        forever, and a grid study would wait for them."""
+        grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+
+        def stale() -> list[int]:
+            with self.engine.connect() as connection:
+                silent = connection.execute(SILENT_SINCE_START, {"study_id": study_id}).all()
+            # datetime_start is the asking machine's local time, as Optuna writes it.
+            cutoff = datetime.now() - grace
+            return (optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id) +
+                    [trial_id for trial_id, started in silent if started is None or _as_datetime(started) < cutoff])
+
+        return self.retried(stale)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        attempts = []
+
+        def change() -> bool:
+            try:
+                attempts.append(None)
+                return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a lost reply finds its own change applied; anything else is a real error.
+                if len(attempts) > 1 and optuna.storages.RDBStorage.get_trial(self, trial_id).state == state:
+                    return True
+                raise
+
+        return self.retried(change)
+
+    def retried(self, call):
+        """`call()`, retried while the failure is transient and the bound not reached."""
+        if self.gave_up:
+            raise StorageFault(self.gave_up)
+        deadline, delay = None, FIRST_DELAY_SECONDS
+        while True:
+            try:
+                return call()
+            except StorageFault:
+                raise
+            except Exception as e:
+                fault = fault_of(e, self)
+                if fault is not None:
+                    raise fault from e
+                if not self.transient(e):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.retry_seconds
+                if now >= deadline:
+                    self.gave_up = (f"storage {mask_url(self.url)} did not answer for {self.retry_seconds:g} s "
+                                    f"({database_error(e)}): run the same command again once it is back")
+                    raise StorageFault(self.gave_up) from e
+                time.sleep(min(delay, deadline - now))
+                delay = min(2 * delay, MAX_DELAY_SECONDS)
+
+    def transient(self, error: Exception) -> bool:
+        """A lost or refused connection to a server: worth retrying. SQLite waits for its locks
+        itself (busy timeout), so none of its errors is."""
+        cause = _database_cause(error)
+        return (not self.is_sqlite and
+                isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                                   sqlalchemy.exc.DisconnectionError)))
+
+
+def _retrying(name: str):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        return self.retried(lambda: method(self, *args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in RETRIED:
+    setattr(ResilientStorage, _name, _retrying(_name))
+
+
+def _as_datetime(value) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def fault_of(error: BaseException, storage: ResilientStorage | None = None) -> StorageFault | None:
+    """The StorageFault a failed write means (a full disk), or None when it is something else."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return StorageFault(write_failed_message(Path(error.filename or "."), "the disk is full", full=True))
+    cause = _database_cause(error)
+    if isinstance(cause, sqlalchemy.exc.OperationalError) and storage is not None and storage.is_sqlite:
+        text = str(cause.orig)
+        # SQLite says "database or disk is full" when a write finds no room, but "disk I/O error"
+        # when a write starts past the end of the room (or past the file-size limit).
+        if "database or disk is full" in text or "disk I/O error" in text:
+            return StorageFault(write_failed_message(Path(storage.engine.url.database or "."), text,
+                                                     full="full" in text))
+    return None
+
+
+def write_failed_message(path: Path, what: str, full: bool) -> str:
+    """One line: what could not be written and why, the room left there, and what to do."""
+    directory = path if path.is_dir() else path.parent
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    room = f"{free / 1e6:.0f} MB free there" if free is not None else "free space unknown"
+    if limit != resource.RLIM_INFINITY:
+        room += f", and a file-size limit (ulimit -f) of {limit} bytes"
+    full = full or limit != resource.RLIM_INFINITY or (free is not None and free < LOW_SPACE_BYTES)
+    verdict = "the disk is full" if full else "the disk failed"
+    return (f"cannot write {path} ({what}): {verdict} ({room}); everything stored before is kept: "
+            "free some space and run the same command again")
+
+
+def database_error(error: BaseException) -> str:
+    """The first line of the database's own message, e.g. 'connection ... failed: Connection refused'."""
+    cause = _database_cause(error)
+    text = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
+def _database_cause(error: BaseException) -> BaseException:
+    """Optuna wraps SQLAlchemy's errors in StorageInternalError; the SQLAlchemy error says what happened."""
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+        return error.__cause__
+    return error
+
+
+class SqliteWatch:
+    """Stops a command from writing to a SQLite file that is no longer the one it opened.
+
+    `check()` runs at the start of every transaction: the path must still name the same file
+    (device and inode), and the file must not have shrunk (SQLite files only grow; Optuna never
+    vacuums). Either failure raises StorageFault with `abandon_connections`.
+    """
+
+    def __init__(self, db: Path):
+        self.db = db
+        self.identity: tuple[int, int] | None = None
+        self.size = 0
+
+    def check(self) -> None:
+        try:
+            stat = os.stat(self.db)
+        except FileNotFoundError:
+            stat = None
+        if stat is None or (self.identity is not None and (stat.st_dev, stat.st_ino) != self.identity):
+            raise StorageFault(f"{self.db} was replaced or removed while this command ran: it stopped "
+                               "without writing to it; put the study's file back (or use another --name) "
+                               "and run the same command again", abandon_connections=True)
+        if stat.st_size < self.size:
+            raise StorageFault(f"{self.db} was truncated ({self.size} -> {stat.st_size} bytes) while this "
+                               "command ran: it stopped without writing to it; restore the file from a copy",
+                               abandon_connections=True)
+        self.identity, self.size = (stat.st_dev, stat.st_ino), stat.st_size
