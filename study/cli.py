@@ -337,11 +337,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _storage_fault(fault: StorageFault) -> int:
     print(f"{PROG}: error: {fault}", file=sys.stderr)
-    if fault.abandon_connections:
-        # Leave without closing the SQLite connections (see StorageFault): nothing more is written.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_STORAGE_FAULT)
     return EXIT_STORAGE_FAULT
 
 

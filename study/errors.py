@@ -13,12 +13,4 @@ class StorageFault(RuntimeError):
     filled, the database file was replaced or truncated. Everything stored before the fault is kept,
     and the message says how to continue (usually: the same command, once the cause is gone).
     Exit code 3.
-
-    `abandon_connections`: the open SQLite connections must not be closed, because closing them
-    checkpoints their WAL into the file they opened and deletes the -wal file at the path, which
-    now belongs to another database.
     """
-
-    def __init__(self, message: str, abandon_connections: bool = False):
-        super().__init__(message)
-        self.abandon_connections = abandon_connections

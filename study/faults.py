@@ -143,13 +143,11 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
 
 def _retrying(name: str):
-    method = getattr(optuna.storages.RDBStorage, name)
-
     def call(self, *args, **kwargs):
-        return self.retried(lambda: method(self, *args, **kwargs))
+        return self.retried(lambda: getattr(optuna.storages.RDBStorage, name)(self, *args, **kwargs))
 
     call.__name__ = call.__qualname__ = name
-    call.__doc__ = method.__doc__
+    call.__doc__ = getattr(optuna.storages.RDBStorage, name).__doc__
     return call
 
 
@@ -212,25 +210,52 @@ class SqliteWatch:
 
     `check()` runs at the start of every transaction: the path must still name the same file
     (device and inode), and the file must not have shrunk (SQLite files only grow; Optuna never
-    vacuums). Either failure raises StorageFault with `abandon_connections`.
+    vacuums). Either failure raises StorageFault.
+
+    A replaced file leaves the old file's WAL (its latest commits) beside the path, where SQLite
+    would replay it into the replacement on its next open. When that WAL is the one this command
+    had open, it is moved aside (with its -shm index) under a name the message gives.
     """
+
+    ORPHAN_SUFFIX = ".of-replaced-file"
 
     def __init__(self, db: Path):
         self.db = db
+        self.wal = db.with_name(db.name + "-wal")
         self.identity: tuple[int, int] | None = None
+        self.wal_identity: tuple[int, int] | None = None
         self.size = 0
 
     def check(self) -> None:
-        try:
-            stat = os.stat(self.db)
-        except FileNotFoundError:
-            stat = None
-        if stat is None or (self.identity is not None and (stat.st_dev, stat.st_ino) != self.identity):
-            raise StorageFault(f"{self.db} was replaced or removed while this command ran: it stopped "
-                               "without writing to it; put the study's file back (or use another --name) "
-                               "and run the same command again", abandon_connections=True)
+        stat = _stat(self.db)
+        if stat is None or (self.identity is not None and _identity(stat) != self.identity):
+            raise StorageFault(f"{self.db} was replaced or removed while this command ran: it stopped without "
+                               f"writing to it{self._move_old_wal_aside()}; put the study's file back (or use "
+                               "another --name) and run the same command again")
         if stat.st_size < self.size:
             raise StorageFault(f"{self.db} was truncated ({self.size} -> {stat.st_size} bytes) while this "
-                               "command ran: it stopped without writing to it; restore the file from a copy",
-                               abandon_connections=True)
-        self.identity, self.size = (stat.st_dev, stat.st_ino), stat.st_size
+                               "command ran: it stopped; restore the file from a copy")
+        self.identity, self.size = _identity(stat), stat.st_size
+        wal = _stat(self.wal)
+        self.wal_identity = _identity(wal) if wal is not None else self.wal_identity
+
+    def _move_old_wal_aside(self) -> str:
+        wal = _stat(self.wal)
+        if wal is None or _identity(wal) != self.wal_identity:
+            return ""
+        for path in (self.wal, self.db.with_name(self.db.name + "-shm")):
+            if path.exists():
+                os.replace(path, path.with_name(path.name + self.ORPHAN_SUFFIX))
+        return (f"; the old file's WAL (its latest commits) was beside it and is now "
+                f"{self.wal.name}{self.ORPHAN_SUFFIX}")
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino

@@ -14,6 +14,7 @@ the database misbehaves while it runs. No message shows a URL's password (`study
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import time
@@ -70,6 +71,10 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
             raise BadInput(f"cannot open storage {mask_url(url)}: {first_line(e)}") from e
     if db is not None:
         _sqlite_transactions(storage, SqliteWatch(db))
+        # Closed connections checkpoint their WAL into the file they opened and remove it from beside
+        # the path; left to the interpreter's exit, they may not be, and a -wal file left beside a
+        # database that was replaced meanwhile would be replayed into the replacement.
+        atexit.register(storage.engine.dispose)
     return storage
 
 
