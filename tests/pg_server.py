@@ -59,7 +59,7 @@ class PostgresServer:
 
     def restart(self) -> None:
         """What an administrator's restart does: every connection is cut, then the server is back."""
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "restart",
+        self._run("pg_ctl", "-D", self.data, "-l", self.home / "log", "-m", "fast", "-w", "restart",
                   "-o", f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1")
 
     def sql(self, statement: str, database: str = "postgres") -> str:
