@@ -64,17 +64,9 @@ class ResilientStorage(optuna.storages.RDBStorage):
         self.is_sqlite = self.engine.dialect.name == "sqlite"
 
     def record_heartbeat(self, trial_id: int) -> None:
-        if self.gave_up:
-            return
-        try:
-            super().record_heartbeat(trial_id)
-        except Exception as e:
-            fault = fault_of(e, self)
-            if fault is not None:
-                raise fault from e
-            if not self.transient(e):
-                raise
-            # A missed beat: the next one, or the retried call of the main thread, will tell.
+        # A missed beat is harmless: the next one, or the retried call of the main thread, will tell.
+        if not self.gave_up:
+            self.retried(lambda: optuna.storages.RDBStorage.record_heartbeat(self, trial_id), best_effort=True)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's stale trials (last heartbeat older than the grace period), and RUNNING trials that
@@ -108,8 +100,9 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
         return self.retried(change)
 
-    def retried(self, call):
-        """`call()`, retried while the failure is transient and the bound not reached."""
+    def retried(self, call, best_effort: bool = False):
+        """`call()`, retried while the failure is transient and the bound not reached; with
+        `best_effort`, tried once, and a transient failure returns None."""
         if self.gave_up:
             raise StorageFault(self.gave_up)
         deadline, delay = None, FIRST_DELAY_SECONDS
@@ -124,6 +117,8 @@ class ResilientStorage(optuna.storages.RDBStorage):
                     raise fault from e
                 if not self.transient(e):
                     raise
+                if best_effort:
+                    return None
                 now = time.monotonic()
                 deadline = deadline or now + self.retry_seconds
                 if now >= deadline:

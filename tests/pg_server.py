@@ -7,6 +7,7 @@ without a password (the tests' own set-up), every other role must give its passw
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -86,3 +87,15 @@ class PostgresServer:
         except subprocess.CalledProcessError:
             pass  # already stopped by the test
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_with_role(role: str, password: str, database: str = "initstudy"):
+    """A server with a password-protected `role` owning an empty `database`; stopped afterwards."""
+    server = PostgresServer()
+    try:
+        server.create_role(role, password)
+        server.create_database(database, owner=role)
+        yield server
+    finally:
+        server.close()

@@ -22,7 +22,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY
-from pg_server import PostgresServer
+from pg_server import server_with_role
 from study.errors import StorageFault
 from study.faults import ResilientStorage
 from study.results import seed_records
@@ -75,13 +75,8 @@ def digest(path):
 
 @pytest.fixture(scope="module")
 def server():
-    pg = PostgresServer()
-    pg.create_role("alice", PASSWORD)
-    pg.create_database("initstudy", owner="alice")
-    try:
+    with server_with_role("alice", PASSWORD) as pg:
         yield pg
-    finally:
-        pg.close()
 
 
 def pg_seeds(server, name) -> int:

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, free_port, run_cli
-from pg_server import PostgresServer
+from pg_server import server_with_role
 from study import secrets
 from study.config import STORAGE_ENV, SearchConfig
 from study.workers import without_storage, worker_commands
@@ -29,13 +29,8 @@ GRID = ["--leak", "0,0.2", "--sub", "0", "--seeds", "0"]
 
 @pytest.fixture(scope="module")
 def server():
-    pg = PostgresServer()
-    pg.create_role("alice", PASSWORD)
-    pg.create_database("initstudy", owner="alice")
-    try:
+    with server_with_role("alice", PASSWORD) as pg:
         yield pg
-    finally:
-        pg.close()
 
 
 def files_written(directory):

@@ -64,6 +64,7 @@ AGAINST_THE_STORED_STUDY = [
     (["--workers", "all"], "--workers must be a number >= 1 or auto, got all"),
     (["--gpus", "0,x"], "--gpus '0,x'"),
     (["--heartbeat-seconds", "30", "--grace-seconds", "10"], "must exceed --heartbeat-seconds"),
+    (["--storage-retry-seconds", "-1"], "--storage-retry-seconds must be >= 0"),
     (["--sub", "0,0.4"], "space.sub: stored 0, asked 0,0.4"),
     (["--lr", "0.1"], "optim.lr: stored 0.05, asked 0.1"),
     (["--epochs", "2"], "optim.epochs: stored 1, asked 2"),
