@@ -17,7 +17,8 @@ from typing import Sequence
 
 from pathlib import Path
 
-from study.config import SEARCHED, STORAGE_ENV, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig, TrainConfig
+from study.config import (SEARCHED, STORAGE_ENV, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig,
+                          TrainConfig)
 from study.errors import BadInput, StorageFault
 from study.secrets import guard_output, mask_url, redact, remember
 

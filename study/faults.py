@@ -10,6 +10,10 @@
 - **The SQLite file is replaced or truncated** under the running command: `SqliteWatch` refuses
   to start another transaction, so nothing is written to a file that is not the one opened.
 
+- **A command dies between asking for a trial and its first heartbeat** (killed, or its disk full):
+  Optuna would leave that trial RUNNING forever; here it is stale once the grace period has passed
+  since it started, like one whose heartbeat stopped.
+
 Heartbeats are best effort: one attempt, and a miss is harmless (the grace period spans several).
 A write whose reply was lost may have been applied: the retry of a state change accepts finding
 the trial already in the state it asked for.

@@ -36,8 +36,8 @@ from study.config import CONFIG_ATTR, SEARCHED, ModelConfig, RunConfig, SearchCo
 from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
-from study.secrets import mask_url
 from study.population import train_population
+from study.secrets import mask_url
 from study.storage import open_storage, prepare_for_workers, sqlite_path
 from study.train import TrainResult, resolve_device, train
 
@@ -48,7 +48,7 @@ NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may
 # ERROR: Optuna's "Trial N failed" warning carries a traceback; the command line says it in one line.
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# Population mode asks and tells its trials itself and keeps their heartbeats (`Heartbeats`).
+# Trials are asked and told here, with their heartbeats kept by `Heartbeats` (see `_run_trials`).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 

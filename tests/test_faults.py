@@ -6,6 +6,7 @@ file replaced or truncated under a running worker; two studies in one SQLite fil
 retry rules themselves are checked directly on a storage whose calls are made to fail.
 """
 
+import errno
 import hashlib
 import os
 import resource
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY
 from pg_server import server_with_role
 from study.errors import StorageFault
-from study.faults import ResilientStorage
+from study.faults import fault_of
 from study.results import seed_records
 from study.search import point_of
 from study.storage import open_storage
@@ -295,3 +296,10 @@ def test_a_running_trial_that_never_beat_is_failed_after_the_grace_period(tmp_pa
     time.sleep(2.5)
     optuna.storages.fail_stale_trials(study)
     assert study.trials[trial.number].state == TrialState.FAIL
+
+
+def test_a_picture_that_finds_the_disk_full_is_the_same_fault():
+    error = OSError(errno.ENOSPC, "No space left on device", "studies/q/artifacts/abc.png")
+    message = str(fault_of(error))
+    assert "cannot write studies/q/artifacts/abc.png" in message and "the disk is full" in message
+    assert fault_of(OSError(errno.ENOENT, "No such file", "x")) is None
