@@ -196,6 +196,7 @@ CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study'
 OBJECTIVES = ("accuracy", "stability")
 SEARCHED = ("init_scale", "leak", "sub")  # the ModelConfig fields a search varies
 AUTO_POPULATION_MODELS = 32  # models per population that --population auto aims for on CUDA
+PER_TRIAL_OR_MACHINE = ("seed", "device")  # TrainConfig fields that are not part of a study's design
 STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
 STORAGE_RETRY_SECONDS = 180  # rides out a server restart or failover; past it the command stops, resumable
 
@@ -383,3 +384,21 @@ class SearchConfig:
 
     def storage_url(self) -> str:
         return self.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{self.name}.db"
+
+
+def upgrade_stored_config(stored: dict) -> dict:
+    """A configuration stored by initstudy 0.1.0 in today's layout, so that its studies continue.
+
+    0.1.0 kept `stats_every` and `diverge_loss` at the top, `dtype` only when not float32, and
+    neither `backend` nor `max_steps`: those read as their defaults (0.1.0 did not compare them, so
+    a 0.1.0 study run with --backend triton or --max-steps is continued only with the defaults).
+    """
+    if not stored or "train" in stored:
+        return stored
+    upgraded = {k: v for k, v in stored.items() if k not in ("stats_every", "diverge_loss", "dtype")}
+    defaults = asdict(TrainConfig())
+    upgraded["train"] = {
+        **{k: v for k, v in defaults.items() if k not in PER_TRIAL_OR_MACHINE},
+        **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
+    }
+    return upgraded

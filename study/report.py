@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from study.config import CONFIG_ATTR, SEARCHED
+from study.config import CONFIG_ATTR, SEARCHED, upgrade_stored_config
 from study.plots import LESSON_SETTINGS, draw_study
 from study.results import seed_frame, trials_frame
 
@@ -127,7 +127,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = draw_study(study, out_dir)
     table = setting_table(study)
-    config = study.user_attrs.get(CONFIG_ATTR, {})
+    config = upgrade_stored_config(study.user_attrs.get(CONFIG_ATTR, {}))
     threshold = config.get("train_threshold", DEFAULT_THRESHOLD)
     lines = [f"# Study {study.study_name!r}", "", _duration(study), "", "## Configuration", "",
              "| | |", "|---|---|"]

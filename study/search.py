@@ -32,7 +32,8 @@ from optuna_dashboard import save_note
 from tqdm.auto import tqdm
 
 from study import __version__
-from study.config import CONFIG_ATTR, SEARCHED, ModelConfig, RunConfig, SearchConfig, TrainConfig
+from study.config import (CONFIG_ATTR, PER_TRIAL_OR_MACHINE, SEARCHED, ModelConfig, RunConfig, SearchConfig,
+                          TrainConfig, upgrade_stored_config)
 from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
@@ -68,23 +69,27 @@ def study_paths(search: SearchConfig) -> Paths:
 
 
 def study_config(search: SearchConfig, run: RunConfig) -> dict:
-    """What decides a study's results; stored in the study and compared when it is continued."""
+    """What decides a study's results, whole: stored in the study and compared when it is continued.
+
+    Every field of the run's configuration counts, except the searched ones and the seed (they are
+    each trial's own) and the device (where a worker runs, not what the study is). A field added
+    later is compared without a change here.
+    """
     model = {k: v for k, v in asdict(run.model).items() if k not in SEARCHED}
-    return {
+    train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
+    config = {
         "space": {space.name: space.describe() for space in search.spaces()},
         "sampler": search.sampler,
         "objective": search.objective,
         "seeds": list(search.seed_list()),
         "train_threshold": search.train_threshold,
-        "model": json.loads(json.dumps(model)),  # tuples as lists, as they come back from storage
+        "model": model,
         "optim": asdict(run.optim),
         "data": asdict(run.data),
-        "stats_every": run.train.stats_every,
-        "diverge_loss": run.train.diverge_loss,
-        # Only when not the default, so that studies stored before the option existed continue.
-        **({"dtype": run.train.dtype} if run.train.dtype != "float32" else {}),
+        "train": train,
         "code_version": __version__,
     }
+    return json.loads(json.dumps(config))  # tuples as lists, as they come back from storage
 
 
 def config_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
@@ -128,7 +133,7 @@ def open_study(search: SearchConfig, run: RunConfig, storage: optuna.storages.RD
     if stored is None:
         raise BadInput(f"study {search.name!r} in {mask_url(search.storage_url())} was not made by initstudy: "
                        "use another --name")
-    differences = config_differences(stored, wanted)
+    differences = config_differences(upgrade_stored_config(stored), wanted)
     if differences:
         raise BadInput(f"study {search.name!r} was run with another configuration ({'; '.join(differences)}): "
                        "run it with its own flags, or use another --name")

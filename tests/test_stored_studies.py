@@ -1,0 +1,114 @@
+"""A study's whole design is stored and compared on resume, and studies written by 0.1.0 still open.
+
+tests/fixtures/study-0.1.0.db was made by initstudy 0.1.0 (2026-11-25):
+    python -m study search --name v010 --model mlp --widths 16 --lr 0.05 --stats-every 10
+        --leak 0,0.1,0.2 --sub 0 --seeds 0,1 --n-trials 2 --storage sqlite:///v010.db
+(then checkpointed into one file). 0.1.0 compared a hand-picked part of the configuration, so a
+study could mix trials trained for 2 steps with trials trained for 40 without a word.
+"""
+
+import json
+import shutil
+import sqlite3
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, TINY, assert_one_line_error, run_cli
+from study.config import (CONFIG_ATTR, ModelConfig, OptimConfig, RunConfig, SearchConfig, TrainConfig,
+                          upgrade_stored_config)
+from study.search import study_config
+from test_storage import tree_digest
+
+FIXTURE = ROOT / "tests" / "fixtures" / "study-0.1.0.db"
+V010 = ["--name", "v010", "--model", "mlp", "--widths", "16", "--lr", "0.05", "--stats-every", "10",
+        "--leak", "0,0.1,0.2", "--sub", "0", "--seeds", "0,1"]
+GRID = ["--leak", "0,0.2", "--sub", "0", "--seeds", "0"]
+
+
+def leaves(config: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in config.items():
+        keys |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+    return keys
+
+
+def test_the_0_1_0_configuration_reads_as_todays():
+    with sqlite3.connect(f"file:{FIXTURE}?mode=ro", uri=True) as conn:
+        (stored,) = conn.execute("SELECT value_json FROM study_user_attributes WHERE key = ?",
+                                 (CONFIG_ATTR,)).fetchone()
+    stored = json.loads(stored)
+    assert "train" not in stored  # the old layout
+    search = SearchConfig(name="v010", leak="0,0.1,0.2", sub="0", seeds="0,1", n_trials=2)
+    run = RunConfig(model=ModelConfig(model="mlp", widths=(16,)), optim=OptimConfig(lr=0.05, momentum=0.85),
+                    train=TrainConfig(stats_every=10))
+    today = study_config(search, run)
+    upgraded = upgrade_stored_config(stored)
+    assert {k: v for k, v in upgraded.items() if k != "code_version"} == \
+        {k: v for k, v in today.items() if k != "code_version"}
+
+
+def test_a_study_written_by_0_1_0_resumes_and_plots(tmp_path):
+    (tmp_path / "studies").mkdir()
+    db = tmp_path / "studies" / "v010.db"
+    shutil.copy(FIXTURE, db)
+    old = {t.number: (t.values, t.user_attrs) for t in optuna.load_study(study_name="v010",
+                                                                          storage=f"sqlite:///{db}").trials}
+    proc = run_cli("search", *V010, "--n-trials", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="v010", storage=f"sqlite:///{db}")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3 and len({t.params["leak"] for t in complete}) == 3
+    for trial in study.trials:
+        if trial.number in old:
+            assert (trial.values, trial.user_attrs) == old[trial.number]  # kept as they were
+    for command in ("heatmaps", "report"):
+        proc = run_cli(command, "--name", "v010", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "studies" / "v010" / "heatmap_frac_trained.png").stat().st_size > 0
+    # The report shows the stored configuration in today's layout.
+    assert "| train | `{'backend': 'torch', 'dtype': 'float32', 'max_steps': None, 'stats_every': 10" in \
+        (tmp_path / "studies" / "v010" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    home = tmp_path_factory.mktemp("design")
+    proc = run_cli("search", "--name", "design", *TINY, *GRID, "--max-steps", "3", cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    return home
+
+
+# Every field of the stored design, each changed on its own: (flags, the field the refusal names).
+CHANGES = [
+    (["--leak", "0,0.1"], "space.leak"), (["--sub", "0,0.4"], "space.sub"),
+    (["--init-scale", "2"], "space.init_scale"), (["--sampler", "random"], "sampler"),
+    (["--objective", "stability"], "objective"), (["--seeds", "0,1"], "seeds"),
+    (["--train-threshold", "0.6"], "train_threshold"),
+    (["--model", "cnn"], "model.model"), (["--widths", "8"], "model.widths"), (["--maxv", "3"], "model.maxv"),
+    (["--init", "lsuv"], "model.init"),
+    (["--lr", "0.1"], "optim.lr"), (["--momentum", "0.5"], "optim.momentum"),
+    (["--weight-decay", "0.01"], "optim.weight_decay"), (["--schedule", "onecycle"], "optim.schedule"),
+    (["--batch-size", "512"], "optim.batch_size"), (["--epochs", "2"], "optim.epochs"),
+    ("data_dir", "data.data_dir"), (["--n-val", "5000"], "data.n_val"), (["--split-seed", "1"], "data.split_seed"),
+    (["--backend", "triton"], "train.backend"), (["--dtype", "float64"], "train.dtype"),
+    (["--max-steps", "40"], "train.max_steps"), (["--stats-every", "5"], "train.stats_every"),
+    (["--diverge-loss", "50"], "train.diverge_loss"),
+]
+
+
+def test_every_stored_field_has_a_change_below():
+    design = study_config(SearchConfig(), RunConfig())
+    assert {field for _, field in CHANGES} == leaves(design) - {"code_version"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, field", CHANGES, ids=[field for _, field in CHANGES])
+def test_a_change_to_any_design_field_is_refused_and_nothing_is_touched(stored, data_copy, flags, field):
+    if flags == "data_dir":
+        flags = ["--data-dir", str(data_copy)]
+    before = tree_digest(stored / "studies")
+    proc = run_cli("search", "--name", "design", *TINY, *GRID, "--max-steps", "3", *flags, cwd=stored)
+    assert_one_line_error(proc, f"{field}: stored ")
+    assert tree_digest(stored / "studies") == before
