@@ -3,7 +3,7 @@
 Only this module parses flags, prints for people and picks exit codes. Everything below raises
 `BadInput` for a problem the user can fix (one line on stderr, exit code 2) and `StorageFault` when
 the database failed under a running study (one line, exit code 3). Everything printed passes
-`study.secrets.redact`, so no password reaches the terminal or a log.
+`study.masking.redact`, so no password reaches the terminal or a log.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from study.config import (SEARCHED, STORAGE_ENV, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig,
                           TrainConfig)
 from study.errors import BadInput, StorageFault
-from study.secrets import guard_output, mask_url, redact, remember
+from study.masking import guard_output, mask_url, redact, remember
 
 PROG = "python -m study"
 EXIT_BAD_INPUT = 2

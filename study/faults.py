@@ -34,7 +34,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from study.errors import StorageFault
-from study.secrets import mask_url
+from study.masking import mask_url
 
 FIRST_DELAY_SECONDS = 0.5
 MAX_DELAY_SECONDS = 10.0

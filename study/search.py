@@ -38,7 +38,7 @@ from study.data import load_fashion_mnist
 from study.errors import BadInput
 from study.plots import save_activation_figure
 from study.population import train_population
-from study.secrets import mask_url
+from study.masking import mask_url
 from study.storage import open_storage, prepare_for_workers, sqlite_path
 from study.train import TrainResult, resolve_device, train
 

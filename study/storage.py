@@ -9,7 +9,7 @@ the study is known to be good, `prepare_for_workers` switches the database to WA
 
 Any other URL (PostgreSQL for many machines) is passed to Optuna with a connection pool that pings
 a connection before use and a 10 s connection timeout. `study.faults` says what a study does when
-the database misbehaves while it runs. No message shows a URL's password (`study.secrets`).
+the database misbehaves while it runs. No message shows a URL's password (`study.masking`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy import event
 from study.config import STORAGE_RETRY_SECONDS
 from study.errors import BadInput
 from study.faults import ResilientStorage, SqliteWatch
-from study.secrets import mask_url, remember
+from study.masking import mask_url, remember
 
 SQLITE_PREFIX = "sqlite:///"
 BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, free_port, run_cli
 from pg_server import server_with_role
-from study import secrets
+from study import masking
 from study.config import STORAGE_ENV, SearchConfig
 from study.workers import without_storage, worker_commands
 
@@ -63,26 +63,26 @@ def one_line(proc, code, *words):
     ("mysql://bob:p%40ss@h/d", "mysql://bob:***@h/d"),
 ])
 def test_mask_url(url, shown):
-    assert secrets.mask_url(url) == shown
+    assert masking.mask_url(url) == shown
 
 
 def test_redact_masks_url_passwords_query_passwords_and_remembered_secrets():
-    secrets.remember(f"postgresql://carol:{OTHER}@h/d")
+    masking.remember(f"postgresql://carol:{OTHER}@h/d")
     text = (f"cannot reach postgresql+psycopg2://alice:{PASSWORD}@h:1/d; also host=h?sslmode=require&password={PASSWORD}; "
             f"a bare {OTHER} in a driver's message")
-    shown = secrets.redact(text)
+    shown = masking.redact(text)
     assert PASSWORD not in shown and OTHER not in shown
     assert "alice:***@h:1/d" in shown and "password=***" in shown and "a bare *** in" in shown
 
 
 def test_a_short_password_is_masked_in_urls_but_not_as_a_bare_word():
-    secrets.remember("postgresql://dave:ab@h/d")
-    assert secrets.redact("postgresql://dave:ab@h/d about") == "postgresql://dave:***@h/d about"
+    masking.remember("postgresql://dave:ab@h/d")
+    assert masking.redact("postgresql://dave:ab@h/d about") == "postgresql://dave:***@h/d about"
 
 
 def test_the_output_guard_masks_everything_written():
     buffer = io.StringIO()
-    stream = secrets.RedactingStream(buffer)
+    stream = masking.RedactingStream(buffer)
     print(f"sqlite is fine, postgresql://alice:{PASSWORD}@h/d is not", file=stream)
     assert buffer.getvalue() == "sqlite is fine, postgresql://alice:***@h/d is not\n"
 
