@@ -20,7 +20,7 @@ from pathlib import Path
 from study.config import (SEARCHED, STORAGE_ENV, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig,
                           TrainConfig)
 from study.errors import BadInput, StorageFault
-from study.masking import guard_output, mask_url, redact, remember
+from study.masking import guard_output, mask_url, redact
 
 PROG = "python -m study"
 EXIT_BAD_INPUT = 2
@@ -313,8 +313,6 @@ def format_result(result) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     guard_output()  # first: argparse's own errors may quote a --storage value
     argv = list(sys.argv[1:] if argv is None else argv)
-    for value in _storage_values(argv):
-        remember(value)
     args = build_parser().parse_args(argv)
     args.argv = argv  # workers and the resume hint repeat the command as given
     try:
@@ -339,9 +337,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _storage_fault(fault: StorageFault) -> int:
     print(f"{PROG}: error: {fault}", file=sys.stderr)
     return EXIT_STORAGE_FAULT
-
-
-def _storage_values(argv: Sequence[str]) -> list[str]:
-    """The values given to --storage, in both spellings, before argparse (whose errors quote them)."""
-    values = [value for flag, value in zip(argv, argv[1:]) if flag == "--storage"]
-    return values + [arg.split("=", 1)[1] for arg in argv if arg.startswith("--storage=")]

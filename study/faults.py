@@ -9,7 +9,6 @@
   SQLite rolls the failed transaction back, so everything stored before is intact.
 - **The SQLite file is replaced or truncated** under the running command: `SqliteWatch` refuses
   to start another transaction, so nothing is written to a file that is not the one opened.
-
 - **A command dies between asking for a trial and its first heartbeat** (killed, or its disk full):
   Optuna would leave that trial RUNNING forever; here it is stale once the grace period has passed
   since it started, like one whose heartbeat stopped.
@@ -90,15 +89,16 @@ class ResilientStorage(optuna.storages.RDBStorage):
         return self.retried(stale)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        attempts = []
+        attempts = 0
 
         def change() -> bool:
+            nonlocal attempts
+            attempts += 1
             try:
-                attempts.append(None)
                 return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # A retry after a lost reply finds its own change applied; anything else is a real error.
-                if len(attempts) > 1 and optuna.storages.RDBStorage.get_trial(self, trial_id).state == state:
+                if attempts > 1 and optuna.storages.RDBStorage.get_trial(self, trial_id).state == state:
                     return True
                 raise
 
