@@ -61,10 +61,11 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
             storage = ResilientStorage(url, retry_seconds, engine_kwargs=engine_kwargs,
                                        heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds)
             break
-        except sqlalchemy.exc.IntegrityError as e:
-            # Commands started together on a new database race to create Optuna's tables; the
-            # losers find them made on the next attempt.
-            if attempt == SCHEMA_RACE_RETRIES:
+        except sqlalchemy.exc.DBAPIError as e:
+            # Commands started together on a new database race to create Optuna's tables (SQLite
+            # says "table ... already exists", a server a duplicate key); the losers find them
+            # made on the next attempt.
+            if not _lost_schema_race(e) or attempt == SCHEMA_RACE_RETRIES:
                 raise BadInput(f"cannot open storage {mask_url(url)}: {first_line(e)}") from e
             time.sleep(0.5 * (attempt + 1))
         except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
@@ -117,6 +118,10 @@ def _read_only_uri(db: Path) -> str:
     files exist already and a plain read-only connection adds nothing."""
     wal = db.with_name(db.name + "-wal")
     return f"file:{db}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+
+
+def _lost_schema_race(error: sqlalchemy.exc.DBAPIError) -> bool:
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
 
 
 def first_line(error: Exception) -> str:

@@ -150,3 +150,30 @@ def test_check_sqlite_file_accepts_a_healthy_database(stored):
     check_sqlite_file(stored / "studies" / "base.db")
     with pytest.raises(BadInput, match="is a directory"):
         check_sqlite_file(stored / "studies")
+
+
+def _open_after(barrier, url, answers):
+    from study.storage import open_storage
+    barrier.wait()
+    try:
+        open_storage(url)
+        answers.put("ok")
+    except BadInput as e:
+        answers.put(str(e))
+
+
+def test_commands_started_together_on_a_new_database_all_open_it(tmp_path):
+    """Four processes create Optuna's tables at the same instant, three rounds; before the fix about
+    two rounds in three had a loser fail with "table ... already exists"."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path}/race{round_}.db"
+        barrier, answers = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_after, args=(barrier, url, answers)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [answers.get(timeout=5) for _ in procs] == ["ok"] * 4
