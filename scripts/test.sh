@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # The README's second command: install the test set-up if missing, then run every test (slow ones too).
+# `--fast`: the unit-level modules only (no training to accuracy, no servers), a few minutes on 2 cores,
+# for use while developing; CI runs everything.
 set -euo pipefail
+fast=()
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    fast=(-m "not slow" tests/test_config.py tests/test_stats.py tests/test_model.py tests/test_data.py
+          tests/test_findings.py tests/test_packaging.py tests/test_fused_linear_act.py tests/test_stored_studies.py
+          tests/test_runner.py)
+fi
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
@@ -15,4 +24,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]} for the tests"
     $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${fast[@]}" "$@"

@@ -29,14 +29,14 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from kernels.bench_fused_linear_act import predict
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.data import load_fashion_mnist
 from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, build_model, init_weights
 from study.population import train_population
-from study.train import make_optimizer, resolve_device, train
+from study.training import make_optimizer, resolve_device, train
 
 ROW_NAMES = {
     "a": "(a) lesson-style loop: DataLoader + histc hooks",

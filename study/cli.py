@@ -1,8 +1,11 @@
 """The command line: flags -> config dataclasses -> work -> printed results and exit codes.
 
-Only this module parses flags, prints for people and picks exit codes. Everything below raises
-`BadInput` for a problem the user can fix (one line on stderr, exit code 2) and `StorageFault` when
-the database failed under a running study (one line, exit code 3). Everything printed passes
+Only this module parses flags, prints for people and picks exit codes; it is also the only place
+that chooses matplotlib's file-only backend (the Python API leaves Jupyter's). Flags are made from
+the dataclasses' fields, and each flag's string is parsed into the field's type in one place
+(`parse_field`). Everything below raises `BadInput` for a problem the user can fix (one line on
+stderr, exit code 2; a `FieldError` is shown with its flag's name) and `StorageFault` when the
+database failed under a running study (one line, exit code 3). Everything printed passes
 `study.masking.redact`, so no password reaches the terminal or a log.
 """
 
@@ -11,15 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from typing import Sequence
 
 from pathlib import Path
 
-from study.config import (SEARCHED, STORAGE_ENV, DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig,
-                          TrainConfig)
-from study.errors import BadInput, StorageFault
+from study.api import prepare_backend
+from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.design import (SEARCHED, STORAGE_ENV, MachineConfig, Range, Space, StudyDesign, StudyPlace,
+                          describe_space)
+from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
 from study.masking import guard_output, mask_url, redact
 
 PROG = "python -m study"
@@ -35,68 +39,88 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (),
-                     defaults: dict | None = None) -> None:
-    """One flag per field of dataclass `cls`: `init_scale` -> `--init-scale`, typed from the field.
-
-    `defaults` overrides a field's default for this command (e.g. the quick study's lr).
-    """
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per field of dataclass `cls`: `init_scale` -> `--init-scale`; its string is parsed
+    into the field's type by `config_from_flags`."""
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = (defaults or {}).get(f.name, f.default)
-        kwargs = {"help": f.metadata.get("help", ""), "default": default, "dest": f.name}
+        kwargs = {"help": f.metadata.get("help", ""), "default": None, "dest": f.name}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        kwargs["type"] = _PARSERS[str(f.type)]
-        if default is not None and not isinstance(default, tuple):
-            kwargs["help"] += f" (default: {default})"
-        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        if f.default is not None:
+            kwargs["help"] += f" (default: {_as_flag_value(f.default)})"
+        group.add_argument(flag_of(f.name), **kwargs)
 
 
 def config_from_flags(cls: type, args: argparse.Namespace, skip: Sequence[str] = ()):
-    """The dataclass `cls` built from the flags `add_config_flags` made (validated by the dataclass);
-    fields in `skip` keep their defaults."""
-    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+    """The dataclass `cls` from the flags `add_config_flags` made, each given flag parsed into its
+    field's type; the dataclass checks the values. Fields not given keep their defaults."""
+    given = {f.name: parse_field(f, getattr(args, f.name)) for f in dataclasses.fields(cls)
+             if f.name not in skip and getattr(args, f.name, None) is not None}
+    return cls(**given)
+
+
+def flag_of(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def parse_field(f: dataclasses.Field, text: str):
+    """A flag's string as the value of field `f` (by its annotation); FieldError if it is not one."""
+    try:
+        return _PARSERS[str(f.type)](text)
+    except ValueError:
+        raise FieldError(f.name, f"{text!r}: {_EXPECTED[str(f.type)]}") from None
+
+
+def parse_space(text: str) -> Space:
+    """`0,0.2,0.4` is a list, `0:0.5` a range, `0.1:10:log` a log range."""
+    if ":" not in text:
+        return tuple(float(v) for v in text.split(","))
+    low, high, *rest = text.split(":")
+    if rest not in ([], ["log"]):
+        raise ValueError(text)
+    return Range(float(low), float(high), log=rest == ["log"])
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return tuple(int(part) for part in text.split(","))
 
 
-def _finite_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def _int_or_word(text: str) -> int | str:
+    """A count, or a word (auto, off) that the dataclass checks."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+def _as_flag_value(value) -> str:
+    return describe_space(value) if isinstance(value, (tuple, Range)) else str(value)
 
 
 _PARSERS = {
-    "int": _int,
-    "float": _finite_float,
+    "int": int,
+    "float": float,
     "str": str,
     "str | None": str,
-    "float | None": _finite_float,
-    "int | None": _int,
+    "float | None": float,
+    "int | None": int,
     "tuple[int, ...]": _int_tuple,
+    "tuple[int, ...] | None": _int_tuple,
+    "int | str": _int_or_word,
+    "Space": parse_space,
+}
+_EXPECTED = {
+    "int": "expected an integer",
+    "int | None": "expected an integer",
+    "float": "expected a number",
+    "float | None": "expected a number",
+    "tuple[int, ...]": "expected comma-separated integers like 0,1,2",
+    "tuple[int, ...] | None": "expected comma-separated integers like 0,1",
+    "Space": "give a list like 0,0.2,0.4 or a range like 0:0.5",
 }
 
 RUN_CONFIGS = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
-# `python -m study search` with no flags is the quick study: the lesson's CNN set-up, lr 0.2 included
-# (the rate at which the lesson's settings are seed-fragile, which is what the study measures).
-QUICK_STUDY = {"model": "cnn", "lr": 0.2, "momentum": 0.85, "batch_size": 1024, "epochs": 1}
+SEARCH_CONFIGS = (StudyPlace, StudyDesign, MachineConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,12 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train)
 
     search = commands.add_parser("search", help="run (or continue) a study over init_scale, leak and sub")
-    add_config_flags(search, SearchConfig)
-    add_config_flags(search, DataConfig)
-    add_config_flags(search, ModelConfig, skip=SEARCHED, defaults=QUICK_STUDY)
-    add_config_flags(search, OptimConfig, defaults=QUICK_STUDY)
-    add_config_flags(search, TrainConfig, skip=("seed",))
-    search.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
+    for cls in SEARCH_CONFIGS:
+        add_config_flags(search, cls)
+    for cls in RUN_CONFIGS:
+        add_config_flags(search, cls, skip=SEARCHED + ("seed",))  # each trial's own
     search.set_defaults(handler=run_search)
 
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
@@ -132,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=run_report)
 
     depth = commands.add_parser("depth", help="signal propagation through a deep MLP at initialisation")
-    depth.add_argument("--depth", type=_int, default=50, help="hidden layers (default: 50)")
-    depth.add_argument("--width", type=_int, default=256, help="units per hidden layer (default: 256)")
-    depth.add_argument("--leak", type=_finite_float, default=0.0, help="GeneralRelu leak (default: 0)")
-    depth.add_argument("--sub", type=_finite_float, default=0.0, help="GeneralRelu sub (default: 0)")
-    depth.add_argument("--init-scale", type=_finite_float, default=1.0, help="Kaiming multiplier (default: 1)")
-    depth.add_argument("--seeds", default="0,1,2", help="seeds, comma separated (default: 0,1,2)")
-    depth.add_argument("--batch", type=_int, default=512, help="FashionMNIST images in the batch (default: 512)")
+    depth.add_argument("--depth", type=int, default=50, help="hidden layers (default: 50)")
+    depth.add_argument("--width", type=int, default=256, help="units per hidden layer (default: 256)")
+    depth.add_argument("--leak", type=float, default=0.0, help="GeneralRelu leak (default: 0)")
+    depth.add_argument("--sub", type=float, default=0.0, help="GeneralRelu sub (default: 0)")
+    depth.add_argument("--init-scale", type=float, default=1.0, help="Kaiming multiplier (default: 1)")
+    depth.add_argument("--seeds", type=_int_tuple, default=(0, 1, 2), help="seeds, comma separated (default: 0,1,2)")
+    depth.add_argument("--batch", type=int, default=512, help="FashionMNIST images in the batch (default: 512)")
     depth.add_argument("--out", default="studies/depth", help="output directory (default: studies/depth)")
     add_config_flags(depth, DataConfig)
     depth.set_defaults(handler=run_depth)
@@ -150,21 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
     _add_study_flags(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    dashboard.add_argument("--port", type=_int, default=8080, help="port (default: 8080)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     dashboard.set_defaults(handler=run_dashboard)
     return parser
 
 
 def _add_study_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", default="quick", help="study name (default: quick)")
-    parser.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV} if set, "
-                                          "else sqlite:///studies/NAME.db)")
+    add_config_flags(parser, StudyPlace)
 
 
 def run_train(args: argparse.Namespace) -> int:
     config = RunConfig(*(config_from_flags(cls, args) for cls in RUN_CONFIGS))
-    _prepare_backend(config.train.backend)
-    from study.train import train  # torch is imported only once the flags are known to be good
+    prepare_backend(config.train.backend)
+    from study.training import train  # torch is imported only once the flags are known to be good
 
     result = train(config, progress=not args.json and sys.stderr.isatty())
     if args.json:
@@ -175,60 +195,44 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    search_config = config_from_flags(SearchConfig, args)
-    # The searched fields (init_scale, leak, sub) are SearchConfig's spaces here, set per trial.
+    place, design, machine = (config_from_flags(cls, args) for cls in SEARCH_CONFIGS)
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
-    _prepare_backend(run_config.train.backend)
-    from study import plots, results, search, workers
-    from study.train import resolve_device
+    prepare_backend(run_config.train.backend)
+    from study import plots, results
+    from study.runner import run_study
 
-    if args.worker:
-        share_cores(search_config)
-    runner = search.Search(search_config, run_config, progress=sys.stderr.isatty() and not args.worker)
     try:
-        study = runner.open()
-        device_type = resolve_device(run_config.train.device).type
-        if args.worker or (search_config.worker_count(device_type) == 1 and search_config.gpus is None):
-            runner.work(study)
-        else:
-            code = workers.run_workers(workers.worker_commands(args.argv[1:], search_config, device_type),
-                                       search_config.storage_url())
-            if code:
-                print(f"{PROG}: a worker stopped with exit code {code}; run the same command again to continue",
-                      file=sys.stderr)
-                return code
+        study = run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.worker:
-        return 0
     print(results.summary_table(study))
-    pictures = plots.draw_study(study, runner.paths.out_dir)
+    pictures = plots.save_figures(plots.study_figures(study), place.out_dir())
     print("\nheatmaps: " + ", ".join(str(p) for p in pictures))
-    print(f"dashboard: {PROG} dashboard --name {search_config.name}"
-          + (f" --storage {mask_url(search_config.storage)}" if search_config.storage else ""))
+    print(f"dashboard: {PROG} dashboard --name {place.name}"
+          + (f" --storage {mask_url(place.storage)}" if place.storage else ""))
     return 0
 
 
 def run_heatmaps(args: argparse.Namespace) -> int:
-    from study import plots, search
+    from study import plots
+    from study.storage import load_existing_study
 
-    config = SearchConfig(name=args.name, storage=args.storage)
-    study = search.load_existing_study(config)
-    out = Path(args.out) if args.out else search.study_paths(config).out_dir
-    for path in plots.draw_study(study, out):
+    place = config_from_flags(StudyPlace, args)
+    study = load_existing_study(place)
+    for path in plots.save_figures(plots.study_figures(study), Path(args.out) if args.out else place.out_dir()):
         print(path)
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from study import report, search
+    from study import report
+    from study.storage import load_existing_study
 
-    config = SearchConfig(name=args.name, storage=args.storage)
-    study = search.load_existing_study(config)
-    path = report.write_report(study, Path(args.out) if args.out else search.study_paths(config).out_dir)
-    print(path)
+    place = config_from_flags(StudyPlace, args)
+    study = load_existing_study(place)
+    print(report.write_report(study, Path(args.out) if args.out else place.out_dir()))
     return 0
 
 
@@ -236,7 +240,7 @@ def run_depth(args: argparse.Namespace) -> int:
     if args.depth < 1 or args.width < 1 or args.batch < 2:
         raise BadInput("--depth and --width must be >= 1 and --batch >= 2")
     ModelConfig(model="mlp", leak=args.leak, sub=args.sub, init_scale=args.init_scale)  # checks the values
-    seeds = SearchConfig(seeds=args.seeds).seed_list()
+    seeds = StudyDesign(seeds=args.seeds).seeds
     data_config = config_from_flags(DataConfig, args)
     from study.data import load_fashion_mnist
     from study.depth import INITS, last_to_first_std, run_depth
@@ -262,7 +266,7 @@ def run_findings(args: argparse.Namespace) -> int:
 def run_dashboard(args: argparse.Namespace) -> int:
     from study.dashboard import serve_dashboard
 
-    serve_dashboard(SearchConfig(name=args.name, storage=args.storage), args.host, args.port)
+    serve_dashboard(config_from_flags(StudyPlace, args), args.host, args.port)
     return 0
 
 
@@ -274,21 +278,6 @@ def resume_command(argv: Sequence[str]) -> str:
         shown += (f"   (password hidden: put the storage URL in ${STORAGE_ENV}, or leave the password out "
                   "of it and let libpq read PGPASSWORD or ~/.pgpass)")
     return shown
-
-
-def share_cores(search_config: SearchConfig) -> None:
-    """A worker started by --workers takes its share of this machine's cores for its CPU threads:
-    W workers at all cores each would fight over them."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores // search_config.worker_count("cpu")))
-
-
-def _prepare_backend(backend: str) -> None:
-    if backend == "triton":
-        from study.model import choose_triton_interpreter
-        choose_triton_interpreter()
 
 
 def format_result(result) -> str:
@@ -306,20 +295,29 @@ def format_result(result) -> str:
     ]
     for index, layer in enumerate(result.layers, start=1):
         lines.append(f"{index:>5} {layer['units']:>5} {layer['mean']:>8.3f} {layer['std']:>8.3f} "
-                     f"{layer['dead_frac']:>9.3f} {layer['dead_units']:>10}")
+                     f"{layer['near_zero_frac']:>9.3f} {layer['dead_units']:>10}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     guard_output()  # first: argparse's own errors may quote a --storage value
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and in CI
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # workers and the resume hint repeat the command as given
     try:
         return args.handler(args)
+    except FieldError as e:
+        print(f"{PROG}: error: {flag_of(e.field)} {e.problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except WorkerStopped as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return e.exit_code
     except StorageFault as e:
         return _storage_fault(e)
     except OSError as e:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import run_server
 
-from study.config import SearchConfig
-from study.search import load_existing_study, study_paths
+from study.design import StudyPlace
+from study.storage import load_existing_study
 
 
-def serve_dashboard(search: SearchConfig, host: str, port: int) -> None:
+def serve_dashboard(place: StudyPlace, host: str, port: int) -> None:
     """Blocks until interrupted. Prints the URL first."""
-    study = load_existing_study(search)  # fails with a clear message before the server starts
-    store = FileSystemArtifactStore(str(study_paths(search).artifacts))
-    print(f"optuna-dashboard for study {search.name!r}: http://{host}:{port}/dashboard", flush=True)
+    study = load_existing_study(place)  # fails with a clear message before the server starts
+    store = FileSystemArtifactStore(str(place.artifacts()))
+    print(f"optuna-dashboard for study {place.name!r}: http://{host}:{port}/dashboard", flush=True)
     run_server(study._storage, host=host, port=port, artifact_store=store)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from study.config import ModelConfig
 from study.model import activations, build_model, init_weights, weighted_layers
-from study.plots import save_depth_figures
+from study.plots import depth_figures, save_figures
 from study.stats import StatsRecorder
 
 INITS = ("default", "lecun", "kaiming", "lsuv")
@@ -140,7 +140,8 @@ def run_depth(batch: torch.Tensor, out_dir: Path, depth: int = 50, width: int = 
         for scale, row in zip(scales, sweep):
             writer.writerow([scale, *row])
     title = f"{depth} layers of width {width}, GeneralRelu(leak={leak:g}, sub={sub:g}), init_scale {init_scale:g}"
-    paths.update(save_depth_figures(profiles, sweep, scales, leaks, title, out_dir))
+    figures = depth_figures(profiles, sweep, scales, leaks, title)
+    paths.update(zip(figures, save_figures(figures, out_dir)))
     return profiles, paths
 
 

@@ -19,39 +19,39 @@ import optuna
 import pandas as pd
 import torch
 
-from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SearchConfig
+from study.config import DataConfig, OptimConfig, RunConfig
+from study.design import StudyDesign, StudyPlace
 from study.data import load_fashion_mnist
 from study.depth import INITS, last_to_first_std, run_depth
-from study.plots import draw_study
+from study.plots import save_figures, study_figures
 from study.report import findings, lesson_rows, markdown_table, name, setting_table
-from study.search import Search
+from study.runner import open_search
 
-TEN_SEEDS = "0,1,2,3,4,5,6,7,8,9"
+TEN_SEEDS = tuple(range(10))
 COMMAND = "python -m study findings"
 
 
 @dataclass(frozen=True)
 class FindingsStudy:
     name: str
-    leak: str
-    sub: str
+    leak: tuple[float, ...]
+    sub: tuple[float, ...]
     epochs: int
     purpose: str
 
 
 STUDIES = (
-    FindingsStudy("findings-1epoch", "0,0.05,0.1,0.2,0.5", "0,0.4,0.7,0.9", 1,
+    FindingsStudy("findings-1epoch", (0, 0.05, 0.1, 0.2, 0.5), (0, 0.4, 0.7, 0.9), 1,
                   "the lesson's settings and a grid around them, one epoch"),
-    FindingsStudy("findings-3epoch", "0.05,0.1,0.2", "0.4,0.9", 3,
+    FindingsStudy("findings-3epoch", (0.05, 0.1, 0.2), (0.4, 0.9), 3,
                   "the seed-fragile neighbourhood, three epochs: does longer training rescue it?"),
 )
 
 
-def configs(entry: FindingsStudy) -> tuple[SearchConfig, RunConfig]:
-    search = SearchConfig(name=entry.name, leak=entry.leak, sub=entry.sub, seeds=TEN_SEEDS)
-    run = RunConfig(model=ModelConfig(model="cnn"), optim=OptimConfig(lr=0.2, momentum=0.85, batch_size=1024,
-                                                                      epochs=entry.epochs))
-    return search, run
+def configs(entry: FindingsStudy) -> tuple[StudyPlace, StudyDesign, RunConfig]:
+    """The lesson's CNN and optimiser are the defaults of `RunConfig`, as for `python -m study search`."""
+    design = StudyDesign(leak=entry.leak, sub=entry.sub, seeds=TEN_SEEDS)
+    return StudyPlace(name=entry.name), design, RunConfig(optim=OptimConfig(epochs=entry.epochs))
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
@@ -87,8 +87,7 @@ def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     sections, tables = [], []
     for entry in STUDIES:
-        search, run = configs(entry)
-        study = Search(search, run, progress=progress).run()
+        study = open_search(*configs(entry), progress=progress).work()
         sections.append(_study_section(entry, study, figures))
         tables.append(setting_table(study))
     sections.append(_epoch_comparison(*tables))
@@ -121,9 +120,9 @@ def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
         "explodes. The spectra show a second failure that variance alone does not: with depth the centred "
         "activations concentrate on a few directions (effective rank at layer 1 vs layer 50 in the legend).",
         "",
-        f"![std through depth](findings/depth/{depth_paths['std_vs_depth'].name})",
-        f"![init_scale x leak](findings/depth/{depth_paths['sweep'].name})",
-        f"![spectra](findings/depth/{depth_paths['spectra'].name})",
+        f"![std through depth](findings/depth/{depth_paths['depth_std'].name})",
+        f"![init_scale x leak](findings/depth/{depth_paths['depth_std_sweep'].name})",
+        f"![spectra](findings/depth/{depth_paths['depth_spectra'].name})",
         "",
         "Numbers behind the figures: `findings/depth/depth_profile.csv`, `findings/depth/depth_std_sweep.csv`.",
     ]
@@ -171,7 +170,7 @@ def _study_section(entry: FindingsStudy, study: optuna.Study, figures: Path) -> 
     out = figures / entry.name
     if out.exists():
         shutil.rmtree(out)
-    pictures = draw_study(study, out)
+    pictures = save_figures(study_figures(study), out)
     table = setting_table(study)
     training = sum(t.user_attrs.get("seconds", 0.0) for t in study.trials if t.state.is_finished()) / 60
     lines = [f"## {entry.epochs} epoch{'s' if entry.epochs > 1 else ''}: {entry.purpose}", "",

@@ -1,23 +1,23 @@
-"""Pictures: one run's activation statistics (the lesson's charts) and a study's heatmaps.
+"""Pictures: one run's activation statistics (the lesson's charts), a study's heatmaps, the depth
+experiments' profiles.
 
-Plots read results (a run's `LayerHistory`, a study's stored trials); they never train.
+Each function returns a matplotlib `Figure` (shown inline in Jupyter); `save_figures` writes them.
+Figures are made without pyplot, so nothing here picks a backend or keeps a figure alive: the
+command line chooses file-only Agg, a notebook keeps its own. Plots read results (a run's
+`LayerHistory`, a study's stored trials); they never train.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display on servers and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from study.config import CONFIG_ATTR  # noqa: E402
-from study.results import seed_frame, trials_frame  # noqa: E402
-from study.stats import HIST_MAX, LayerHistory  # noqa: E402
+from study.design import CONFIG_ATTR
+from study.results import is_lesson_setting, seed_frame, trials_frame
+from study.stats import HIST_MAX, LayerHistory
 
 # (column, title, colour map, fixed range): fixed so that pictures compare across studies.
 HEATMAP_METRICS = (
@@ -27,8 +27,6 @@ HEATMAP_METRICS = (
     ("frac_trained", "fraction of seeds that trained", "viridis", (0.0, 1.0)),
     ("near_zero_last", "near-zero fraction, last hidden layer", "rocket_r", (0.0, 1.0)),
 )
-# The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
-LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
 MAX_AXIS_VALUES = 8  # more distinct values than this (range samplers) are binned
 N_BINS = 5
 
@@ -41,14 +39,24 @@ def _seaborn():
     return seaborn
 
 
-def save_activation_figure(history: list[LayerHistory], title: str, path: Path) -> Path:
+def save_figures(figures: dict[str, Figure], out_dir: Path, dpi: int = 90) -> list[Path]:
+    """Each figure as `out_dir/NAME.png`; the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        paths.append(out_dir / f"{name}.png")
+        fig.savefig(paths[-1], dpi=dpi)
+    return paths
+
+
+def activation_figure(history: list[LayerHistory], title: str) -> Figure:
     """The lesson's three pictures of one run: per-layer mean and std over training steps, the
     "colour dim" image (log1p of the |a| histogram over time, one panel per layer), and the share
     of activations near zero (lowest histogram bin) per layer."""
     n = len(history)
-    fig, axes = plt.subplot_mosaic(
-        [["mean"] * n, ["std"] * n, [f"hist{i}" for i in range(n)], ["near"] * n],
-        figsize=(3 * max(n, 3), 11), height_ratios=[1, 1, 1.2, 1],
+    fig = Figure(figsize=(3 * max(n, 3), 11))
+    axes = fig.subplot_mosaic(
+        [["mean"] * n, ["std"] * n, [f"hist{i}" for i in range(n)], ["near"] * n], height_ratios=[1, 1, 1.2, 1],
     )
     # Fixed margins: constrained layout took half of the drawing time, and a study draws one per run.
     fig.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=0.05, hspace=0.35, wspace=0.3)
@@ -74,9 +82,7 @@ def save_activation_figure(history: list[LayerHistory], title: str, path: Path) 
     for ax in axes.values():
         ax.locator_params(nbins=5)  # matplotlib's tick objects were most of the drawing time
     fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def axis_labels(values: pd.Series, log: bool = False) -> pd.Series:
@@ -106,41 +112,37 @@ def heatmap_tables(trials: pd.DataFrame, metric: str, log_scale: bool = False) -
     }
 
 
-def save_heatmaps(trials: pd.DataFrame, out_dir: Path, log_scale: bool = False) -> dict[str, Path]:
-    """One PNG per metric of HEATMAP_METRICS: leak (x) by sub (y), one facet per init_scale value
-    or bin, annotated cells, fixed colour ranges. Returns {metric: path}."""
-    paths = {}
-    for metric, title, cmap, (vmin, vmax) in HEATMAP_METRICS:
-        tables = heatmap_tables(trials, metric, log_scale)
-        n_sub, n_leak = next(iter(tables.values())).shape
-        fig, axes = plt.subplots(1, len(tables), figsize=(2.2 + 0.9 * n_leak * len(tables), 1.6 + 0.6 * n_sub),
-                                 squeeze=False, layout="constrained")
-        for ax, (scale, cells) in zip(axes[0], tables.items()):
-            _seaborn().heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
-                        cbar=ax is axes[0][-1], cbar_kws={"label": metric}, linewidths=0.5,
-                        linecolor="white", annot_kws={"fontsize": 8})
-            ax.invert_yaxis()  # sub grows upwards
-            ax.set_title(f"init_scale {scale:g}")
-            ax.set_xlabel("leak")
-            ax.set_ylabel("sub")
-        fig.suptitle(title)
-        paths[metric] = out_dir / f"heatmap_{metric}.png"
-        fig.savefig(paths[metric], dpi=90)
-        plt.close(fig)
-    return paths
+def heatmap_figure(trials: pd.DataFrame, metric: str, log_scale: bool = False) -> Figure:
+    """One metric of HEATMAP_METRICS: leak (x) by sub (y), one facet per init_scale value or bin,
+    annotated cells, the metric's fixed colour range. trials: as `results.trials_frame`."""
+    title, cmap, (vmin, vmax) = next(m[1:] for m in HEATMAP_METRICS if m[0] == metric)
+    tables = heatmap_tables(trials, metric, log_scale)
+    n_sub, n_leak = next(iter(tables.values())).shape
+    fig = Figure(figsize=(2.2 + 0.9 * n_leak * len(tables), 1.6 + 0.6 * n_sub), layout="constrained")
+    axes = fig.subplots(1, len(tables), squeeze=False)
+    for ax, (scale, cells) in zip(axes[0], tables.items()):
+        _seaborn().heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
+                           cbar=ax is axes[0][-1], cbar_kws={"label": metric}, linewidths=0.5,
+                           linecolor="white", annot_kws={"fontsize": 8})
+        ax.invert_yaxis()  # sub grows upwards
+        ax.set_title(f"init_scale {scale:g}")
+        ax.set_xlabel("leak")
+        ax.set_ylabel("sub")
+    fig.suptitle(title)
+    return fig
 
 
-def save_lesson_strip(seed_accs: pd.DataFrame, out_dir: Path) -> Path | None:
+def lesson_strip_figure(seed_accs: pd.DataFrame) -> Figure | None:
     """Per-seed validation accuracy of the lesson's settings present in the study (None if none are).
 
     seed_accs: one row per (trial, seed) with columns leak, sub, init_scale, seed, val_acc.
     """
-    keep = seed_accs[[(round(l, 4), round(s, 4)) in LESSON_SETTINGS
-                      for l, s in zip(seed_accs["leak"], seed_accs["sub"])]]
+    keep = seed_accs[[is_lesson_setting(leak, sub) for leak, sub in zip(seed_accs["leak"], seed_accs["sub"])]]
     if keep.empty:
         return None
     keep = keep.assign(setting=[f"({l:g}, {s:g}) x{k:g}" for l, s, k in zip(keep["leak"], keep["sub"], keep["init_scale"])])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * keep["setting"].nunique(), 4), layout="constrained")
+    fig = Figure(figsize=(1.6 + 1.3 * keep["setting"].nunique(), 4), layout="constrained")
+    ax = fig.subplots()
     _seaborn().stripplot(keep.sort_values("setting"), x="setting", y="val_acc", ax=ax, size=7, jitter=0.15, alpha=0.8)
     ax.axhline(0.1, color="grey", linestyle=":", label="chance")
     ax.set_ylim(0, 1)
@@ -148,34 +150,35 @@ def save_lesson_strip(seed_accs: pd.DataFrame, out_dir: Path) -> Path | None:
     ax.set_ylabel("validation accuracy, one dot per seed")
     ax.set_title("The lesson's settings, seed by seed")
     ax.legend(loc="upper right")
-    path = out_dir / "lesson_settings_seeds.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def draw_study(study, out_dir: Path) -> list[Path]:
-    """All of a stored study's pictures into `out_dir`: the heatmaps and the lesson settings' strip."""
+def init_scale_is_log(study) -> bool:
+    return study.user_attrs.get(CONFIG_ATTR, {}).get("space", {}).get("init_scale", "").endswith(":log")
+
+
+def study_figures(study) -> dict[str, Figure]:
+    """All of a stored study's pictures, by file name: `heatmap_METRIC` for each metric and
+    `lesson_settings_seeds` where the study holds a lesson setting. None before a trial is COMPLETE."""
     trials = trials_frame(study)
     if trials.empty:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = study.user_attrs.get(CONFIG_ATTR, {})
-    log_scale = config.get("space", {}).get("init_scale", "").endswith(":log")
-    paths = list(save_heatmaps(trials, out_dir, log_scale=log_scale).values())
-    strip = save_lesson_strip(seed_frame(study), out_dir)
-    return paths + ([strip] if strip else [])
+        return {}
+    figures = {f"heatmap_{metric}": heatmap_figure(trials, metric, init_scale_is_log(study))
+               for metric, *_ in HEATMAP_METRICS}
+    strip = lesson_strip_figure(seed_frame(study))
+    return figures | ({"lesson_settings_seeds": strip} if strip is not None else {})
 
 
-def save_depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: list[float], title: str,
-                       out_dir: Path) -> dict[str, Path]:
-    """The depth experiments' pictures (study/depth.py): std vs depth per initialisation (log
-    scale), normalised singular-value spectra at a few depths, and the init_scale x leak heatmap of
-    the last layer's log10 std."""
+def depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: list[float],
+                  title: str) -> dict[str, Figure]:
+    """The depth experiments' pictures (study/depth.py), by file name: std vs depth per
+    initialisation (log scale), normalised singular-value spectra at a few depths, and the
+    init_scale x leak heatmap of the last layer's log10 std."""
     inits = list(dict.fromkeys(p.init for p in profiles))
-    paths = {}
+    figures = {}
 
-    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.6), sharey=True, layout="constrained")
+    fig = Figure(figsize=(4 * len(inits), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(inits), sharey=True)
     for ax, init in zip(axes, inits):
         for p in (p for p in profiles if p.init == init):
             ax.semilogy(range(1, len(p.std) + 1), np.maximum(p.std, 1e-30), label=f"seed {p.seed}")
@@ -185,11 +188,10 @@ def save_depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: 
     axes[0].set_ylabel("activation std")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Activation std through depth: {title}")
-    paths["std_vs_depth"] = out_dir / "depth_std.png"
-    fig.savefig(paths["std_vs_depth"], dpi=90)
-    plt.close(fig)
+    figures["depth_std"] = fig
 
-    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.6), sharey=True, layout="constrained")
+    fig = Figure(figsize=(4 * len(inits), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(inits), sharey=True)
     for ax, init in zip(axes, inits):
         first = next(p for p in profiles if p.init == init)
         depth = len(first.singular_values)
@@ -202,11 +204,10 @@ def save_depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: 
         ax.legend(fontsize=7)
     axes[0].set_ylabel("singular value / largest")
     fig.suptitle(f"Spectrum of the centred activations, seed {profiles[0].seed}: {title}")
-    paths["spectra"] = out_dir / "depth_spectra.png"
-    fig.savefig(paths["spectra"], dpi=90)
-    plt.close(fig)
+    figures["depth_spectra"] = fig
 
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(leaks), 1.2 + 0.5 * len(scales)), layout="constrained")
+    fig = Figure(figsize=(1.5 + 0.9 * len(leaks), 1.2 + 0.5 * len(scales)), layout="constrained")
+    ax = fig.subplots()
     frame = pd.DataFrame(sweep, index=[f"{s:g}" for s in scales], columns=[f"{l:g}" for l in leaks])
     _seaborn().heatmap(frame, ax=ax, cmap="RdBu_r", center=0, vmin=-6, vmax=6, annot=True, fmt=".1f",
                 annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 std, last layer (0: std 1)"})
@@ -214,7 +215,5 @@ def save_depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: 
     ax.set_xlabel("leak")
     ax.set_ylabel("init_scale (x Kaiming)")
     ax.set_title("Kaiming x init_scale: where activations neither vanish nor explode")
-    paths["sweep"] = out_dir / "depth_std_sweep.png"
-    fig.savefig(paths["sweep"], dpi=90)
-    plt.close(fig)
-    return paths
+    figures["depth_std_sweep"] = fig
+    return figures

@@ -23,14 +23,14 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from study.config import RunConfig
 from study.data import FashionMNIST
 from study.errors import BadInput
 from study.model import CNN_CHANNELS, build_model, fused_kernel, init_weights, weighted_layers
 from study.stats import BatchedStats, LayerRecords, batched_stats, from_kernel
-from study.train import (EVAL_BATCH, TrainResult, autocast, is_diverged, make_optimizer, prepare_data,
+from study.training import (EVAL_BATCH, TrainResult, autocast, is_diverged, make_optimizer, prepare_data,
                          step_count)
 
 

@@ -17,9 +17,9 @@ import optuna
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from study.config import CONFIG_ATTR, SEARCHED, upgrade_stored_config
-from study.plots import LESSON_SETTINGS, draw_study
-from study.results import seed_frame, trials_frame
+from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
+from study.plots import save_figures, study_figures
+from study.results import is_lesson_setting, seed_frame, trials_frame
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -62,7 +62,7 @@ def name(row) -> str:
 
 
 def lesson_rows(table: pd.DataFrame) -> pd.DataFrame:
-    keep = [(round(l, 4), round(s, 4)) in LESSON_SETTINGS for l, s in zip(table["leak"], table["sub"])]
+    keep = [is_lesson_setting(leak, sub) for leak, sub in zip(table["leak"], table["sub"])]
     return table[keep]
 
 
@@ -125,7 +125,7 @@ def findings(table: pd.DataFrame, threshold: float) -> list[str]:
 def write_report(study: optuna.Study, out_dir: Path) -> Path:
     """report.md and the pictures it embeds, in out_dir. Returns the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = draw_study(study, out_dir)
+    pictures = save_figures(study_figures(study), out_dir)
     table = setting_table(study)
     config = upgrade_stored_config(study.user_attrs.get(CONFIG_ATTR, {}))
     threshold = config.get("train_threshold", DEFAULT_THRESHOLD)

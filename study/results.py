@@ -6,7 +6,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from study.config import SEARCHED
+from study.design import SEARCHED
+from study.records import seed_records, trial_layers
+
+
+# The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
+LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
+
+
+def is_lesson_setting(leak: float, sub: float) -> bool:
+    return (round(leak, 4), round(sub, 4)) in LESSON_SETTINGS
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -15,13 +24,13 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         attrs = trial.user_attrs
-        last = attrs["layers"][-1]
+        last = trial_layers(trial)[-1]
         rows.append({
             "number": trial.number,
             **{name: trial.params[name] for name in SEARCHED},
             **{key: attrs[key] for key in ("mean_val_acc", "acc_std", "worst_acc", "frac_trained",
                                            "n_diverged", "mean_test_acc", "seconds")},
-            "near_zero_last": last["dead_frac"],
+            "near_zero_last": last["near_zero_frac"],
             "dead_units_last": last["dead_units"],
             "n_seeds": len(seed_records(trial)),
         })
@@ -39,12 +48,6 @@ def seed_frame(study: optuna.Study) -> pd.DataFrame:
                          "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
                          "diverged": record["diverged"]})
     return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged"])
-
-
-def seed_records(trial: optuna.trial.FrozenTrial) -> dict[int, dict]:
-    """seed -> the record stored as `seed_<n>` when that seed finished."""
-    return {int(key.removeprefix("seed_")): value for key, value in trial.user_attrs.items()
-            if key.startswith("seed_")}
 
 
 def summary_table(study: optuna.Study, top: int = 5) -> str:

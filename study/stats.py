@@ -179,7 +179,7 @@ class LayerHistory:
     def final(self) -> dict:
         """The last recorded step: what a run reports as its layer's state at the end of training."""
         return {
-            "mean": self.mean[-1], "std": self.std[-1], "dead_frac": self.near_zero_frac[-1],
+            "mean": self.mean[-1], "std": self.std[-1], "near_zero_frac": self.near_zero_frac[-1],
             "dead_units": self.dead_units[-1], "units": self.units,
         }
 

@@ -7,6 +7,9 @@ the study is known to be good, `prepare_for_workers` switches the database to WA
 `BEGIN IMMEDIATE` under a long busy timeout: a writer waits for the lock instead of failing with
 "database is locked" when it would otherwise upgrade a read transaction mid-way.
 
+`open_study` creates a study or opens it only under the design it was made with (compared whole);
+`load_existing_study` opens one for reading.
+
 Any other URL (PostgreSQL for many machines) is passed to Optuna with a connection pool that pings
 a connection before use and a 10 s connection timeout. `study.faults` says what a study does when
 the database misbehaves while it runs. No message shows a URL's password (`study.masking`).
@@ -25,14 +28,18 @@ import optuna
 import sqlalchemy
 from sqlalchemy import event
 
-from study.config import STORAGE_RETRY_SECONDS
+from study.config import RunConfig
+from study.design import (CONFIG_ATTR, STORAGE_RETRY_SECONDS, StudyDesign, StudyPlace, study_config,
+                          upgrade_stored_config)
 from study.errors import BadInput
 from study.faults import ResilientStorage, SqliteWatch
 from study.masking import mask_url, remember
+from study.schedule import make_sampler
 
 SQLITE_PREFIX = "sqlite:///"
 BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds
 SCHEMA_RACE_RETRIES = 5
+NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails in seconds, not after TCP's minutes
 
 
@@ -145,3 +152,65 @@ def _sqlite_transactions(storage: optuna.storages.RDBStorage, watch: SqliteWatch
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened while Optuna checked the schema lack the hooks
+
+
+def config_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences, e.g. ["space.leak: stored 0,0.1, asked 0,0.2"]."""
+    differences = []
+    for key in sorted(set(stored) | set(wanted)):
+        if key in NOT_COMPARED:
+            continue
+        old, new = stored.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: stored {old}, asked {new}")
+    return differences
+
+
+def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig,
+               storage: optuna.storages.RDBStorage) -> optuna.Study:
+    """Load the study named `place.name` (refusing a different configuration) or create it.
+
+    Several commands may start on one new study at once: the one that loses the race to create it
+    loads it, and waits briefly for the winner to store the configuration.
+    """
+    wanted = study_config(design, run)
+    directions = ["maximize", "minimize"] if design.objective == "stability" else ["maximize"]
+    if place.name not in optuna.get_all_study_names(storage):
+        try:
+            study = optuna.create_study(study_name=place.name, storage=storage, directions=directions,
+                                        sampler=make_sampler(design))
+            study.set_metric_names(["mean_val_acc", "acc_std"][:len(directions)])  # shown by the dashboard
+            study.set_user_attr(CONFIG_ATTR, wanted)
+            return study
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    study = optuna.load_study(study_name=place.name, storage=storage, sampler=make_sampler(design))
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    for _ in range(20):
+        if stored is not None or study.trials:
+            break
+        time.sleep(0.5)  # a racing command created the study and is about to store its configuration
+        stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        raise BadInput(f"study {place.name!r} in {mask_url(place.storage_url())} was not made by initstudy: "
+                       "use another --name")
+    differences = config_differences(upgrade_stored_config(stored), wanted)
+    if differences:
+        raise BadInput(f"study {place.name!r} was run with another configuration ({'; '.join(differences)}): "
+                       "run it with its own flags, or use another --name")
+    return study
+
+
+def load_existing_study(place: StudyPlace, retry_seconds: float = STORAGE_RETRY_SECONDS) -> optuna.Study:
+    """A stored study, for reading; BadInput naming the studies there when it is absent."""
+    db = sqlite_path(place.storage_url())
+    if db is not None and not db.is_file():
+        raise BadInput(f"no study database at {db}: run 'python -m study search --name {place.name}' first")
+    storage = open_storage(place.storage_url(), retry_seconds=retry_seconds)
+    names = optuna.get_all_study_names(storage)
+    if place.name not in names:
+        raise BadInput(f"no study {place.name!r} in {mask_url(place.storage_url())} "
+                       f"(it holds: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=place.name, storage=storage)

@@ -1,61 +1,79 @@
-"""Several worker processes on one study: `--workers W` on this machine, or `--gpus 0,1` (one per GPU).
+"""Several worker processes on one study: `workers=W` on this machine, or `gpus=(0, 1)` (one per GPU).
 
-Each worker is the same `search` command run as a plain worker (`--worker`), so workers started
-here behave exactly like independent commands started by hand on this or another machine. The
-storage URL reaches them in the environment, not on their command lines, which every user of the
-machine can read (`ps`).
+Each worker is a fresh Python process (multiprocessing's spawn: no CUDA or thread state is
+inherited) that opens the study and runs the same loop as an independent command started by hand
+on this or another machine would. The configuration reaches it as dataclasses through a pipe, never
+on a command line, which every user of the machine can read (`ps`). The same code serves the
+command line and the Python API.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import subprocess
-import sys
-from typing import Sequence
+import queue
+from dataclasses import replace
 
-from study.config import STORAGE_ENV, SearchConfig
-
-WORKER_FLAG = "--worker"
-
-
-def worker_commands(argv: Sequence[str], search: SearchConfig, device_type: str = "cpu") -> list[list[str]]:
-    """The command of each worker. argv: the `search` arguments as the user gave them.
-
-    Later flags override earlier ones in argparse, so a worker's own settings are appended.
-    """
-    base = [sys.executable, "-m", "study", "search", *without_storage(argv), WORKER_FLAG]
-    if search.gpus is not None:
-        return [[*base, "--device", f"cuda:{gpu}"] for gpu in search.gpu_list()]
-    count = search.worker_count(device_type)
-    # Each worker is told the count, so that it takes its share of the cores (`--workers auto` would
-    # count them again, and a worker must not start workers of its own).
-    return [[*base, "--workers", str(count)] for _ in range(count)]
+from study.config import RunConfig
+from study.design import MachineConfig, StudyDesign, StudyPlace
+from study.errors import WorkerStopped
 
 
-def without_storage(argv: Sequence[str]) -> list[str]:
-    """argv without its --storage flags (`--storage URL` and `--storage=URL`)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--storage":
-            skip = True
-        elif not arg.startswith("--storage="):
-            kept.append(arg)
-    return kept
+def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> list[tuple[RunConfig, int]]:
+    """Each worker's run configuration and CPU thread count: one per GPU on its own device, or
+    `worker_count` on the run's device, sharing this machine's cores (W workers at all cores each
+    would fight over them)."""
+    if machine.gpus is not None:
+        return [(replace(run, train=replace(run.train, device=f"cuda:{gpu}")), 1) for gpu in machine.gpus]
+    count = machine.worker_count(device_type)
+    threads = max(1, len(os.sched_getaffinity(0)) // count)
+    return [(run, threads)] * count
 
 
-def run_workers(commands: list[list[str]], storage_url: str) -> int:
-    """Start every worker on `storage_url`, wait for all; the first non-zero exit code, else 0.
+def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig,
+                device_type: str) -> None:
+    """Start every worker, wait for all. Re-raises the first error a worker raised (BadInput,
+    StorageFault); WorkerStopped when one ended otherwise (killed, crashed).
 
     Ctrl-C reaches the workers too (same process group): each marks its running trial FAIL and stops.
     """
-    env = {**os.environ, STORAGE_ENV: storage_url}
-    processes = [subprocess.Popen(command, env=env) for command in commands]
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    processes = [context.Process(target=_work, args=(place, design, worker_run, machine, threads, errors),
+                                 name=f"initstudy-worker-{index}")
+                 for index, (worker_run, threads) in enumerate(worker_runs(run, machine, device_type))]
+    for process in processes:
+        process.start()
     try:
-        codes = [p.wait() for p in processes]
+        for process in processes:
+            process.join()
     except KeyboardInterrupt:
-        for p in processes:
-            p.wait()
+        for process in processes:
+            process.join()
         raise
-    return next((code for code in codes if code != 0), 0)
+    try:
+        raise errors.get(timeout=1)
+    except queue.Empty:
+        pass
+    code = next((p.exitcode for p in processes if p.exitcode), 0)
+    if code:
+        raise WorkerStopped(code)
+
+
+def _work(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig, threads: int,
+          errors: multiprocessing.Queue) -> None:
+    """One worker: the study's loop on this process until the study is done."""
+    import torch
+
+    from study.masking import guard_output
+    from study.runner import open_search
+
+    guard_output()
+    torch.set_num_threads(threads)
+    try:
+        open_search(place, design, run, machine, progress=False).work()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:
+        errors.put(e)
+        raise SystemExit(1) from None

@@ -13,12 +13,12 @@ from conftest import ROOT, assert_one_line_error, run_cli
 
 def test_train_json_prints_one_object_with_the_result():
     proc = run_cli("train", "--model", "cnn", "--leak", "0.1", "--sub", "0.4", "--init-scale", "1.0",
-                   "--seed", "0", "--epochs", "1", "--json")
+                   "--seed", "0", "--epochs", "1", "--lr", "0.15", "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert {"val_acc", "test_acc", "diverged", "seconds", "layers"} <= set(record)
     assert record["diverged"] is False and record["test_acc"] >= 0.80
-    assert [set(layer) >= {"mean", "std", "dead_frac"} for layer in record["layers"]] == [True] * 4
+    assert [set(layer) >= {"mean", "std", "near_zero_frac"} for layer in record["layers"]] == [True] * 4
     assert record["config"]["model"]["leak"] == 0.1
 
 
@@ -53,7 +53,7 @@ BAD_INPUTS = [
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--lr", "0"], "--lr must be positive"),
     (["--widths", "256,x"], "comma-separated integers"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", "tpu"], "--device 'tpu' is unknown"),
     (["--data-dir", "/nonexistent/fashion"], "is not a directory"),
     ("empty_dir", "4 FashionMNIST files missing"),
     ("truncated", "train-images-idx3-ubyte.gz is truncated"),

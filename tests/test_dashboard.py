@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, free_port
-from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
-from study.search import Search
+import study
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -35,12 +34,12 @@ def get_json(url: str, timeout: float = 60.0):
 @pytest.fixture
 def dashboard(tmp_path):
     """A finished two-trial study and a dashboard serving it on a free loopback port."""
-    config = SearchConfig(name="dash", storage=f"sqlite:///{tmp_path}/dash.db", leak="0,0.1", sub="0.4", seeds="0")
-    Search(config, RunConfig(model=ModelConfig(model="mlp", widths=(32,)), optim=OptimConfig(lr=0.05)),
-           progress=False).run()
+    storage = f"sqlite:///{tmp_path}/dash.db"
+    study.search("dash", storage=storage, leak=(0, 0.1), sub=0.4, seeds=0, model="mlp", widths=(32,), lr=0.05,
+                 progress=False)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "study", "dashboard", "--name", "dash", "--storage",
-                               config.storage_url(), "--port", str(port)], cwd=tmp_path,
+                               storage, "--port", str(port)], cwd=tmp_path,
                               env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,6 @@ import errno
 import hashlib
 import os
 import resource
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from conftest import ROOT, TINY
 from pg_server import server_with_role
 from study.errors import StorageFault
 from study.faults import fault_of
-from study.results import seed_records
-from study.search import point_of
+from study.records import seed_records
+from study.schedule import point_of
 from study.storage import open_storage
 
 PASSWORD = "Numbat-5d1a-Secret"

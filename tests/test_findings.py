@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from study.cli import build_parser, config_from_flags, RUN_CONFIGS
-from study.config import SEARCHED, RunConfig, SearchConfig
+from study.cli import RUN_CONFIGS, build_parser, config_from_flags
+from study.config import RunConfig
+from study.design import SEARCHED, StudyDesign, describe_space, study_config
 from study.findings import STUDIES, TEN_SEEDS, configs, verdicts
-from study.search import study_config
 
 
 def table(rows):
@@ -29,11 +29,13 @@ def test_verdicts_follow_the_numbers():
 def test_findings_studies_are_the_same_as_the_command_line_ones():
     """So that a study started with `python -m study search` is continued, not refused, by findings."""
     for entry in STUDIES:
-        args = build_parser().parse_args(["search", "--name", entry.name, "--leak", entry.leak, "--sub", entry.sub,
-                                          "--seeds", TEN_SEEDS, "--epochs", str(entry.epochs)])
-        cli_search = config_from_flags(SearchConfig, args)
+        args = build_parser().parse_args(["search", "--name", entry.name, "--leak", describe_space(entry.leak),
+                                          "--sub", describe_space(entry.sub), "--seeds", describe_space(TEN_SEEDS),
+                                          "--epochs", str(entry.epochs)])
+        cli_design = config_from_flags(StudyDesign, args)
         cli_run = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
-        assert study_config(*configs(entry)) == study_config(cli_search, cli_run)
+        _, design, run = configs(entry)
+        assert study_config(design, run) == study_config(cli_design, cli_run)
 
 
 def test_epoch_comparison_reports_seed_counts_per_setting():

@@ -19,8 +19,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY, free_port, run_cli
 from pg_server import server_with_role
 from study import masking
-from study.config import STORAGE_ENV, SearchConfig
-from study.workers import without_storage, worker_commands
+from study.design import STORAGE_ENV, StudyPlace
 
 PASSWORD = "Quokka-7f3e-Secret"
 OTHER = "Wombat-91c2-Secret"  # the password of a role the study must not see either
@@ -87,20 +86,12 @@ def test_the_output_guard_masks_everything_written():
     assert buffer.getvalue() == "sqlite is fine, postgresql://alice:***@h/d is not\n"
 
 
-def test_workers_get_the_storage_from_the_environment_not_their_command_line():
-    url = f"postgresql+psycopg2://alice:{PASSWORD}@h/d"
-    argv = ["--name", "x", "--storage", url, "--seeds", "0", f"--storage={url}"]
-    assert without_storage(argv) == ["--name", "x", "--seeds", "0"]
-    for command in worker_commands(argv, SearchConfig(workers=2)):
-        assert_no_secret(" ".join(command))
-
-
 def test_the_storage_default_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv(STORAGE_ENV, raising=False)
-    assert SearchConfig(name="n").storage_url() == "sqlite:///studies/n.db"
+    assert StudyPlace(name="n").storage_url() == "sqlite:///studies/n.db"
     monkeypatch.setenv(STORAGE_ENV, "postgresql+psycopg2://alice@h/d")
-    assert SearchConfig(name="n").storage_url() == "postgresql+psycopg2://alice@h/d"
-    assert SearchConfig(name="n", storage="sqlite:///x.db").storage_url() == "sqlite:///x.db"
+    assert StudyPlace(name="n").storage_url() == "postgresql+psycopg2://alice@h/d"
+    assert StudyPlace(name="n", storage="sqlite:///x.db").storage_url() == "sqlite:///x.db"
 
 
 # --- every failing path, as a user meets it ------------------------------------------------------
@@ -189,7 +180,7 @@ def test_a_study_with_no_password_anywhere_pgpass_and_the_environment(server, tm
                     line = f.read().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "--worker" in line and "nopw" in line:
+            if "spawn_main" in line:  # a worker: multiprocessing's child, given its configuration by pipe
                 worker_lines.add(line)
         time.sleep(0.2)
     out, err = started.communicate()

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ModelConfig
-from study.model import GeneralRelu, activations, build_model, init_weights, lsuv, weighted_layers
+from study.model import GeneralRelu, activations, build_model, init_weights, weighted_layers
 
 
 @pytest.mark.parametrize("leak", [0.0, 0.1, 0.5])

@@ -13,7 +13,7 @@ import torch
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.errors import BadInput
 from study.population import check_population, general_relu, train_population
-from study.train import train
+from study.training import train
 
 SETTINGS = [(0.1, 0.4, 1.0), (0.2, 0.4, 1.0), (0.0, 0.0, 3.0)]  # the last one diverges
 LR = {"mlp": 0.05, "cnn": 0.2}  # the lesson's CNN rate; the MLP diverges at it (MEASUREMENTS.md)

@@ -8,17 +8,15 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import run_cli
-from study.config import ModelConfig, OptimConfig, RunConfig, SearchConfig
+import study
 from study.report import findings, setting_table, write_report
-from study.results import seed_records
-from study.search import Search
+from study.records import seed_records, trial_layers
 
-SMALL_RUN = RunConfig(model=ModelConfig(model="mlp", widths=(16,)), optim=OptimConfig(lr=0.05))
+SMALL = dict(model="mlp", widths=(16,), lr=0.05)
 
 
 def run_study(tmp_path, name, **settings):
-    config = SearchConfig(name=name, storage=f"sqlite:///{tmp_path}/{name}.db", **settings)
-    return Search(config, SMALL_RUN, progress=False).run()
+    return study.search(name, storage=f"sqlite:///{tmp_path}/{name}.db", progress=False, **{**SMALL, **settings}).optuna
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def lesson_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lesson_study(lesson_dir):
     """Two of the lesson's settings and plain ReLU, four seeds each, in <lesson_dir>/lesson.db."""
-    return run_study(lesson_dir, "lesson", leak="0,0.1", sub="0,0.4", seeds="0,1,2,3")
+    return run_study(lesson_dir, "lesson", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1, 2, 3))
 
 
 def test_table_numbers_are_the_trials_numbers(lesson_study):
@@ -44,23 +42,21 @@ def test_table_numbers_are_the_trials_numbers(lesson_study):
         assert row["worst"] == min(accs)
         half = scipy_stats.t.ppf(0.975, 3) * statistics.stdev(accs) / 2
         assert row["ci_low"] == pytest.approx(max(statistics.fmean(accs) - half, 0))
-        assert row["near_zero_last"] == pytest.approx(trial.user_attrs["layers"][-1]["dead_frac"])
+        assert row["near_zero_last"] == pytest.approx(trial_layers(trial)[-1]["near_zero_frac"])
 
 
 def test_interval_widens_with_fewer_seeds(tmp_path):
-    many = setting_table(run_study(tmp_path, "many", leak="0.1", sub="0.4", seeds="0,1,2,3,4,5"))
-    few = setting_table(run_study(tmp_path, "few", leak="0.1", sub="0.4", seeds="0,1,2"))
+    many = setting_table(run_study(tmp_path, "many", leak=0.1, sub=0.4, seeds=(0, 1, 2, 3, 4, 5)))
+    few = setting_table(run_study(tmp_path, "few", leak=0.1, sub=0.4, seeds=(0, 1, 2)))
     assert few["ci_high"][0] - few["ci_low"][0] > many["ci_high"][0] - many["ci_low"][0]
-    one = setting_table(run_study(tmp_path, "one", leak="0.1", sub="0.4", seeds="0"))
+    one = setting_table(run_study(tmp_path, "one", leak=0.1, sub=0.4, seeds=0))
     assert math.isnan(one["ci_low"][0])
     assert any("no interval" in s for s in findings(one, 0.5))
 
 
 def test_all_seeds_diverged_is_reported_as_collapse(tmp_path):
-    config = SearchConfig(name="boom", storage=f"sqlite:///{tmp_path}/boom.db", leak="0.05", sub="0.9",
-                          init_scale="10", seeds="0,1")
-    study = Search(config, RunConfig(model=SMALL_RUN.model, optim=OptimConfig(lr=5.0)), progress=False).run()
-    table = setting_table(study)
+    boom = run_study(tmp_path, "boom", leak=0.05, sub=0.9, init_scale=10, seeds=(0, 1), lr=5.0)
+    table = setting_table(boom)
     assert table["n_trained"][0] == 0 and table["n_diverged"][0] == 2
     sentences = findings(table, 0.5)
     assert any(s.startswith("(0.05, 0.9) x10 collapses: none of 2 seeds trained") and "2 diverged" in s

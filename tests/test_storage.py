@@ -54,7 +54,7 @@ def truncated_data(tmp_path):
 AGAINST_THE_STORED_STUDY = [
     (["--leak", "0,1"], "--leak values must be in [0, 1)"),
     (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--batch-size", "many"], "argument --batch-size: expected an integer"),
+    (["--batch-size", "many"], "--batch-size 'many': expected an integer"),
     (["--init-scale", "-1"], "--init-scale values must be positive"),
     (["--sampler", "bayes"], "invalid choice: 'bayes'"),
     (["--model", "resnet"], "invalid choice: 'resnet'"),

@@ -16,9 +16,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, assert_one_line_error, run_cli
-from study.config import (CONFIG_ATTR, ModelConfig, OptimConfig, RunConfig, SearchConfig, TrainConfig,
-                          upgrade_stored_config)
-from study.search import study_config
+from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.design import CONFIG_ATTR, StudyDesign, study_config, upgrade_stored_config
 from test_storage import tree_digest
 
 FIXTURE = ROOT / "tests" / "fixtures" / "study-0.1.0.db"
@@ -40,10 +39,10 @@ def test_the_0_1_0_configuration_reads_as_todays():
                                  (CONFIG_ATTR,)).fetchone()
     stored = json.loads(stored)
     assert "train" not in stored  # the old layout
-    search = SearchConfig(name="v010", leak="0,0.1,0.2", sub="0", seeds="0,1", n_trials=2)
+    design = StudyDesign(leak=(0, 0.1, 0.2), sub=0, seeds=(0, 1), n_trials=2)
     run = RunConfig(model=ModelConfig(model="mlp", widths=(16,)), optim=OptimConfig(lr=0.05, momentum=0.85),
                     train=TrainConfig(stats_every=10))
-    today = study_config(search, run)
+    today = study_config(design, run)
     upgraded = upgrade_stored_config(stored)
     assert {k: v for k, v in upgraded.items() if k != "code_version"} == \
         {k: v for k, v in today.items() if k != "code_version"}
@@ -99,7 +98,7 @@ CHANGES = [
 
 
 def test_every_stored_field_has_a_change_below():
-    design = study_config(SearchConfig(), RunConfig())
+    design = study_config(StudyDesign(), RunConfig())
     assert {field for _, field in CHANGES} == leaves(design) - {"code_version"}
 
 

@@ -10,16 +10,18 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import replace
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, free_port
-from study.config import SearchConfig
-from study.results import seed_records
-from study.search import point_of
-from study.workers import WORKER_FLAG, worker_commands
+from study.config import RunConfig
+from study.design import MachineConfig
+from study.records import seed_records
+from study.schedule import point_of
+from study.workers import worker_runs
 
 GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]
 GRID_12 = ["--leak", "0,0.1,0.2,0.5", "--sub", "0,0.4,0.7"]
@@ -59,26 +61,24 @@ def wait_for(condition, timeout, what):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("workers, gpus, devices", [(3, None, [None] * 3), (1, "0,2", ["cuda:0", "cuda:2"]),
-                                                     (4, "1", ["cuda:1"])])
-def test_worker_commands(workers, gpus, devices):
-    config = SearchConfig(workers=workers, gpus=gpus)
-    commands = worker_commands(["--name", "x", "--device", "cpu"], config)
-    assert len(commands) == len(devices)
-    for command, device in zip(commands, devices):
-        assert command[1:6] == ["-m", "study", "search", "--name", "x"] and WORKER_FLAG in command
-        # argparse takes the last --device: the worker's own GPU overrides the user's flag.
-        last = max(i for i, arg in enumerate(command) if arg == "--device")
-        assert command[last + 1] == (device or "cpu")
+@pytest.mark.parametrize("workers, gpus, devices", [(3, None, ["cpu"] * 3), (1, (0, 2), ["cuda:0", "cuda:2"]),
+                                                     (4, (1,), ["cuda:1"])])
+def test_each_worker_runs_on_its_own_device(workers, gpus, devices):
+    run = RunConfig()
+    runs = worker_runs(replace(run, train=replace(run.train, device="cpu")), MachineConfig(workers=workers, gpus=gpus),
+                       "cpu")
+    assert [worker_run.train.device for worker_run, _ in runs] == devices
+    # Nothing but the device differs from the run asked for.
+    assert all(replace(worker_run, train=replace(worker_run.train, device="cpu")) ==
+               replace(run, train=replace(run.train, device="cpu")) for worker_run, _ in runs)
 
 
-def test_workers_auto_is_one_per_core_on_the_cpu_each_told_the_count():
-    config = SearchConfig(workers="auto")
+def test_workers_auto_is_one_per_core_on_the_cpu_each_with_its_share_of_threads():
     cores = len(os.sched_getaffinity(0))
-    commands = worker_commands(["--name", "x", "--workers", "auto"], config, "cpu")
-    assert len(commands) == cores
-    assert all(command[-2:] == ["--workers", str(cores)] for command in commands)
-    assert config.worker_count("cuda") == 1
+    runs = worker_runs(RunConfig(), MachineConfig(workers="auto"), "cpu")
+    assert len(runs) == cores and all(threads == 1 for _, threads in runs)
+    assert [threads for _, threads in worker_runs(RunConfig(), MachineConfig(workers=1), "cpu")] == [cores]
+    assert MachineConfig(workers="auto").worker_count("cuda") == 1
 
 
 def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.train import train
+from study.training import train
 
 
 def run(fashion, **model_and_more):

@@ -9,19 +9,25 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import study as api
 from conftest import TINY, assert_one_line_error, run_cli
-from study.config import CONFIG_ATTR, ModelConfig, OptimConfig, RunConfig, SearchConfig
+from study.config import ModelConfig, OptimConfig, RunConfig
+from study.design import CONFIG_ATTR, MachineConfig, Range, StudyDesign, StudyPlace
 from study.errors import BadInput
-from study.plots import HEATMAP_METRICS, draw_study, heatmap_tables
-from study.results import seed_frame, seed_records, trials_frame
-from study.search import Search, load_existing_study
+from study.plots import HEATMAP_METRICS, heatmap_tables, save_figures, study_figures
+from study.records import seed_records
+from study.results import seed_frame, trials_frame
+from study.runner import open_search
+from study.storage import load_existing_study
 
+SMALL = dict(model="mlp", widths=(32,), lr=0.05)  # the run configuration of every study here
 SMALL_RUN = RunConfig(model=ModelConfig(model="mlp", widths=(32,)), optim=OptimConfig(lr=0.05))
 
 
 def small_search(tmp_path, name="s", **overrides):
-    settings = dict(name=name, storage=f"sqlite:///{tmp_path}/{name}.db", leak="0,0.2", sub="0,0.4", seeds="0,1")
-    return SearchConfig(**{**settings, **overrides})
+    """A 2x2 grid, 2 seeds, on the small MLP, run to its end through the Python API: the optuna study."""
+    settings = dict(storage=f"sqlite:///{tmp_path}/{name}.db", leak=(0, 0.2), sub=(0, 0.4), seeds=(0, 1), **SMALL)
+    return api.search(name, progress=False, **{**settings, **overrides}).optuna
 
 
 def complete_trials(study):
@@ -36,9 +42,7 @@ def digest(path):
 def finished(tmp_path_factory):
     """A finished 2x2 grid study with 2 seeds; shared by the tests that only read it."""
     tmp_path = tmp_path_factory.mktemp("finished")
-    config = small_search(tmp_path)
-    study = Search(config, SMALL_RUN, progress=False).run()
-    return config, study
+    return StudyPlace("s", f"sqlite:///{tmp_path}/s.db"), small_search(tmp_path)
 
 
 def test_every_trial_stores_each_seed_and_the_summary(finished):
@@ -55,7 +59,7 @@ def test_every_trial_stores_each_seed_and_the_summary(finished):
         assert trial.user_attrs["worst_acc"] == min(accs)
         assert trial.user_attrs["frac_trained"] == 1.0
         assert trial.user_attrs["n_diverged"] == 0
-        assert [set(layer) for layer in trial.user_attrs["layers"]] == [{"mean", "std", "dead_frac", "dead_units"}]
+        assert [set(layer) for layer in trial.user_attrs["layers"]] == [{"mean", "std", "near_zero_frac", "dead_units"}]
         # One activation picture per seed, uploaded as an artifact.
         artifacts = [k for k in trial.system_attrs if k.startswith("artifacts:")]
         assert len(artifacts) == 2
@@ -78,7 +82,7 @@ def test_heatmap_data_matches_the_trials(finished, tmp_path):
         assert list(table.index) == [0.0, 0.4] and list(table.columns) == [0.0, 0.2]
         for _, row in trials.iterrows():
             assert table.loc[row["sub"], row["leak"]] == pytest.approx(row[metric])
-    paths = draw_study(study, tmp_path)
+    paths = save_figures(study_figures(study), tmp_path)
     assert sorted(p.name for p in paths) == sorted(
         [f"heatmap_{m}.png" for m, *_ in HEATMAP_METRICS] + ["lesson_settings_seeds.png"])
     assert all(p.stat().st_size > 5000 for p in paths)
@@ -105,38 +109,34 @@ def test_range_samplers_are_binned_on_the_heatmap_axes():
 
 
 def test_rerun_adds_nothing_and_a_larger_target_adds_the_difference(tmp_path):
-    partial = small_search(tmp_path, n_trials=2)
-    study = Search(partial, SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path, n_trials=2)
     assert len(complete_trials(study)) == 2
-    study = Search(partial, SMALL_RUN, progress=False).run()  # the same command again
+    study = small_search(tmp_path, n_trials=2)  # the same command again
     assert len(study.trials) == 2
-    study = Search(small_search(tmp_path, n_trials=3), SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path, n_trials=3)
     assert len(complete_trials(study)) == 3
-    study = Search(small_search(tmp_path), SMALL_RUN, progress=False).run()  # default: the whole grid
+    study = small_search(tmp_path)  # default: the whole grid
     points = [(t.params["leak"], t.params["sub"]) for t in complete_trials(study)]
     assert len(points) == 4 and len(set(points)) == 4
 
 
 def test_a_failed_grid_point_is_retried(tmp_path):
-    config = small_search(tmp_path, n_trials=1)
-    study = Search(config, SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path, n_trials=1)
     done = complete_trials(study)[0].params
     # A crashed worker leaves a FAIL trial at another grid point.
     study.enqueue_trial({"init_scale": 1.0, "leak": 0.2 if done["leak"] == 0 else 0.0, "sub": done["sub"]})
     trial = study.ask()
     trial.suggest_categorical("leak", [0.0, 0.2])
     study.tell(trial, state=TrialState.FAIL)
-    study = Search(small_search(tmp_path), SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path)
     points = {(t.params["leak"], t.params["sub"]) for t in complete_trials(study)}
     assert len(complete_trials(study)) == 4 and len(points) == 4
 
 
 def test_a_trial_killed_before_sampling_is_not_retried_as_an_empty_setting(tmp_path):
-    config = small_search(tmp_path, sampler="random", leak="0:0.3", n_trials=2)
-    study = Search(config, SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path, sampler="random", leak=Range(0, 0.3), n_trials=2)
     study.tell(study.ask(), state=TrialState.FAIL)  # killed between ask and the first suggest
-    study = Search(small_search(tmp_path, sampler="random", leak="0:0.3", n_trials=3), SMALL_RUN,
-                   progress=False).run()
+    study = small_search(tmp_path, sampler="random", leak=Range(0, 0.3), n_trials=3)
     complete = complete_trials(study)
     assert len(complete) == 3
     assert all(set(t.params) == {"init_scale", "leak", "sub"} for t in complete)
@@ -145,7 +145,7 @@ def test_a_trial_killed_before_sampling_is_not_retried_as_an_empty_setting(tmp_p
 
 def test_population_mode_stores_the_same_study_as_one_trial_at_a_time(finished, tmp_path):
     _, alone = finished
-    study = Search(small_search(tmp_path, population="3"), SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path, population=3)
     trials = complete_trials(study)
     assert len(trials) == 4 and len({tuple(t.params.items()) for t in trials}) == 4
     by_point = {tuple(sorted(t.params.items())): t for t in complete_trials(alone)}
@@ -169,16 +169,17 @@ def test_population_search_from_the_command_line_prints_no_warnings(tmp_path):
 
 
 def test_population_auto_is_off_on_the_cpu_and_fills_32_models_on_cuda():
-    assert small_search(Path("."), population="auto").population_size("cpu") == 1
-    assert small_search(Path("."), population="auto", seeds="0,1,2").population_size("cuda") == 10
-    assert small_search(Path("."), population="off").population_size("cuda") == 1
-    assert small_search(Path("."), population="5").population_size("cpu") == 5
+    assert MachineConfig(population="auto").population_size("cpu", 3) == 1
+    assert MachineConfig(population="auto").population_size("cuda", 3) == 10
+    assert MachineConfig(population="off").population_size("cuda", 3) == 1
+    assert MachineConfig(population=5).population_size("cpu", 3) == 5
 
 
 def test_population_mode_reuses_the_seeds_a_failed_trial_stored(tmp_path):
-    config = small_search(tmp_path, leak="0.1", sub="0.4", population="2")
-    search = Search(config, SMALL_RUN, progress=False)
-    study = search.open()
+    place = StudyPlace("s", f"sqlite:///{tmp_path}/s.db")
+    search = open_search(place, StudyDesign(leak=(0.1,), sub=(0.4,), seeds=(0, 1)), SMALL_RUN,
+                         MachineConfig(population=2), progress=False)
+    study = search.study
     study.enqueue_trial({"init_scale": 1.0, "leak": 0.1, "sub": 0.4})
     trial = study.ask()
     trial.suggest_categorical("leak", [0.1])
@@ -187,7 +188,7 @@ def test_population_mode_reuses_the_seeds_a_failed_trial_stored(tmp_path):
                                                              "units": 32}]}
     trial.set_user_attr("seed_1", record)
     study.tell(trial, state=TrialState.FAIL)
-    study = search.work(study)
+    study = search.work()
     (complete,) = complete_trials(study)
     records = seed_records(complete)
     assert records[1]["reused_from"] == trial.number and records[1]["val_acc"] == 0.5
@@ -195,21 +196,19 @@ def test_population_mode_reuses_the_seeds_a_failed_trial_stored(tmp_path):
 
 
 def test_changed_configuration_is_refused_without_touching_the_database(finished):
-    config, study = finished
-    db = config.storage_url().removeprefix("sqlite:///")
-    from pathlib import Path
-    before = digest(Path(db))
-    other_lr = RunConfig(model=SMALL_RUN.model, optim=OptimConfig(lr=0.1))
+    place, study = finished
+    db = Path(place.storage_url().removeprefix("sqlite:///"))
+    before = digest(db)
+    grid = dict(storage=place.storage, leak=(0, 0.2), sub=(0, 0.4), seeds=(0, 1), progress=False)
     with pytest.raises(BadInput, match="optim.lr: stored 0.05, asked 0.1"):
-        Search(config, other_lr, progress=False).run()
+        api.search(place.name, **{**grid, **SMALL, "lr": 0.1})
     with pytest.raises(BadInput, match="space.sub: stored 0,0.4, asked 0,0.7"):
-        Search(SearchConfig(**{**config.__dict__, "sub": "0,0.7"}), SMALL_RUN, progress=False).run()
-    assert digest(Path(db)) == before
+        api.search(place.name, **{**grid, **SMALL, "sub": (0, 0.7)})
+    assert digest(db) == before
 
 
 def test_diverged_settings_complete_with_chance_accuracy(tmp_path):
-    config = small_search(tmp_path, leak="0.1", sub="0", init_scale="10")
-    study = Search(config, RunConfig(model=SMALL_RUN.model, optim=OptimConfig(lr=5.0)), progress=False).run()
+    study = small_search(tmp_path, leak=0.1, sub=0, init_scale=10, lr=5.0)
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["n_diverged"] == 2 and trial.user_attrs["frac_trained"] == 0
@@ -218,8 +217,7 @@ def test_diverged_settings_complete_with_chance_accuracy(tmp_path):
 
 
 def test_stability_objective_is_a_pareto_study(tmp_path):
-    config = small_search(tmp_path, sampler="random", leak="0:0.3", sub="0,0.4", n_trials=2, objective="stability")
-    study = Search(config, SMALL_RUN, progress=False).run()
+    study = small_search(tmp_path, sampler="random", leak=Range(0, 0.3), n_trials=2, objective="stability")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     for trial in complete_trials(study):
         assert trial.values == [trial.user_attrs["mean_val_acc"], trial.user_attrs["acc_std"]]
@@ -234,18 +232,18 @@ def test_seed_frame_lists_every_seed(finished):
 
 
 def test_heatmaps_command_redraws_a_stored_study(finished, tmp_path):
-    config, _ = finished
-    proc = run_cli("heatmaps", "--name", config.name, "--storage", config.storage_url(), "--out", str(tmp_path))
+    place, _ = finished
+    proc = run_cli("heatmaps", "--name", place.name, "--storage", place.storage_url(), "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "heatmap_worst_acc.png").exists()
 
 
 def test_load_existing_study_names_what_is_there(finished, tmp_path):
-    config, _ = finished
+    place, _ = finished
     with pytest.raises(BadInput, match="no study 'nope'.*holds: s"):
-        load_existing_study(SearchConfig(name="nope", storage=config.storage_url()))
+        load_existing_study(StudyPlace(name="nope", storage=place.storage_url()))
     with pytest.raises(BadInput, match="no study database"):
-        load_existing_study(SearchConfig(name="x", storage=f"sqlite:///{tmp_path}/none.db"))
+        load_existing_study(StudyPlace(name="x", storage=f"sqlite:///{tmp_path}/none.db"))
 
 
 SEARCH_BAD_INPUTS = [
@@ -260,12 +258,12 @@ SEARCH_BAD_INPUTS = [
     (["--n-trials", "0"], "--n-trials must be >= 1"),
     (["--n-trials", "99"], "exceeds the grid's 25 points"),
     (["--init-scale", "0,1"], "--init-scale values must be positive"),
-    (["--sub", "0:1:log", "--sampler", "tpe"], "only --init-scale may be a log range"),
+    (["--sub", "0:1:log", "--sampler", "tpe"], "only --init-scale may"),
     (["--storage", "nosuchdb://x/y"], "cannot open storage nosuchdb://x/y"),
     (["--name", "a/b"], "--name 'a/b'"),
     (["--lr", "-1"], "--lr must be positive"),
-    (["--population", "0"], "--population '0': give a number of settings >= 1, off or auto"),
-    (["--population", "many"], "--population 'many'"),
+    (["--population", "0"], "--population must be a number of settings >= 1, off or auto, got 0"),
+    (["--population", "many"], "--population must be a number of settings >= 1, off or auto, got many"),
     (["--dtype", "half"], "invalid choice: 'half'"),
 ]
 

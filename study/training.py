@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from study.config import OptimConfig, RunConfig
 from study.data import FashionMNIST, load_fashion_mnist, shuffled_batches
@@ -36,7 +36,7 @@ class TrainResult:
     steps: int  # optimiser steps taken
     seconds: float  # wall time of training and scoring, without loading the data
     losses: list[float]  # training loss of every step taken
-    layers: list[dict]  # per activation layer at the last recorded step: mean, std, dead_frac, dead_units, units
+    layers: list[dict]  # per activation layer at the last recorded step: mean, std, near_zero_frac, dead_units, units
     history: list[LayerHistory] = field(repr=False)  # per layer, every recorded step
     epoch_val_acc: list[float] = field(default_factory=list)  # validation accuracy after each whole epoch
 

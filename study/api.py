@@ -1,0 +1,150 @@
+"""The Python face, for notebooks: `study.runner`, `study.load`, `study.training` (exported by `study`).
+
+Keywords are the configuration dataclasses' field names, with Python values:
+`study.runner(name="nb", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1), model="mlp", max_steps=50)`.
+A bad value raises `FieldError` naming the field; nothing is printed and no process exits. Heavy
+imports (torch, Optuna) wait for the first call, so `import study` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
+from study.errors import BadInput
+
+RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
+
+
+class Study:
+    """A stored study: its trials as pandas tables and its pictures as matplotlib Figures.
+
+    `optuna` is the underlying `optuna.Study` for anything else (its trials, user attributes,
+    `optuna.visualization`).
+    """
+
+    def __init__(self, optuna_study, place: StudyPlace):
+        self.optuna, self.place = optuna_study, place
+
+    @property
+    def name(self) -> str:
+        return self.place.name
+
+    def frame(self):
+        """One row per (COMPLETE setting, seed): number, init_scale, leak, sub, seed, val_acc,
+        test_acc, diverged."""
+        from study.results import seed_frame
+
+        return seed_frame(self.optuna)
+
+    def trials(self):
+        """One row per COMPLETE setting: its summary over seeds (mean_val_acc, worst_acc, frac_trained...)."""
+        from study.results import trials_frame
+
+        return trials_frame(self.optuna)
+
+    def heatmap(self, metric: str = "frac_trained"):
+        """One metric's heatmap (leak x sub, a facet per init_scale) as a matplotlib Figure."""
+        from study.plots import HEATMAP_METRICS, heatmap_figure, init_scale_is_log
+
+        metrics = [m[0] for m in HEATMAP_METRICS]
+        if metric not in metrics:
+            raise BadInput(f"no heatmap of {metric!r}: choose one of {', '.join(metrics)}")
+        trials = self.trials()
+        if trials.empty:
+            raise BadInput(f"study {self.name!r} has no COMPLETE trial yet")
+        return heatmap_figure(trials, metric, init_scale_is_log(self.optuna))
+
+    def figures(self) -> dict:
+        """Every picture the command line draws for the study, by file name."""
+        from study.plots import study_figures
+
+        return study_figures(self.optuna)
+
+    def save_figures(self, out_dir: str | Path | None = None) -> list[Path]:
+        """The pictures as PNGs in `out_dir` (default: studies/NAME beside the database)."""
+        from study.plots import save_figures
+
+        return save_figures(self.figures(), Path(out_dir) if out_dir else self.place.out_dir())
+
+    def report(self, out_dir: str | Path | None = None) -> Path:
+        """report.md with its pictures in `out_dir` (default: studies/NAME beside the database)."""
+        from study.report import write_report
+
+        return write_report(self.optuna, Path(out_dir) if out_dir else self.place.out_dir())
+
+    def summary(self) -> str:
+        """The top settings by mean accuracy and by worst seed, as text."""
+        from study.results import summary_table
+
+        return summary_table(self.optuna)
+
+    def __repr__(self) -> str:
+        from optuna.trial import TrialState
+
+        n = len(self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return f"<study {self.name!r}: {n} COMPLETE settings>"
+
+
+def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, **settings) -> Study:
+    """Run (or continue) study `name` to its target and return it.
+
+    settings: fields of `StudyDesign` (init_scale, leak, sub as a tuple or a `Range`, seeds, sampler,
+    objective, n_trials, train_threshold), of `MachineConfig` (workers, gpus, population, ...) and
+    of the run configuration (model, lr, epochs, max_steps, ...; not seed, which is the design's).
+    """
+    place = StudyPlace(name=name, storage=storage)
+    design, machine, *run_parts = _split(settings, (StudyDesign, MachineConfig, *RUN_CLASSES),
+                                         skip=SEARCHED + ("seed",))
+    run = RunConfig(*run_parts)
+    prepare_backend(run.train.backend)
+    from study.runner import run_study
+
+    return Study(run_study(place, design, run, machine, progress), place)
+
+
+def load(name: str = "quick", storage: str | None = None) -> Study:
+    """A stored study, for reading; BadInput naming the studies there when it is absent."""
+    from study.storage import load_existing_study
+
+    place = StudyPlace(name=name, storage=storage)
+    return Study(load_existing_study(place), place)
+
+
+def train(progress: bool = False, **settings):
+    """Train one configuration; a `TrainResult` (val_acc, test_acc, diverged, layers, history, ...).
+
+    settings: fields of the run configuration (model, leak, sub, init_scale, seed, lr, epochs, ...).
+    """
+    run = RunConfig(*_split(settings, RUN_CLASSES))
+    prepare_backend(run.train.backend)
+    from study.training import train as train_run
+
+    return train_run(run, progress=progress)
+
+
+def _split(settings: dict, classes: tuple, skip: tuple[str, ...] = ()) -> list:
+    """One instance of each class, each keyword going to the first class with a field of its name;
+    a name in `skip` is refused unless the first class has it (search's leak is the design's)."""
+    names = [[f.name for f in dataclasses.fields(cls)] for cls in classes]
+    owners = {}
+    for index, fields in enumerate(names):
+        for name in fields:
+            if name not in owners and (index == 0 or name not in skip):
+                owners[name] = index
+    given = [{} for _ in classes]
+    for key, value in settings.items():
+        if key not in owners:
+            raise BadInput(f"unknown setting {key!r}: choose from {', '.join(owners)}")
+        given[owners[key]][key] = value
+    return [cls(**kwargs) for cls, kwargs in zip(classes, given)]
+
+
+def prepare_backend(backend: str) -> None:
+    """Before torch is imported: the Triton interpreter where the fused kernel has no GPU to run on."""
+    if backend == "triton":
+        from study.model import choose_triton_interpreter
+
+        choose_triton_interpreter()

@@ -1,0 +1,271 @@
+"""A study's three parts: what it is (`StudyDesign`), where it is kept (`StudyPlace`), and how this
+machine runs it (`MachineConfig`).
+
+The design decides the results: it is stored in the study and compared, whole, when the study is
+continued. The machine side may differ from worker to worker (four workers on one machine, one per
+GPU on another) and is never stored. Values are typed (tuples of floats, `Range`, integers); the
+command line turns its strings into them in one place (`study/cli.py`). Each class checks itself on
+construction and raises `FieldError`, which names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Union
+
+from study import __version__
+from study.config import PER_TRIAL_OR_MACHINE, RunConfig, TrainConfig, check_choices, describe
+from study.errors import FieldError
+
+SAMPLERS = ("grid", "tpe", "random", "qmc")
+OBJECTIVES = ("accuracy", "stability")
+SEARCHED = ("init_scale", "leak", "sub")  # the ModelConfig fields a study varies
+AUTO_POPULATION_MODELS = 32  # models per population that population="auto" aims for on CUDA
+DEFAULT_OTHER_SAMPLER_TRIALS = 30  # a study of a non-grid sampler stops here unless told otherwise
+STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
+STORAGE_RETRY_SECONDS = 180  # rides out a server restart or failover; past it the command stops, resumable
+CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study's design
+
+
+@dataclass(frozen=True)
+class Range:
+    """A searched parameter's interval [low, high], sampled log-uniformly if `log` (init_scale only)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+Space = Union[tuple[float, ...], Range]  # a list of values, or a range
+
+
+def describe_space(space: Space) -> str:
+    """`0,0.2,0.4`, `0:0.5` or `0.1:10:log`: how a space is written on the command line and stored."""
+    if isinstance(space, Range):
+        return f"{space.low:g}:{space.high:g}" + (":log" if space.log else "")
+    return ",".join(f"{v:g}" for v in space)
+
+
+@dataclass(frozen=True)
+class StudyDesign:
+    """Everything a study's results depend on besides the run configuration (`RunConfig`)."""
+
+    init_scale: Space = field(default=(1.0,), metadata=describe("init scale values, or range low:high[:log]"))
+    leak: Space = field(default=(0.0, 0.05, 0.1, 0.2, 0.5), metadata=describe("leak values (list) or range low:high"))
+    sub: Space = field(default=(0.0, 0.2, 0.4, 0.7, 0.9), metadata=describe("sub values (list) or range low:high"))
+    seeds: tuple[int, ...] = field(default=(0, 1, 2),
+                                   metadata=describe("seeds each setting is trained with, comma separated"))
+    sampler: str = field(default="grid", metadata=describe("how settings are chosen", choices=SAMPLERS))
+    objective: str = field(
+        default="accuracy",
+        metadata=describe("accuracy: mean validation accuracy; stability: (mean, seed std), a Pareto front",
+                          choices=OBJECTIVES))
+    n_trials: int | None = field(
+        default=None,
+        metadata=describe("the study's target number of COMPLETE trials; re-running continues to it "
+                          "(default: the grid size, or 30 for other samplers)"))
+    train_threshold: float = field(
+        default=0.5,  # chance is 0.1; a run below 0.5 after training has not learnt the task
+        metadata=describe("validation accuracy above which a seed counts as trained"))
+
+    def __post_init__(self):
+        for name in SEARCHED:
+            object.__setattr__(self, name, _space(name, getattr(self, name)))
+        object.__setattr__(self, "seeds", _distinct_indices("seeds", self.seeds))
+        check_choices(self)
+        if self.n_trials is not None and self.n_trials < 1:
+            raise FieldError("n_trials", f"must be >= 1, got {self.n_trials}")
+        if not 0 < self.train_threshold < 1:
+            raise FieldError("train_threshold", f"must be in (0, 1), got {self.train_threshold}")
+        if self.sampler == "grid":
+            ranged = [name for name in SEARCHED if isinstance(getattr(self, name), Range)]
+            if ranged:
+                raise FieldError(ranged[0], "is a range, but the grid sampler needs lists: list its values")
+            if self.n_trials is not None and self.n_trials > self.grid_size():
+                raise FieldError("n_trials", f"{self.n_trials} exceeds the grid's {self.grid_size()} points")
+
+    def spaces(self) -> dict[str, Space]:
+        return {name: getattr(self, name) for name in SEARCHED}
+
+    def grid_size(self) -> int:
+        return math.prod(len(space) for space in self.spaces().values())
+
+    def target_trials(self) -> int:
+        if self.n_trials is not None:
+            return self.n_trials
+        return self.grid_size() if self.sampler == "grid" else DEFAULT_OTHER_SAMPLER_TRIALS
+
+
+@dataclass(frozen=True)
+class StudyPlace:
+    """Which study, in which storage."""
+
+    name: str = field(default="quick", metadata=describe("study name"))
+    storage: str | None = field(
+        default=None,
+        metadata=describe(f"Optuna storage URL (default: ${STORAGE_ENV} if set, else sqlite:///studies/NAME.db); "
+                          "for PostgreSQL leave the password out and let libpq read PGPASSWORD or ~/.pgpass"))
+
+    def __post_init__(self):
+        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
+            raise FieldError("name", f"{self.name!r}: use letters, digits, '-', '_' (no '/')")
+
+    def storage_url(self) -> str:
+        return self.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{self.name}.db"
+
+    def out_dir(self) -> Path:
+        """studies/NAME/ beside a SQLite database (or under ./studies for a server storage): heatmaps, report."""
+        from study.storage import sqlite_path
+
+        db = sqlite_path(self.storage_url())
+        return (db.parent if db is not None else Path("studies")) / self.name
+
+    def artifacts(self) -> Path:
+        """The FileSystemArtifactStore of the activation pictures."""
+        return self.out_dir() / "artifacts"
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """How this machine runs a study; never stored, so each worker may set its own."""
+
+    workers: int | str = field(
+        default=1,
+        metadata=describe("worker processes on this study on this machine: a number, or auto (one per CPU core "
+                          "when training on the CPU, each with one thread: ~1.3x the runs per second of one "
+                          "process with all cores on 2 cores, measured)"))
+    gpus: tuple[int, ...] | None = field(
+        default=None, metadata=describe("comma-separated GPU indices: one worker per GPU, e.g. 0,1,2,3"))
+    population: int | str = field(
+        default="auto",
+        metadata=describe("settings trained together in one batched pass (each with all its seeds): a number, "
+                          "off, or auto (on CUDA enough settings for 32 models; off on the CPU, where batching "
+                          "measured no faster)"))
+    heartbeat_seconds: int = field(
+        default=10,  # one small UPDATE per worker every 10 s
+        metadata=describe("how often a running trial says it is alive"))
+    grace_seconds: int = field(
+        default=60,  # a killed worker's trial is failed and retried about a minute later
+        metadata=describe("a RUNNING trial silent this long is failed and its setting retried"))
+    storage_retry_seconds: int = field(
+        default=STORAGE_RETRY_SECONDS,
+        metadata=describe("how long a running study retries a database server that does not answer"))
+
+    def __post_init__(self):
+        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise FieldError("workers", f"must be a number >= 1 or auto, got {self.workers}")
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", _distinct_indices("gpus", self.gpus))
+        if self.population not in ("auto", "off") and not (isinstance(self.population, int) and self.population >= 1):
+            raise FieldError("population", f"must be a number of settings >= 1, off or auto, got {self.population}")
+        if self.heartbeat_seconds < 1:
+            raise FieldError("heartbeat_seconds", f"must be >= 1, got {self.heartbeat_seconds}")
+        if self.storage_retry_seconds < 0:
+            raise FieldError("storage_retry_seconds", f"must be >= 0, got {self.storage_retry_seconds}")
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise FieldError("grace_seconds", f"({self.grace_seconds}) must exceed --heartbeat-seconds "
+                                              f"({self.heartbeat_seconds})")
+
+    def worker_count(self, device_type: str) -> int:
+        """Worker processes for this machine: one per GPU with `gpus`; auto is one per usable core on
+        the CPU, else one."""
+        if self.gpus is not None:
+            return len(self.gpus)
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if device_type == "cpu" else 1
+        return self.workers
+
+    def population_size(self, device_type: str, n_seeds: int) -> int:
+        """Trials (settings) trained together; 1 is one trial at a time."""
+        if self.population == "off":
+            return 1
+        if self.population == "auto":
+            # 32 models keep a GPU busy where one small model leaves it launch-bound (kernels/README.md).
+            return max(1, AUTO_POPULATION_MODELS // n_seeds) if device_type == "cuda" else 1
+        return self.population
+
+
+def _space(name: str, value) -> Space:
+    """A space from what a caller gave: a Range, one number, or a sequence of numbers (as floats)."""
+    if isinstance(value, Range):
+        space = Range(float(value.low), float(value.high), value.log)
+        bounds = (space.low, space.high)
+        if not all(math.isfinite(v) for v in bounds):
+            raise FieldError(name, "must hold finite numbers")
+        if not space.low < space.high:
+            raise FieldError(name, f"range {describe_space(space)} is empty or inverted: write low:high with low < high")
+        if space.log and name != "init_scale":
+            raise FieldError(name, "may not be a log range: only --init-scale may")
+    else:
+        values = (value,) if isinstance(value, (int, float)) else tuple(value)
+        try:
+            space = bounds = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            raise FieldError(name, f"{value!r}: give numbers like (0, 0.2, 0.4) or a Range") from None
+        if not space:
+            raise FieldError(name, "lists no value")
+        if not all(math.isfinite(v) for v in space):
+            raise FieldError(name, "must hold finite numbers")
+        if len(set(space)) != len(space):
+            raise FieldError(name, "lists a value twice")
+    # The same bounds ModelConfig enforces for a single value, on every value the space allows.
+    for v in bounds:
+        if name == "leak" and not 0 <= v < 1:
+            raise FieldError(name, f"values must be in [0, 1), got {v:g}")
+        if name == "init_scale" and v <= 0:
+            raise FieldError(name, f"values must be positive, got {v:g}")
+    return space
+
+
+def _distinct_indices(name: str, values) -> tuple[int, ...]:
+    """Distinct non-negative integers (seeds, GPU indices) as a tuple."""
+    values = (values,) if isinstance(values, int) else tuple(values)
+    if not values or any(not isinstance(v, int) or v < 0 for v in values) or len(set(values)) != len(values):
+        raise FieldError(name, f"{','.join(map(str, values))!r}: give distinct non-negative integers like 0,1,2")
+    return values
+
+
+def study_config(design: StudyDesign, run: RunConfig) -> dict:
+    """What decides a study's results, whole: stored in the study and compared when it is continued.
+
+    Every field of the run's configuration counts, except the searched ones and the seed (they are
+    each trial's own) and the device (where a worker runs, not what the study is). A field added
+    later is compared without a change here.
+    """
+    model = {k: v for k, v in asdict(run.model).items() if k not in SEARCHED}
+    train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
+    config = {
+        "space": {name: describe_space(space) for name, space in design.spaces().items()},
+        "sampler": design.sampler,
+        "objective": design.objective,
+        "seeds": list(design.seeds),
+        "train_threshold": design.train_threshold,
+        "model": model,
+        "optim": asdict(run.optim),
+        "data": asdict(run.data),
+        "train": train,
+        "code_version": __version__,
+    }
+    return json.loads(json.dumps(config))  # tuples as lists, as they come back from storage
+
+
+def upgrade_stored_config(stored: dict) -> dict:
+    """A configuration stored by initstudy 0.1.0 in today's layout, so that its studies continue.
+
+    0.1.0 kept `stats_every` and `diverge_loss` at the top, `dtype` only when not float32, and
+    neither `backend` nor `max_steps`: those read as their defaults (0.1.0 did not compare them, so
+    a 0.1.0 study run with --backend triton or --max-steps is continued only with the defaults).
+    """
+    if not stored or "train" in stored:
+        return stored
+    upgraded = {k: v for k, v in stored.items() if k not in ("stats_every", "diverge_loss", "dtype")}
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    upgraded["train"] = {
+        **{k: v for k, v in defaults.items() if k not in PER_TRIAL_OR_MACHINE},
+        **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
+    }
+    return upgraded

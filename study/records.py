@@ -1,0 +1,117 @@
+"""The record format of a seed and of a trial: written and read here only.
+
+A trial keeps each seed's record in the user attribute `seed_<n>` (written as that seed finishes, so
+an interrupted trial keeps the seeds it finished), the summary across seeds as one user attribute
+per key, and a Markdown note for the dashboard. Each layer's statistics are those of its activations
+at the last recorded step: `mean`, `std`, `near_zero_frac` (the share of |a| in the histogram's
+lowest bin) and `dead_units` (units never positive on the batch). Studies written before 0.2.0 call
+`near_zero_frac` `dead_frac`; `read_layer` reads both.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import optuna
+from optuna.artifacts import get_all_artifact_meta
+from optuna.trial import TrialState
+
+from study.schedule import point_of
+from study.training import TrainResult
+
+SEED_PREFIX = "seed_"
+LAYER_KEYS = ("mean", "std", "near_zero_frac", "dead_units")
+OLD_NAMES = {"dead_frac": "near_zero_frac"}  # as stored before 0.2.0
+
+
+def seed_record(result: TrainResult) -> dict:
+    """What a trial keeps of one seed's run."""
+    return {
+        "val_acc": result.val_acc, "test_acc": result.test_acc, "diverged": result.diverged,
+        "diverged_step": result.diverged_step, "steps": result.steps, "seconds": round(result.seconds, 3),
+        "final_loss": result.losses[-1] if result.losses else None, "layers": result.layers,
+    }
+
+
+def read_layer(layer: dict) -> dict:
+    """A stored layer's statistics under today's names."""
+    return {OLD_NAMES.get(key, key): value for key, value in layer.items()}
+
+
+def seed_records(trial: optuna.trial.FrozenTrial) -> dict[int, dict]:
+    """seed -> the record stored as `seed_<n>` when that seed finished, layers under today's names."""
+    return {int(key.removeprefix(SEED_PREFIX)): {**value, "layers": [read_layer(x) for x in value["layers"]]}
+            for key, value in trial.user_attrs.items() if key.startswith(SEED_PREFIX)}
+
+
+def trial_layers(trial: optuna.trial.FrozenTrial) -> list[dict]:
+    """A COMPLETE trial's per-layer statistics, averaged over its seeds, under today's names."""
+    return [read_layer(layer) for layer in trial.user_attrs["layers"]]
+
+
+def summarise(records: dict[int, dict], threshold: float) -> dict:
+    """Across seeds: the numbers a trial is judged by. records: seed -> seed_record."""
+    accs = [r["val_acc"] for r in records.values()]
+    n_layers = len(next(iter(records.values()))["layers"])
+    layers = []
+    for index in range(n_layers):
+        per_seed = [read_layer(r["layers"][index]) for r in records.values()]
+        layers.append({key: statistics.fmean(layer[key] for layer in per_seed) for key in LAYER_KEYS})
+    return {
+        "mean_val_acc": statistics.fmean(accs),
+        "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "worst_acc": min(accs),
+        "best_acc": max(accs),
+        "frac_trained": sum(a > threshold for a in accs) / len(accs),
+        "n_diverged": sum(r["diverged"] for r in records.values()),
+        "mean_test_acc": statistics.fmean(r["test_acc"] for r in records.values()),
+        "layers": layers,
+        "seconds": round(sum(r["seconds"] for r in records.values()), 3),
+    }
+
+
+def trial_note(params: dict, records: dict[int, dict], summary: dict, threshold: float) -> str:
+    """The Markdown note the dashboard shows beside a trial."""
+    lines = [
+        f"## init_scale {params['init_scale']:g}, leak {params['leak']:g}, sub {params['sub']:g}",
+        "",
+        f"Mean validation accuracy **{summary['mean_val_acc']:.4f}** (std {summary['acc_std']:.4f} over "
+        f"{len(records)} seeds), worst seed {summary['worst_acc']:.4f}; "
+        f"{round(summary['frac_trained'] * len(records))} of {len(records)} seeds trained (val acc > {threshold}).",
+        "",
+        "| seed | val acc | test acc | diverged | last layer near-zero | dead units |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed, r in records.items():
+        last = read_layer(r["layers"][-1])
+        diverged = f"at step {r['diverged_step']}" if r["diverged"] else "no"
+        lines.append(f"| {seed} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | {diverged} | "
+                     f"{last['near_zero_frac']:.3f} | {last['dead_units']} of {last['units']} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class StoredSeed:
+    record: dict
+    trial_number: int
+    artifact_id: str | None  # its activation picture
+
+
+def stored_seed_results(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                        point: tuple) -> dict[int, StoredSeed]:
+    """Seeds that FAIL trials of setting `point` finished before they stopped (the latest wins)."""
+    stored = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if point_of(trial) != point:
+            continue
+        pictures = {meta.filename: meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage)}
+        for seed, record in seed_records(trial).items():
+            first_run = record.get("reused_from", trial.number)  # where the seed was really trained
+            clean = {k: v for k, v in record.items() if k != "reused_from"}
+            stored[seed] = StoredSeed(clean, first_run, pictures.get(activation_picture_name(seed)))
+    return stored
+
+
+def activation_picture_name(seed: int) -> str:
+    return f"activations_seed{seed}.png"

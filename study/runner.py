@@ -1,0 +1,256 @@
+"""The ask/train/tell loop of a study: one trial = one (init_scale, leak, sub) setting trained once per seed.
+
+`open_search` checks everything that can refuse the command before anything is written, then
+creates or opens the study (`study.storage`); `Search.work` trains trials until the study holds its
+target of COMPLETE trials (`StudyDesign.n_trials`): running the same command again continues to it.
+Which trial comes next is `study.schedule`'s; what a trial stores is `study.records`'. A diverged
+seed is a result: its trial is COMPLETE with the chance-level accuracy it reached. Each seed's
+activation pictures are uploaded as artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.trial import TrialState
+from optuna_dashboard import save_note
+from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
+
+from study.config import ModelConfig, RunConfig, TrainConfig
+from study.data import FashionMNIST, load_fashion_mnist
+from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
+from study.errors import BadInput
+from study.plots import activation_figure
+from study.population import train_population
+from study.records import (StoredSeed, activation_picture_name, seed_record, stored_seed_results, summarise,
+                           trial_note)
+from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, n_complete,
+                            point_of, suggest)
+from study.storage import open_storage, open_study, prepare_for_workers, sqlite_path
+from study.training import TrainResult, resolve_device, train
+from study.workers import run_workers
+
+# ERROR: Optuna's "Trial N failed" warning carries a traceback; the command line says it in one line.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Trials are asked and told here, with their heartbeats kept by `Heartbeats` (see `_run_trials`).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def run_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
+              progress: bool = True) -> optuna.Study:
+    """Run (or continue) a study to its target, here or in the worker processes `machine` asks for."""
+    runner = open_search(place, design, run, machine, progress)
+    device_type = resolve_device(run.train.device).type
+    if machine.worker_count(device_type) == 1 and machine.gpus is None:
+        return runner.work()
+    run_workers(place, design, run, machine, device_type)
+    return runner.study
+
+
+def open_search(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
+                progress: bool = True) -> "Search":
+    """Everything that can refuse the command, before anything is written, then the study."""
+    data = load_fashion_mnist(run.data, resolve_device(run.train.device))
+    db = sqlite_path(place.storage_url())
+    if db is not None:
+        _make_dir(db.parent)
+    storage = open_storage(place.storage_url(), machine.heartbeat_seconds, machine.grace_seconds,
+                           machine.storage_retry_seconds)
+    study = open_study(place, design, run, storage)
+    prepare_for_workers(place.storage_url())  # only once the study is known to be good
+    _make_dir(place.artifacts())
+    return Search(study, storage, design, run, machine, data, place.artifacts(), progress)
+
+
+class Search:
+    """Trains an open study's trials, on this process, until the study holds its target of COMPLETE
+    trials. Made by `open_search`, which has checked the study and loaded the data."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, design: StudyDesign,
+                 run: RunConfig, machine: MachineConfig, data: FashionMNIST, artifacts: Path, progress: bool):
+        self.study, self.storage, self.design, self.run_config = study, storage, design, run
+        self.data, self.seeds = data, design.seeds
+        self.store = FileSystemArtifactStore(str(artifacts))
+        self.population = machine.population_size(resolve_device(run.train.device).type, len(self.seeds))
+        self.bar = tqdm(total=design.target_trials() * len(self.seeds), unit="run", desc="study",
+                        disable=not progress, dynamic_ncols=True, delay=0.1)
+
+    def work(self) -> optuna.Study:
+        study, target = self.study, self.design.target_trials()
+        self._show_progress()
+        try:
+            while self._next_step(study, target):
+                self._run_trials(study, target, self.population)
+                self._show_progress()
+        finally:
+            self.bar.close()
+        return study
+
+    def _show_progress(self) -> None:
+        self.bar.n = max(self.bar.n, min(n_complete(self.study), self.design.target_trials()) * len(self.seeds))
+        self.bar.refresh()
+
+    def _next_step(self, study: optuna.Study, target: int) -> bool:
+        """True when this worker should run a trial now; False when the study is done. Waits while
+        the settings left are held by RUNNING trials (other workers, or a killed one not yet stale)."""
+        while True:
+            states = fail_stale_and_requeue(study, self.design)
+            complete, running, waiting = (states[s] for s in (TrialState.COMPLETE, TrialState.RUNNING,
+                                                              TrialState.WAITING))
+            if complete >= target:
+                return False
+            if waiting or (self.design.sampler != "grid" and complete + running < target):
+                return True
+            if not running:
+                raise BadInput(f"study {self.study.study_name!r} cannot reach {target} COMPLETE trials: settings "
+                               f"failed {MAX_FAILS_PER_SETTING} times each are not retried; see its FAIL trials")
+            # Short: the study is often done moments later, and the command waits for every worker.
+            time.sleep(1)
+
+    def _run_trials(self, study: optuna.Study, target: int, size: int) -> None:
+        """Up to `size` trials asked at once and their seeds trained: one run at a time when `size` is 1,
+        else all of them as one population. Every seed is stored as its model finishes, every trial
+        told when its seeds are done.
+
+        Ask and tell, not Study.optimize: when the storage itself fails, optimize's own attempt to
+        record the failure fails too and hides the cause; here the cause is what reaches the user."""
+        states = count_states(study)
+        room = states[TrialState.WAITING] if self.design.sampler == "grid" else \
+            target - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
+        asked, trials, told = [], [], set()
+        try:
+            for _ in range(max(1, min(size, room))):
+                trial = study.ask()
+                asked.append(trial)
+                try:
+                    trials.append((trial, self._start(trial)))
+                except optuna.TrialPruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+                    told.add(trial.number)
+            # `_trial_id`: Optuna has no public name for it; its own heartbeat thread uses the same.
+            with Heartbeats(self.storage, [trial._trial_id for trial, _ in trials]):
+                records = {trial.number: self._reuse_stored(trial, params) for trial, params in trials}
+                models = [(trial, params, seed) for trial, params in trials for seed in self.seeds
+                          if seed not in records[trial.number]]
+
+                def store(index: int, result: TrainResult) -> None:
+                    trial, params, seed = models[index]
+                    records[trial.number][seed] = self._store_seed(trial, params, seed, result)
+
+                if size == 1:
+                    for index, (_, params, seed) in enumerate(models):
+                        self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
+                                                 f"sub {params['sub']:.3g} seed {seed}")
+                        store(index, train(self._run_config(params, seed), self.data))
+                elif models:
+                    self.bar.set_description(f"{len(models)} models ({len(trials)} settings) at once")
+                    train_population([self._run_config(params, seed) for _, params, seed in models], self.data,
+                                     on_result=store)
+            for trial, params in trials:
+                values = self._finish(trial, params, records[trial.number])
+                study.tell(trial, values)
+                told.add(trial.number)
+        except BaseException:
+            # As Study.optimize does for its trial: an interrupted trial is FAIL, and its stored seeds
+            # are reused when its setting is retried. If the storage refuses even that, the trial's
+            # heartbeat stops and the next command fails it as stale.
+            for trial in asked:
+                if trial.number not in told:
+                    with contextlib.suppress(Exception):
+                        study.tell(trial, state=TrialState.FAIL)
+            raise
+
+    def _start(self, trial: optuna.Trial) -> dict:
+        """The trial's setting; TrialPruned when another trial holds it."""
+        params = suggest(trial, self.design)
+        if self._held_elsewhere(trial, params):
+            raise optuna.TrialPruned("another trial holds this setting")  # a race between workers
+        return params
+
+    def _reuse_stored(self, trial: optuna.Trial, params: dict) -> dict[int, dict]:
+        """seed -> record of the seeds earlier, failed trials of this setting finished."""
+        stored = stored_seed_results(trial.study, self.storage, _point(params))
+        records = {seed: self._reuse(trial, stored[seed], seed) for seed in self.seeds if seed in stored}
+        self.bar.update(len(records))
+        return records
+
+    def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> dict:
+        record = seed_record(result)
+        trial.set_user_attr(f"seed_{seed}", record)  # kept even if a later seed is interrupted
+        self._upload_pictures(trial, result, params, seed)
+        self.bar.update()
+        return record
+
+    def _finish(self, trial: optuna.Trial, params: dict, records: dict[int, dict]):
+        """Summary attributes and note; returns the objective value(s)."""
+        records = {seed: records[seed] for seed in self.seeds}
+        summary = summarise(records, self.design.train_threshold)
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        save_note(trial, trial_note(params, records, summary, self.design.train_threshold))
+        self._show_best(trial.study, summary)
+        if self.design.objective == "stability":
+            return summary["mean_val_acc"], summary["acc_std"]
+        return summary["mean_val_acc"]
+
+    def _held_elsewhere(self, trial: optuna.Trial, params: dict) -> bool:
+        """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's setting.
+        Only grid points and retries must be unique; a sampler may choose to repeat a setting."""
+        trials = trial.study.get_trials(deepcopy=False)
+        this = next(t for t in trials if t.number == trial.number)
+        if self.design.sampler != "grid" and "fixed_params" not in this.system_attrs:
+            return False
+        point = _point(params)
+        return any(point_of(t) == point and (t.state == TrialState.COMPLETE or
+                                             (t.state == TrialState.RUNNING and t.number < trial.number))
+                   for t in trials)
+
+    def _reuse(self, trial: optuna.Trial, stored: StoredSeed, seed: int) -> dict:
+        """A seed finished by an earlier, failed trial of the same setting: its record and picture."""
+        record = {**stored.record, "reused_from": stored.trial_number}
+        trial.set_user_attr(f"seed_{seed}", record)
+        if stored.artifact_id is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / activation_picture_name(seed)
+                download_artifact(artifact_store=self.store, artifact_id=stored.artifact_id, file_path=str(path))
+                upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
+                                mimetype="image/png")
+        return record
+
+    def _run_config(self, params: dict, seed: int) -> RunConfig:
+        model: ModelConfig = replace(self.run_config.model, **params)
+        train_config: TrainConfig = replace(self.run_config.train, seed=seed)
+        return replace(self.run_config, model=model, train=train_config)
+
+    def _upload_pictures(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
+        title = (f"init_scale {params['init_scale']:g}, leak {params['leak']:g}, sub {params['sub']:g}, "
+                 f"seed {seed}: val acc {result.val_acc:.3f}" + (" (diverged)" if result.diverged else ""))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / activation_picture_name(seed)
+            activation_figure(result.history, title).savefig(path, dpi=80)
+            upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
+                            mimetype="image/png")
+
+    def _show_best(self, study: optuna.Study, summary: dict) -> None:
+        best = max([t.user_attrs.get("mean_val_acc", 0.0) for t in study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
+        self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
+
+
+def _point(params: dict) -> tuple:
+    return tuple(params[name] for name in SEARCHED)
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create {directory}: {e.strerror}; choose a writable place") from e
