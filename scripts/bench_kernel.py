@@ -5,6 +5,6 @@
 
 import sys
 
-from kernels.bench_fused_linear_act import main
+from study.cli import main
 
-sys.exit(main())
+sys.exit(main(["bench", "kernel", *sys.argv[1:]]))

@@ -9,6 +9,7 @@ imports (torch, Optuna) wait for the first call, so `import study` stays light.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
@@ -16,6 +17,9 @@ from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
 from study.errors import BadInput
 
 RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
+
+# Optuna imports tqdm.auto, which warns in a notebook without ipywidgets; initstudy's bars are plain text.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 class Study:

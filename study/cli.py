@@ -84,6 +84,10 @@ def parse_space(text: str) -> Space:
     return Range(float(low), float(high), log=rest == ["log"])
 
 
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
 def _int_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
@@ -168,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     findings = commands.add_parser("findings", help="run the findings studies and write docs/findings.md")
     findings.add_argument("--out", default="docs", help="directory of findings.md and its figures (default: docs)")
     findings.set_defaults(handler=run_findings)
+
+    bench = commands.add_parser("bench", help="benchmarks: print a table of timings (benchmarks/)")
+    benches = bench.add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
+    study_speed = benches.add_parser("study", help="model-epochs per second of the ways to train a study")
+    study_speed.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    study_speed.add_argument("--models", type=_words, default=("mlp", "cnn"), help="comma separated (default: mlp,cnn)")
+    study_speed.add_argument("--rows", type=_words, default=None, help="comma separated of a,b,c,d8,d32,e (default: all)")
+    study_speed.set_defaults(handler=run_bench_study)
+    kernel = benches.add_parser("kernel", help="the fused kernel: GPU timings on CUDA, the analytic model always")
+    kernel.set_defaults(handler=run_bench_kernel)
 
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
     _add_study_flags(dashboard)
@@ -260,6 +274,24 @@ def run_findings(args: argparse.Namespace) -> int:
     from study.findings import write_findings
 
     print(write_findings(Path(args.out), progress=sys.stderr.isatty()))
+    return 0
+
+
+def run_bench_study(args: argparse.Namespace) -> int:
+    from benchmarks.study_speed import ROWS, report
+
+    rows = args.rows or ROWS
+    unknown = [r for r in rows if r not in ROWS] + [m for m in args.models if m not in ("mlp", "cnn")]
+    if unknown:
+        raise BadInput(f"no benchmark row or model {unknown[0]!r}: rows {','.join(ROWS)}; models mlp,cnn")
+    print(report(args.device, args.models, rows, progress=sys.stderr.isatty()))
+    return 0
+
+
+def run_bench_kernel(args: argparse.Namespace) -> int:
+    from benchmarks.fused_linear_act import report
+
+    print(report())
     return 0
 
 

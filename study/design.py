@@ -29,6 +29,7 @@ DEFAULT_OTHER_SAMPLER_TRIALS = 30  # a study of a non-grid sampler stops here un
 STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
 STORAGE_RETRY_SECONDS = 180  # rides out a server restart or failover; past it the command stops, resumable
 CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study's design
+TRAIN_THRESHOLD = 0.5  # chance is 0.1; a run below 0.5 after training has not learnt the task
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class StudyDesign:
         metadata=describe("the study's target number of COMPLETE trials; re-running continues to it "
                           "(default: the grid size, or 30 for other samplers)"))
     train_threshold: float = field(
-        default=0.5,  # chance is 0.1; a run below 0.5 after training has not learnt the task
+        default=TRAIN_THRESHOLD,
         metadata=describe("validation accuracy above which a seed counts as trained"))
 
     def __post_init__(self):

@@ -10,7 +10,6 @@ numbers, figures, the command, the machine and the date. Every verdict is comput
 from __future__ import annotations
 
 import datetime
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,14 @@ import pandas as pd
 import torch
 
 from study.config import DataConfig, OptimConfig, RunConfig
-from study.design import StudyDesign, StudyPlace
+from study.design import TRAIN_THRESHOLD, StudyDesign, StudyPlace
 from study.data import load_fashion_mnist
 from study.depth import INITS, last_to_first_std, run_depth
 from study.plots import save_figures, study_figures
-from study.report import findings, lesson_rows, markdown_table, name, setting_table
+from study.report import findings, lesson_rows, markdown_table, most_reliable, name, setting_table, study_threshold
+from study.results import training_minutes, wall_time
 from study.runner import open_search
+from study.training import device_name
 
 TEN_SEEDS = tuple(range(10))
 COMMAND = "python -m study findings"
@@ -72,7 +73,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         n, k = collapse["n_seeds"], collapse["n_trained"]
         lines.append(f"**(.05, .9) collapses: {'holds' if k == 0 else 'does not hold'}.** {k} of {n} seeds trained "
                      f"(best seed {collapse['best']:.3f}, {collapse['n_diverged']} diverged).")
-    reliable = table[table["n_trained"] == table["n_seeds"]].sort_values(["worst", "mean"], ascending=False)
+    reliable = most_reliable(table)
     if len(reliable):
         best = reliable.head(3).to_dict("records")
         lines.append("**Most reliable** (every seed trained, ranked by worst seed): "
@@ -101,7 +102,7 @@ def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
         f"Produced by `{COMMAND}` on {datetime.date.today().isoformat()}, {_machine()}, torch {torch.__version__}. "
         "FashionMNIST (50,000 train / 10,000 validation / 10,000 test), the fast.ai lesson's CNN with Kaiming "
         "init (a = leak), SGD lr 0.2, momentum 0.85, batch 1024; ten seeds per setting (each seed sets the "
-        "initial weights and the data order). A seed *trained* when its validation accuracy exceeds 0.5 "
+        f"initial weights and the data order). A seed *trained* when its validation accuracy exceeds {TRAIN_THRESHOLD} "
         "(chance: 0.1). Intervals are 95% t-intervals of the mean over seeds, clipped to [0, 1].",
         "",
     ] + sections + [
@@ -172,13 +173,13 @@ def _study_section(entry: FindingsStudy, study: optuna.Study, figures: Path) -> 
         shutil.rmtree(out)
     pictures = save_figures(study_figures(study), out)
     table = setting_table(study)
-    training = sum(t.user_attrs.get("seconds", 0.0) for t in study.trials if t.state.is_finished()) / 60
+    wall = wall_time(study)
     lines = [f"## {entry.epochs} epoch{'s' if entry.epochs > 1 else ''}: {entry.purpose}", "",
              f"Study `{entry.name}`: leak {{{entry.leak}}} x sub {{{entry.sub}}}, init_scale 1, {len(table)} settings "
-             f"x 10 seeds: {training:.0f} min of training, {_wall_minutes(study):.0f} min of wall time on a machine "
+             f"x 10 seeds: {training_minutes(study):.0f} min of training, {wall[1] if wall else 0:.0f} min of wall time on a machine "
              f"shared with other work{_resumed(study)}.", ""]
     lines += [f"- {v}" for v in verdicts(table)]
-    lines += ["", "Generated findings:", ""] + [f"- {s}" for s in findings(table, 0.5)]
+    lines += ["", "Generated findings:", ""] + [f"- {s}" for s in findings(table, study_threshold(study))]
     lesson = lesson_rows(table)
     if not lesson.empty:
         lines += ["", "The lesson's settings:", "", markdown_table(lesson)]
@@ -194,19 +195,6 @@ def _resumed(study: optuna.Study) -> str:
     return f"; {failed} trial{'s' if failed > 1 else ''} stopped and resumed, finished seeds reused" if failed else ""
 
 
-def _wall_minutes(study: optuna.Study) -> float:
-    done = [t for t in study.trials if t.datetime_start and t.datetime_complete]
-    if not done:
-        return 0.0
-    return (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() / 60
-
-
 def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} threads, {device}"
+    gpu = device_name(torch.device("cuda")) if torch.cuda.is_available() else "no GPU"
+    return f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, {gpu}"

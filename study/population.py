@@ -31,7 +31,7 @@ from study.errors import BadInput
 from study.model import CNN_CHANNELS, build_model, fused_kernel, init_weights, weighted_layers
 from study.stats import BatchedStats, LayerRecords, batched_stats, from_kernel
 from study.training import (EVAL_BATCH, TrainResult, autocast, is_diverged, make_optimizer, prepare_data,
-                         step_count)
+                            step_count, training_steps)
 
 
 class _GeneralReluPerMember(torch.autograd.Function):
@@ -233,44 +233,43 @@ def train_population(configs: list[RunConfig], data: FashionMNIST | None = None,
             if on_result:
                 on_result(member, results[member])
 
+    def end_of_epoch() -> None:
+        for member, acc in zip(population.members, population.accuracy(data.x_val, data.y_val)):
+            epoch_val_acc[member].append(acc)
+
+    def epoch_batches():
+        return _epoch(order_gens, len(data.x_train), first.optim.batch_size, device)
+
     bar = tqdm(total=total_steps, desc=f"train {size} models", unit="step", disable=not progress, leave=False)
-    step = 0
-    for _ in range(first.optim.epochs):
-        for every_index in _epoch(order_gens, len(data.x_train), first.optim.batch_size, device):
-            if step == total_steps or not population.size:
+    for step, every_index in training_steps(first.optim.epochs, epoch_batches, total_steps, end_of_epoch):
+        index = every_index[population.members]  # (G, B): the rows of the members still training
+        x, y = population.inputs(data.x_train, index), data.y_train[index]
+
+        def record(layer: int, stats: BatchedStats) -> None:
+            records[layer].add(step, stats, population.members)
+
+        with autocast(first, device):
+            member_losses = _losses(population.forward(x, record if step % first.train.stats_every == 0
+                                                       else None), y)
+        values = member_losses.detach().tolist()
+        for member, value in zip(population.members, values):
+            losses[member].append(value)
+        bad = [row for row, value in enumerate(values) if is_diverged(value, first)]
+        if bad:  # scored with the weights that gave the bad loss, as `train` scores a diverged run
+            finish(bad, step)
+            rows = [row for row in range(population.size) if row not in bad]
+            population.keep(rows, optimizer)
+            if not rows:
                 break
-            index = every_index[population.members]  # (G, B): the rows of the members still training
-            x, y = population.inputs(data.x_train, index), data.y_train[index]
-
-            def record(layer: int, stats: BatchedStats) -> None:
-                records[layer].add(step, stats, population.members)
-
+            index, y = index[rows], y[rows]
             with autocast(first, device):
-                member_losses = _losses(population.forward(x, record if step % first.train.stats_every == 0
-                                                           else None), y)
-            values = member_losses.detach().tolist()
-            for member, value in zip(population.members, values):
-                losses[member].append(value)
-            bad = [row for row, value in enumerate(values) if is_diverged(value, first)]
-            if bad:  # scored with the weights that gave the bad loss, as `train` scores a diverged run
-                finish(bad, step)
-                rows = [row for row in range(population.size) if row not in bad]
-                population.keep(rows, optimizer)
-                if not rows:
-                    break
-                index, y = index[rows], y[rows]
-                with autocast(first, device):
-                    member_losses = _losses(population.forward(population.inputs(data.x_train, index)), y)
-            optimizer.zero_grad(set_to_none=True)
-            member_losses.sum().backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(models=population.size, loss=f"{min(values):.3f}", refresh=False)
-        else:
-            for member, acc in zip(population.members, population.accuracy(data.x_val, data.y_val)):
-                epoch_val_acc[member].append(acc)
+                member_losses = _losses(population.forward(population.inputs(data.x_train, index)), y)
+        optimizer.zero_grad(set_to_none=True)
+        member_losses.sum().backward()
+        optimizer.step()
+        scheduler.step()
+        bar.update()
+        bar.set_postfix(models=population.size, loss=f"{min(values):.3f}", refresh=False)
     bar.close()
 
     finish(list(range(population.size)), None)

@@ -17,11 +17,9 @@ import optuna
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
+from study.design import CONFIG_ATTR, SEARCHED, TRAIN_THRESHOLD, upgrade_stored_config
 from study.plots import save_figures, study_figures
-from study.results import is_lesson_setting, seed_frame, trials_frame
-
-DEFAULT_THRESHOLD = 0.5
+from study.results import is_lesson_setting, seed_frame, training_minutes, trials_frame, wall_time
 
 
 def setting_table(study: optuna.Study) -> pd.DataFrame:
@@ -32,7 +30,7 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
     worst, best, n_trained (val acc > the study's train_threshold), n_diverged, trained_mean (mean
     over the seeds that trained; NaN if none), near_zero_last, dead_units_last.
     """
-    threshold = study.user_attrs.get(CONFIG_ATTR, {}).get("train_threshold", DEFAULT_THRESHOLD)
+    threshold = study_threshold(study)
     seeds, trials = seed_frame(study), trials_frame(study)
     rows = []
     for setting, group in seeds.groupby(list(SEARCHED)):
@@ -53,6 +51,16 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
     columns = [*SEARCHED, "n_seeds", "mean", "ci_low", "ci_high", "std", "worst", "best", "n_trained",
                "n_diverged", "trained_mean", "near_zero_last", "dead_units_last"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def study_threshold(study: optuna.Study) -> float:
+    """The validation accuracy above which the study counts a seed as trained."""
+    return study.user_attrs.get(CONFIG_ATTR, {}).get("train_threshold", TRAIN_THRESHOLD)
+
+
+def most_reliable(table: pd.DataFrame) -> pd.DataFrame:
+    """The settings for which every seed trained, best worst seed first (mean breaks ties)."""
+    return table[table["n_trained"] == table["n_seeds"]].sort_values(["worst", "mean"], ascending=False)
 
 
 def name(row) -> str:
@@ -85,7 +93,7 @@ def findings(table: pd.DataFrame, threshold: float) -> list[str]:
                              f"(val acc <= {threshold:g}), {k} trained; worst seed {row['worst']:.3f}, "
                              f"best {row['best']:.3f}.")
 
-    reliable = table[table["n_trained"] == table["n_seeds"]].sort_values(["worst", "mean"], ascending=False)
+    reliable = most_reliable(table)
     if not reliable.empty:
         top = reliable.to_dict("records")[0]
         sentences.append(f"Most reliable: {name(top)}, every one of {top['n_seeds']} seeds trained and its worst "
@@ -128,7 +136,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     pictures = save_figures(study_figures(study), out_dir)
     table = setting_table(study)
     config = upgrade_stored_config(study.user_attrs.get(CONFIG_ATTR, {}))
-    threshold = config.get("train_threshold", DEFAULT_THRESHOLD)
+    threshold = study_threshold(study)
     lines = [f"# Study {study.study_name!r}", "", _duration(study), "", "## Configuration", "",
              "| | |", "|---|---|"]
     lines += [f"| {key} | `{value}` |" for key, value in config.items()]
@@ -152,14 +160,13 @@ def _interval(row) -> str:
 
 
 def _duration(study: optuna.Study) -> str:
-    trials = [t for t in study.trials if t.datetime_start and t.datetime_complete]
-    if not trials:
+    span = wall_time(study)
+    if span is None:
         return "No trial has finished."
-    wall = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
-    training = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    start, minutes = span
     return (f"{len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))} COMPLETE trials, "
-            f"from {min(t.datetime_start for t in trials):%Y-%m-%d %H:%M} for {wall.total_seconds() / 60:.1f} min "
-            f"of wall time ({training / 60:.1f} min of it training).")
+            f"from {start:%Y-%m-%d %H:%M} for {minutes:.1f} min "
+            f"of wall time ({training_minutes(study):.1f} min of it training).")
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
@@ -48,6 +50,21 @@ def seed_frame(study: optuna.Study) -> pd.DataFrame:
                          "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
                          "diverged": record["diverged"]})
     return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged"])
+
+
+def wall_time(study: optuna.Study) -> tuple[datetime.datetime, float] | None:
+    """When the study's first finished trial started, and the minutes from then to the last finish;
+    None before any trial finished."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
+    if not done:
+        return None
+    start = min(t.datetime_start for t in done)
+    return start, (max(t.datetime_complete for t in done) - start).total_seconds() / 60
+
+
+def training_minutes(study: optuna.Study) -> float:
+    """Minutes spent training the seeds of finished trials (their summed `seconds`)."""
+    return sum(t.user_attrs.get("seconds", 0.0) for t in study.get_trials(deepcopy=False) if t.state.is_finished()) / 60
 
 
 def summary_table(study: optuna.Study, top: int = 5) -> str:

@@ -9,8 +9,10 @@ with `diverged=True`: divergence is a finding, never an exception.
 from __future__ import annotations
 
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,35 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def training_steps(epochs: int, epoch_batches: Callable[[], Iterable], total_steps: int,
+                   end_of_epoch: Callable[[], None]) -> Iterator[tuple[int, object]]:
+    """(step, batch) for every optimiser step of `epochs` passes, at most `total_steps` of them;
+    `end_of_epoch()` after each pass that ran to its end (the validation score of that epoch).
+
+    `epoch_batches()` gives one pass's batches. A caller that stops early (a diverged loss) breaks
+    out of its loop: the generator is closed there, so a pass cut short is not scored as an epoch.
+    """
+    step = 0
+    for _ in range(epochs):
+        for batch in epoch_batches():
+            if step == total_steps:
+                return
+            yield step, batch
+            step += 1
+        end_of_epoch()
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name from /proc/cpuinfo: what timings and findings cite."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
 
 
 def prepare_data(config: RunConfig, data: FashionMNIST | None) -> tuple[torch.device, FashionMNIST]:
@@ -109,29 +140,28 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, leave=False)
     with StatsRecorder(activations(model)) as recorder:
         model.train()
-        for _ in range(config.optim.epochs):
-            for xb, yb in shuffled_batches(data.x_train, data.y_train, config.optim.batch_size, order_gen):
-                if len(losses) == total_steps:
-                    break
-                step = len(losses)
-                recorder.step, recorder.recording = step, step % config.train.stats_every == 0
-                with autocast(config, device):
-                    loss = F.cross_entropy(model(xb), yb)
-                losses.append(loss.item())
-                if is_diverged(losses[-1], config):
-                    diverged_step = step
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                bar.update()
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            else:
-                recorder.recording = False  # scoring passes are not training steps
-                epoch_val_acc.append(accuracy(model, data.x_val, data.y_val))
-                continue
-            break  # diverged, or max_steps reached inside the epoch
+
+        def end_of_epoch() -> None:
+            recorder.recording = False  # scoring passes are not training steps
+            epoch_val_acc.append(accuracy(model, data.x_val, data.y_val))
+
+        def epoch_batches():
+            return shuffled_batches(data.x_train, data.y_train, config.optim.batch_size, order_gen)
+
+        for step, (xb, yb) in training_steps(config.optim.epochs, epoch_batches, total_steps, end_of_epoch):
+            recorder.step, recorder.recording = step, step % config.train.stats_every == 0
+            with autocast(config, device):
+                loss = F.cross_entropy(model(xb), yb)
+            losses.append(loss.item())
+            if is_diverged(losses[-1], config):
+                diverged_step = step
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         history = recorder.history()
     bar.close()
 

@@ -9,6 +9,7 @@ from scipy import stats as scipy_stats
 
 from conftest import run_cli
 import study
+from study.plots import study_figures
 from study.report import findings, setting_table, write_report
 from study.records import seed_records, trial_layers
 
@@ -80,12 +81,14 @@ def test_report_file_embeds_its_pictures(lesson_study, tmp_path):
     path = write_report(lesson_study, tmp_path)
     text = path.read_text()
     assert "## The lesson's settings" in text and "| (0.1, 0.4) | 4 |" in text
-    for line in text.splitlines():
-        if line.startswith("!["):
-            assert (tmp_path / line.split("(")[1].rstrip(")")).exists()
+    embedded = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert sorted(embedded) == sorted(f"{name}.png" for name in study_figures(lesson_study))
+    assert len(embedded) == 6  # five heatmaps and the lesson settings' strip
+    assert all((tmp_path / picture).stat().st_size > 5000 for picture in embedded)
 
 
 def test_report_command(lesson_study, lesson_dir, tmp_path):
     proc = run_cli("report", "--name", "lesson", "--storage", f"sqlite:///{lesson_dir}/lesson.db", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "report.md").exists()
+    assert proc.stdout.strip() == str(tmp_path / "report.md")
+    assert (tmp_path / "report.md").read_text() == write_report(lesson_study, tmp_path / "again").read_text()

@@ -16,7 +16,8 @@ def run(fashion, **model_and_more):
 
 
 def test_lesson_cnn_trains_in_one_epoch(fashion):
-    result = run(fashion, model="cnn", leak=0.1, sub=0.4)
+    # lr 0.15: at the lesson's 0.2 this setting diverges for seed 0 (measured 2026-11-23, README).
+    result = run(fashion, model="cnn", leak=0.1, sub=0.4, optim=OptimConfig(lr=0.15))
     assert not result.diverged
     assert result.test_acc >= 0.80
     assert result.steps == 49  # ceil(50,000 / 1024)

@@ -9,20 +9,17 @@ Rows, for the MLP and the lesson's CNN (one epoch of FashionMNIST each, warm-up 
 and a bare `torch.mm` of the MLP's first layer measured in the same run: the GEMM rate the rows'
 GFLOP/s are compared with. Each row runs in a fresh process, so its peak memory is its own.
 
-    python scripts/bench_study.py [--quick]
+    python -m study bench study [--device auto] [--models mlp,cnn] [--rows a,b,c,d8,d32,e]
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import itertools
-import json
+import multiprocessing
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -31,12 +28,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from kernels.bench_fused_linear_act import predict
+from benchmarks.fused_linear_act import predict
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.data import load_fashion_mnist
 from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, build_model, init_weights
 from study.population import train_population
-from study.training import make_optimizer, resolve_device, train
+from study.training import device_name, make_optimizer, resolve_device, train
 
 ROW_NAMES = {
     "a": "(a) lesson-style loop: DataLoader + histc hooks",
@@ -157,7 +154,7 @@ def gpu_population_prediction() -> str:
         hidden = predict(G, 1024, 256, 256, shared_x=False)
         return (first.fused_seconds + 2 * hidden.fused_seconds) / G
 
-    return (f"PREDICTION (not measured; analytic H100 model of kernels/bench_fused_linear_act.py): the MLP's "
+    return (f"PREDICTION (not measured; analytic H100 model of benchmarks/fused_linear_act.py): the MLP's "
             f"fused hidden layers take {per_model(1) * 1e6:.1f} us per model per step alone and "
             f"{per_model(32) * 1e6:.1f} us in a population of 32: {per_model(1) / per_model(32):.1f}x "
             f"fewer GPU-seconds per model, launch-bound alone, bandwidth-bound together.")
@@ -180,44 +177,25 @@ def _ratio(rate: float, base: Measured | None) -> str:
 
 
 def header(device: str) -> str:
-    dev = resolve_device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
-    return (f"{datetime.date.today()}, {name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+    return (f"{datetime.date.today()}, {device_name(resolve_device(device))}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, "
             f"Python {platform.python_version()}; one epoch = 50,000 FashionMNIST images, batch 1024")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Model-epochs per second of the ways to train a study.")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--models", default="mlp,cnn", help="comma separated (default: mlp,cnn)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma separated of {','.join(ROWS)}")
-    parser.add_argument("--row", help=argparse.SUPPRESS)  # MODEL:ROW, run in a child process
-    args = parser.parse_args(argv)
-    if args.row:
-        model, row = args.row.split(":")
-        m = measure_row(model, row, args.device)
-        print(json.dumps({"models": m.models, "seconds": m.seconds, "peak_mb": m.peak_mb}))
-        return 0
-
-    rows = [r for r in args.rows.split(",") if r != "e" or bf16_supported(args.device)]
-    jobs = [(model, row) for model in args.models.split(",") for row in rows]
+def report(device: str = "auto", models: tuple[str, ...] = ("mlp", "cnn"), rows: tuple[str, ...] = ROWS,
+           progress: bool = True) -> str:
+    """The benchmark's table, each row measured in a fresh process (spawned, so that its peak memory
+    and its allocator are its own); row e only where bfloat16 runs natively."""
+    rows = tuple(r for r in rows if r != "e" or bf16_supported(device))
+    jobs = [(model, row) for model in models for row in rows]
     results = {}
-    for model, row in tqdm(jobs, desc="bench", unit="row"):
-        child = subprocess.run([sys.executable, "-m", "study.bench", "--device", args.device, "--row",
-                                f"{model}:{row}"], capture_output=True, text=True, check=False)
-        if child.returncode != 0:
-            print(f"bench: {model} {row} failed: {child.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            return 1
-        results[(model, row)] = Measured(**json.loads(child.stdout.strip().splitlines()[-1]))
-    mm_gflops = bare_mm_gflops(args.device)
-    print(header(args.device))
-    print()
-    print(table(results, mm_gflops))
-    print()
-    print(f"bare torch.mm 1024x784 @ 784x256: {mm_gflops:.0f} GFLOP/s")
-    print(gpu_population_prediction())
-    return 0
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for model, row in tqdm(jobs, desc="bench", unit="row", disable=not progress):
+            results[(model, row)] = pool.apply(measure_row, (model, row, device))
+    mm_gflops = bare_mm_gflops(device)
+    return "\n".join([header(device), "", table(results, mm_gflops), "",
+                      f"bare torch.mm 1024x784 @ 784x256: {mm_gflops:.0f} GFLOP/s", gpu_population_prediction()])
 
 
 class _Timer:
@@ -248,14 +226,3 @@ def _peak_mb(device: str) -> float:
     if resolve_device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
-
-
-def _cpu_name() -> str:
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "CPU"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.bench_fused_linear_act import UNFUSED_PASSES, predict, report
+from benchmarks.fused_linear_act import UNFUSED_PASSES, predict, report
 
 
 def test_model_counts_flops_and_bytes():

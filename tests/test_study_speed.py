@@ -1,4 +1,5 @@
-"""The study benchmark: its FLOP counts, and one real run of a few rows from the command line."""
+"""The study benchmark (benchmarks/study_speed.py): its FLOP counts, and one real run of a few rows
+from the command line."""
 
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from study.bench import Measured, gpu_population_prediction, table, train_flops
+from benchmarks.study_speed import Measured, gpu_population_prediction, table, train_flops
 
 
 def test_train_flops_count_every_layer_three_times():
@@ -28,7 +29,7 @@ def test_table_rates_are_relative_to_rows_a_and_b():
 
 @pytest.mark.slow
 def test_bench_study_prints_a_table_of_the_rows_asked(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_study.py"), "--models", "mlp",
+    proc = subprocess.run([sys.executable, "-m", "study", "bench", "study", "--models", "mlp",
                            "--rows", "a,c,d8"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr

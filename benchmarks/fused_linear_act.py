@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from study.stats import HIST_BINS
+
 H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3
 H100_TF32 = 495e12  # FLOP/s, dense TF32 tensor cores
 LAUNCH_SECONDS = 4e-6  # one kernel launch and its tail, typical on H100 with CUDA graphs off
-HIST_BINS = 40
 TILE_M, TILE_N = 64, 64  # the CUDA tiles of kernels.fused_linear_act._tiles
 
 # Bytes per element of the (M, N) activation that the eager version moves, op by op (float32 = 4):
@@ -145,8 +146,3 @@ def report() -> str:
                   "prediction for an H100 (3.35 TB/s, 495 TF32 TFLOP/s, 4 us per launch), float32 training forward."]
     lines += ["", "analytic model (prediction, not a measurement):", "", model_table()]
     return "\n".join(lines)
-
-
-def main() -> int:
-    print(report())
-    return 0

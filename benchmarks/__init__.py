@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print a table, beside the package (`python -m study bench --help`)."""
