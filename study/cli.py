@@ -1,9 +1,9 @@
 """The command line: flags -> config dataclasses -> work -> printed results and exit codes.
 
-Only this module parses flags, prints for people and picks exit codes; it is also the only place
-that chooses matplotlib's file-only backend (the Python API leaves Jupyter's). Flags are made from
-the dataclasses' fields, and each flag's string is parsed into the field's type in one place
-(`parse_field`). Everything below raises `BadInput` for a problem the user can fix (one line on
+Only this module (with `study/flags.py`, which makes the flags from the dataclasses' fields and
+parses their strings into typed values) parses flags, prints for people and picks exit codes; it
+is also the only place that chooses matplotlib's file-only backend (the Python API leaves
+Jupyter's). Everything below raises `BadInput` for a problem the user can fix (one line on
 stderr, exit code 2; a `FieldError` is shown with its flag's name) and `StorageFault` when the
 database failed under a running study (one line, exit code 3). Everything printed passes
 `study.masking.redact`, so no password reaches the terminal or a log.
@@ -12,116 +12,23 @@ database failed under a running study (one line, exit code 3). Everything printe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from typing import Sequence
-
 from pathlib import Path
+from typing import Sequence
 
 from study.api import prepare_backend
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import (SEARCHED, STORAGE_ENV, MachineConfig, Range, Space, StudyDesign, StudyPlace,
-                          describe_space)
+from study.design import SEARCHED, STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
+from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, config_from_flags, flag_of, int_tuple,
+                         words)
 from study.masking import guard_output, mask_url, redact
 
 PROG = "python -m study"
-EXIT_BAD_INPUT = 2
 EXIT_STORAGE_FAULT = 3
 EXIT_INTERRUPTED = 130
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) and exits 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One flag per field of dataclass `cls`: `init_scale` -> `--init-scale`; its string is parsed
-    into the field's type by `config_from_flags`."""
-    group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kwargs = {"help": f.metadata.get("help", ""), "default": None, "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if f.default is not None:
-            kwargs["help"] += f" (default: {_as_flag_value(f.default)})"
-        group.add_argument(flag_of(f.name), **kwargs)
-
-
-def config_from_flags(cls: type, args: argparse.Namespace, skip: Sequence[str] = ()):
-    """The dataclass `cls` from the flags `add_config_flags` made, each given flag parsed into its
-    field's type; the dataclass checks the values. Fields not given keep their defaults."""
-    given = {f.name: parse_field(f, getattr(args, f.name)) for f in dataclasses.fields(cls)
-             if f.name not in skip and getattr(args, f.name, None) is not None}
-    return cls(**given)
-
-
-def flag_of(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def parse_field(f: dataclasses.Field, text: str):
-    """A flag's string as the value of field `f` (by its annotation); FieldError if it is not one."""
-    try:
-        return _PARSERS[str(f.type)](text)
-    except ValueError:
-        raise FieldError(f.name, f"{text!r}: {_EXPECTED[str(f.type)]}") from None
-
-
-def parse_space(text: str) -> Space:
-    """`0,0.2,0.4` is a list, `0:0.5` a range, `0.1:10:log` a log range."""
-    if ":" not in text:
-        return tuple(float(v) for v in text.split(","))
-    low, high, *rest = text.split(":")
-    if rest not in ([], ["log"]):
-        raise ValueError(text)
-    return Range(float(low), float(high), log=rest == ["log"])
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.split(","))
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(","))
-
-
-def _int_or_word(text: str) -> int | str:
-    """A count, or a word (auto, off) that the dataclass checks."""
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _as_flag_value(value) -> str:
-    return describe_space(value) if isinstance(value, (tuple, Range)) else str(value)
-
-
-_PARSERS = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "str | None": str,
-    "float | None": float,
-    "int | None": int,
-    "tuple[int, ...]": _int_tuple,
-    "tuple[int, ...] | None": _int_tuple,
-    "int | str": _int_or_word,
-    "Space": parse_space,
-}
-_EXPECTED = {
-    "int": "expected an integer",
-    "int | None": "expected an integer",
-    "float": "expected a number",
-    "float | None": "expected a number",
-    "tuple[int, ...]": "expected comma-separated integers like 0,1,2",
-    "tuple[int, ...] | None": "expected comma-separated integers like 0,1",
-    "Space": "give a list like 0,0.2,0.4 or a range like 0:0.5",
-}
 
 RUN_CONFIGS = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
 SEARCH_CONFIGS = (StudyPlace, StudyDesign, MachineConfig)
@@ -163,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--leak", type=float, default=0.0, help="GeneralRelu leak (default: 0)")
     depth.add_argument("--sub", type=float, default=0.0, help="GeneralRelu sub (default: 0)")
     depth.add_argument("--init-scale", type=float, default=1.0, help="Kaiming multiplier (default: 1)")
-    depth.add_argument("--seeds", type=_int_tuple, default=(0, 1, 2), help="seeds, comma separated (default: 0,1,2)")
+    depth.add_argument("--seeds", type=int_tuple, default=(0, 1, 2), help="seeds, comma separated (default: 0,1,2)")
     depth.add_argument("--batch", type=int, default=512, help="FashionMNIST images in the batch (default: 512)")
     depth.add_argument("--out", default="studies/depth", help="output directory (default: studies/depth)")
     add_config_flags(depth, DataConfig)
@@ -177,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
     study_speed = benches.add_parser("study", help="model-epochs per second of the ways to train a study")
     study_speed.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    study_speed.add_argument("--models", type=_words, default=("mlp", "cnn"), help="comma separated (default: mlp,cnn)")
-    study_speed.add_argument("--rows", type=_words, default=None, help="comma separated of a,b,c,d8,d32,e (default: all)")
+    study_speed.add_argument("--models", type=words, default=("mlp", "cnn"), help="comma separated (default: mlp,cnn)")
+    study_speed.add_argument("--rows", type=words, default=None, help="comma separated of a,b,c,d8,d32,e (default: all)")
     study_speed.set_defaults(handler=run_bench_study)
     kernel = benches.add_parser("kernel", help="the fused kernel: GPU timings on CUDA, the analytic model always")
     kernel.set_defaults(handler=run_bench_kernel)
@@ -257,13 +164,13 @@ def run_depth(args: argparse.Namespace) -> int:
     seeds = StudyDesign(seeds=args.seeds).seeds
     data_config = config_from_flags(DataConfig, args)
     from study.data import load_fashion_mnist
-    from study.depth import INITS, last_to_first_std, run_depth
+    from study.experiments.depth import DEPTH_INITS, last_to_first_std, run_depth
 
     batch = load_fashion_mnist(data_config).x_train[:args.batch]
     profiles, paths = run_depth(batch, Path(args.out), args.depth, args.width, args.leak, args.sub,
                                 args.init_scale, seeds, progress=sys.stderr.isatty())
     print(f"std of the last hidden layer / the first, mean over seeds {','.join(map(str, seeds))}:")
-    for init in INITS:
+    for init in DEPTH_INITS:
         print(f"  {init:>8}: {last_to_first_std(profiles, init):.3g}")
     for path in paths.values():
         print(path)
@@ -271,7 +178,7 @@ def run_depth(args: argparse.Namespace) -> int:
 
 
 def run_findings(args: argparse.Namespace) -> int:
-    from study.findings import write_findings
+    from study.experiments.findings import write_findings
 
     print(write_findings(Path(args.out), progress=sys.stderr.isatty()))
     return 0

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.config import ModelConfig
+from study.data import N_CLASSES
 
 IMAGE_PIXELS = 28 * 28
-N_CLASSES = 10
 CNN_CHANNELS = (1, 8, 16, 32, 64)  # 28 -> 14 -> 7 -> 4 -> 2 with 3x3 stride-2 convolutions
 
 

@@ -171,7 +171,7 @@ def study_figures(study) -> dict[str, Figure]:
 
 def depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: list[float],
                   title: str) -> dict[str, Figure]:
-    """The depth experiments' pictures (study/depth.py), by file name: std vs depth per
+    """The depth experiments' pictures (study/experiments/depth.py), by file name: std vs depth per
     initialisation (log scale), normalised singular-value spectra at a few depths, and the
     init_scale x leak heatmap of the last layer's log10 std."""
     inits = list(dict.fromkeys(p.init for p in profiles))

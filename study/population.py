@@ -114,9 +114,9 @@ class Population:
         for layer in range(self.n_hidden):
             weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
             if self.backend == "triton":
-                h, kernel = fused_kernel().fused_linear_act(h, weight, bias, self.leak, self.sub, self.maxv)
+                h, fused_stats = fused_kernel().fused_linear_act(h, weight, bias, self.leak, self.sub, self.maxv)
                 if record:
-                    record(layer, from_kernel(kernel))
+                    record(layer, from_kernel(fused_stats))
                 continue
             z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             h = general_relu(z, leak, sub, self.maxv)

@@ -63,7 +63,7 @@ def most_reliable(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["n_trained"] == table["n_seeds"]].sort_values(["worst", "mean"], ascending=False)
 
 
-def name(row) -> str:
+def setting_name(row) -> str:
     """(leak, sub), with the init scale when it is not 1."""
     scale = "" if row["init_scale"] == 1 else f" x{row['init_scale']:g}"
     return f"({row['leak']:g}, {row['sub']:g}){scale}"
@@ -82,40 +82,40 @@ def findings(table: pd.DataFrame, threshold: float) -> list[str]:
     for row in lesson_rows(table).to_dict("records"):
         n, k = row["n_seeds"], row["n_trained"]
         if k == n:
-            sentences.append(f"{name(row)} trained for all {n} seeds: mean {row['mean']:.3f} "
+            sentences.append(f"{setting_name(row)} trained for all {n} seeds: mean {row['mean']:.3f} "
                              f"{_interval(row)}, worst seed {row['worst']:.3f}.")
         elif k == 0:
-            sentences.append(f"{name(row)} collapses: none of {n} seeds trained (val acc > {threshold:g}); "
+            sentences.append(f"{setting_name(row)} collapses: none of {n} seeds trained (val acc > {threshold:g}); "
                              f"best seed {row['best']:.3f}" + (f", {row['n_diverged']} diverged" if row['n_diverged'] else "")
                              + ".")
         else:
-            sentences.append(f"{name(row)} is seed-fragile: {n - k} of {n} seeds failed to train "
+            sentences.append(f"{setting_name(row)} is seed-fragile: {n - k} of {n} seeds failed to train "
                              f"(val acc <= {threshold:g}), {k} trained; worst seed {row['worst']:.3f}, "
                              f"best {row['best']:.3f}.")
 
     reliable = most_reliable(table)
     if not reliable.empty:
         top = reliable.to_dict("records")[0]
-        sentences.append(f"Most reliable: {name(top)}, every one of {top['n_seeds']} seeds trained and its worst "
+        sentences.append(f"Most reliable: {setting_name(top)}, every one of {top['n_seeds']} seeds trained and its worst "
                          f"seed reached {top['worst']:.3f} (mean {top['mean']:.3f} {_interval(top)}).")
     never = table[table["n_trained"] == 0]
     if len(never):
         sentences.append(f"{len(never)} of {len(table)} settings trained for no seed: "
-                         + ", ".join(name(r) for r in never.to_dict("records")) + ".")
+                         + ", ".join(setting_name(r) for r in never.to_dict("records")) + ".")
 
     by_mean = table.sort_values("mean", ascending=False)
     if len(by_mean) >= 2:
         first, second = by_mean.to_dict("records")[:2]
         if math.isnan(first["ci_low"]) or math.isnan(second["ci_low"]):
-            sentences.append(f"Best mean: {name(first)} ({first['mean']:.3f}), then {name(second)} "
+            sentences.append(f"Best mean: {setting_name(first)} ({first['mean']:.3f}), then {setting_name(second)} "
                              f"({second['mean']:.3f}); with one seed each there is no interval to tell them apart.")
         elif first["ci_low"] <= second["ci_high"]:
-            sentences.append(f"Best mean: {name(first)} {first['mean']:.3f} {_interval(first)}, then {name(second)} "
+            sentences.append(f"Best mean: {setting_name(first)} {first['mean']:.3f} {_interval(first)}, then {setting_name(second)} "
                              f"{second['mean']:.3f} {_interval(second)}: the intervals overlap, so "
                              f"{min(first['n_seeds'], second['n_seeds'])} seeds cannot tell these two apart.")
         else:
-            sentences.append(f"Best mean: {name(first)} {first['mean']:.3f} {_interval(first)}, ahead of "
-                             f"{name(second)} {second['mean']:.3f} {_interval(second)}: the intervals do not overlap.")
+            sentences.append(f"Best mean: {setting_name(first)} {first['mean']:.3f} {_interval(first)}, ahead of "
+                             f"{setting_name(second)} {second['mean']:.3f} {_interval(second)}: the intervals do not overlap.")
 
     top_mean = list(by_mean.head(5).index)
     by_worst = list(table.sort_values(["worst", "mean"], ascending=False).index)
@@ -123,7 +123,7 @@ def findings(table: pd.DataFrame, threshold: float) -> list[str]:
              if by_worst.index(i) != top_mean.index(i)]
     if moved:
         sentences.append("Ranking by worst seed instead of mean changes the order: "
-                         + "; ".join(f"{name(r)} is #{a} by mean, #{b} by worst seed" for r, a, b in moved) + ".")
+                         + "; ".join(f"{setting_name(r)} is #{a} by mean, #{b} by worst seed" for r, a, b in moved) + ".")
     if table["n_seeds"].max() < 5:
         sentences.append(f"Only {table['n_seeds'].max()} seeds per setting: the intervals are wide; "
                          "run more seeds (--seeds) before reading small differences.")
@@ -176,7 +176,7 @@ def markdown_table(table: pd.DataFrame) -> str:
     for r in table.to_dict("records"):
         ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         std = "" if math.isnan(r["std"]) else f"{r['std']:.3f}"
-        rows.append(f"| {name(r)} | {r['n_seeds']} | {r['mean']:.3f}{ci} | {std} | {r['worst']:.3f} | "
+        rows.append(f"| {setting_name(r)} | {r['n_seeds']} | {r['mean']:.3f}{ci} | {std} | {r['worst']:.3f} | "
                     f"{r['n_trained']} of {r['n_seeds']} | {r['n_diverged']} | {r['near_zero_last']:.3f} | "
                     f"{r['dead_units_last']:.1f} |")
     return "\n".join(rows)

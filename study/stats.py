@@ -247,9 +247,9 @@ class StatsRecorder:
     def _hook(self, index: int):
         def hook(module, inputs, output):
             if self.recording:
-                kernel = getattr(module, "last_stats", None)  # a fused layer reduced them already
-                if kernel is not None:
-                    stats = from_kernel(kernel, single=True)
+                fused_stats = getattr(module, "last_stats", None)  # a fused layer reduced them already
+                if fused_stats is not None:
+                    stats = from_kernel(fused_stats, single=True)
                 else:
                     # A model dim before the units (dim 1) makes one model's layer a batch of G = 1.
                     stats = batched_stats(inputs[0].unsqueeze(1), output.unsqueeze(1), 1, self.bins, self.hist_max,
@@ -261,8 +261,8 @@ class StatsRecorder:
         return [records.history(0) for records in self.records]
 
 
-def from_kernel(kernel, single: bool = False) -> BatchedStats:
+def from_kernel(fused_stats, single: bool = False) -> BatchedStats:
     """The fused kernel's `LinearActStats` as `BatchedStats`; `single`: the kernel ran without a G dim."""
-    parts = (kernel.sum, kernel.sumsq, kernel.hist, kernel.unit_pos)
+    parts = (fused_stats.sum, fused_stats.sumsq, fused_stats.hist, fused_stats.unit_pos)
     total, total_sq, hist, unit_pos = (t.unsqueeze(0) for t in parts) if single else parts
-    return BatchedStats(total, total_sq, kernel.count, hist.to(torch.float32), unit_pos)
+    return BatchedStats(total, total_sq, fused_stats.count, hist.to(torch.float32), unit_pos)

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 import study
-from study.cli import build_parser, config_from_flags, parse_space
+from study.cli import build_parser
+from study.flags import config_from_flags, parse_space
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import MachineConfig, Range, StudyDesign, StudyPlace, describe_space
 from study.errors import FieldError

@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from study.depth import INITS, deep_mlp, last_to_first_std, profile
+from study.experiments.depth import DEPTH_INITS, deep_mlp, last_to_first_std, profile
 from study.model import activations
 
 SEEDS = (0, 1, 2)
@@ -51,14 +51,14 @@ def test_models_have_the_asked_depth(batch):
 def test_depth_command_writes_figures_and_their_numbers(tmp_path):
     proc = run_cli("depth", "--depth", "6", "--width", "32", "--seeds", "0,1", "--batch", "64", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    for init in INITS:
+    for init in DEPTH_INITS:
         assert f"{init:>8}:" in proc.stdout
     names = {p.name for p in tmp_path.iterdir()}
     assert {"depth_std.png", "depth_spectra.png", "depth_std_sweep.png", "depth_profile.csv",
             "depth_std_sweep.csv"} <= names
     with open(tmp_path / "depth_profile.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(INITS) * 2 * 6
+    assert len(rows) == len(DEPTH_INITS) * 2 * 6
     with open(tmp_path / "depth_std_sweep.csv") as f:
         assert len(list(csv.reader(f))) == 1 + 9
 

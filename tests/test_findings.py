@@ -2,10 +2,11 @@
 
 import pandas as pd
 
-from study.cli import RUN_CONFIGS, build_parser, config_from_flags
+from study.cli import RUN_CONFIGS, build_parser
+from study.flags import config_from_flags
 from study.config import RunConfig
 from study.design import SEARCHED, StudyDesign, describe_space, study_config
-from study.findings import STUDIES, TEN_SEEDS, configs, verdicts
+from study.experiments.findings import STUDIES, TEN_SEEDS, configs, verdicts
 
 
 def table(rows):
@@ -39,7 +40,7 @@ def test_findings_studies_are_the_same_as_the_command_line_ones():
 
 
 def test_epoch_comparison_reports_seed_counts_per_setting():
-    from study.findings import epoch_comparison
+    from study.experiments.findings import epoch_comparison
 
     def full(rows):
         frame = table(rows)

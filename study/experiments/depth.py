@@ -30,7 +30,7 @@ from study.model import activations, build_model, init_weights, weighted_layers
 from study.plots import depth_figures, save_figures
 from study.stats import StatsRecorder
 
-INITS = ("default", "lecun", "kaiming", "lsuv")
+DEPTH_INITS = ("default", "lecun", "kaiming", "lsuv")  # compared through depth; training uses config.INITS
 
 
 @dataclass
@@ -61,7 +61,7 @@ def deep_mlp(depth: int, width: int, leak: float, sub: float, init: str, init_sc
                 nn.init.normal_(layer.weight, std=1 / math.sqrt(layer.in_features), generator=generator)
                 nn.init.zeros_(layer.bias)
     elif init != "default":
-        raise ValueError(f"unknown init {init!r}: one of {', '.join(INITS)}")
+        raise ValueError(f"unknown init {init!r}: one of {', '.join(DEPTH_INITS)}")
     return model
 
 
@@ -120,7 +120,7 @@ def run_depth(batch: torch.Tensor, out_dir: Path, depth: int = 50, width: int = 
     """All three experiments; PNGs with their numbers as CSV in out_dir. Returns the profiles and
     {name: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [(init, seed) for init in INITS for seed in seeds]
+    runs = [(init, seed) for init in DEPTH_INITS for seed in seeds]
     profiles = [profile(deep_mlp(depth, width, leak, sub, init, init_scale, seed, batch), batch, init, seed)
                 for init, seed in tqdm(runs, desc="depth profiles", disable=not progress, leave=False)]
     scales = [float(s) for s in np.round(np.geomspace(0.5, 2.0, 9), 3)]

@@ -21,9 +21,9 @@ import torch
 from study.config import DataConfig, OptimConfig, RunConfig
 from study.design import TRAIN_THRESHOLD, StudyDesign, StudyPlace
 from study.data import load_fashion_mnist
-from study.depth import INITS, last_to_first_std, run_depth
+from study.experiments.depth import DEPTH_INITS, last_to_first_std, run_depth
 from study.plots import save_figures, study_figures
-from study.report import findings, lesson_rows, markdown_table, most_reliable, name, setting_table, study_threshold
+from study.report import findings, lesson_rows, markdown_table, most_reliable, setting_name, setting_table, study_threshold
 from study.results import training_minutes, wall_time
 from study.runner import open_search
 from study.training import device_name
@@ -77,7 +77,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
     if len(reliable):
         best = reliable.head(3).to_dict("records")
         lines.append("**Most reliable** (every seed trained, ranked by worst seed): "
-                     + "; ".join(f"{name(r)} worst {r['worst']:.3f}, mean {r['mean']:.3f}" for r in best) + ".")
+                     + "; ".join(f"{setting_name(r)} worst {r['worst']:.3f}, mean {r['mean']:.3f}" for r in best) + ".")
     else:
         lines.append("**No setting trained for every seed.**")
     return lines
@@ -113,7 +113,7 @@ def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
         "",
         "| init | std last / first |",
         "|---|---|",
-    ] + [f"| {init} | {last_to_first_std(profiles, init):.3g} |" for init in INITS] + [
+    ] + [f"| {init} | {last_to_first_std(profiles, init):.3g} |" for init in DEPTH_INITS] + [
         "",
         "1/sqrt(fan_in) (LeCun) halves the variance at every ReLU layer, so the signal vanishes; Kaiming's "
         "sqrt(2) gain keeps it at order 1, and LSUV sets it to 1 on the batch. Scaling Kaiming by init_scale "
@@ -140,7 +140,7 @@ def epoch_comparison(one: pd.DataFrame, three: pd.DataFrame) -> list[str]:
     for r in both.to_dict("records"):
         change = ("the same seeds' count" if r["n_trained_1"] == r["n_trained_3"]
                   else f"{r['n_trained_3'] - r['n_trained_1']:+d} seeds")
-        lines.append(f"{name(r)}: {r['n_trained_1']} of {r['n_seeds_1']} trained after 1 epoch, "
+        lines.append(f"{setting_name(r)}: {r['n_trained_1']} of {r['n_seeds_1']} trained after 1 epoch, "
                      f"{r['n_trained_3']} of {r['n_seeds_3']} after 3 ({change}); mean of the trained seeds "
                      f"{_trained_mean(one, r)} -> {_trained_mean(three, r)}.")
     return lines
