@@ -33,6 +33,7 @@ from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainC
 from study.data import load_fashion_mnist
 from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, build_model, init_weights
 from study.population import train_population
+from study.stats import HIST_BINS, HIST_MAX
 from study.training import device_name, make_optimizer, resolve_device, train
 
 ROW_NAMES = {
@@ -84,7 +85,7 @@ def lesson_loop(config: RunConfig, data, max_steps: int | None = None) -> None:
     kept = []
 
     def hook(module, inputs, out):
-        kept.append((out.mean(), out.std(), out.abs().histc(40, 0, 10)))
+        kept.append((out.mean(), out.std(), out.abs().histc(HIST_BINS, 0, HIST_MAX)))
 
     handles = [m.register_forward_hook(hook) for m in activations(model)]
     loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=config.optim.batch_size,

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from study.design import CONFIG_ATTR
 from study.results import is_lesson_setting, seed_frame, trials_frame
-from study.stats import HIST_MAX, LayerHistory
+from study.stats import HIST_BINS, HIST_MAX, LayerHistory
 
 # (column, title, colour map, fixed range): fixed so that pictures compare across studies.
 HEATMAP_METRICS = (
@@ -75,7 +75,7 @@ def activation_figure(history: list[LayerHistory], title: str) -> Figure:
         ax.set_ylabel("|a|")
     axes["mean"].set_ylabel("mean")
     axes["std"].set_ylabel("std")
-    axes["near"].set_ylabel("share of |a| < 0.25")
+    axes["near"].set_ylabel(f"share of |a| < {HIST_MAX / HIST_BINS:g}")
     axes["near"].set_ylim(0, 1)
     axes["near"].set_xlabel("step")
     axes["mean"].legend(fontsize=8, ncol=n)

@@ -41,18 +41,11 @@ def truncated_data_dir(data_copy):
     return str(data_copy)
 
 
+# One case of each kind of refusal; every value's is tested on the dataclasses (tests/test_config.py).
 BAD_INPUTS = [
     (["--model", "resnet"], "invalid choice: 'resnet'"),
     (["--leak", "1"], "--leak must be in [0, 1)"),
-    (["--leak", "-0.1"], "--leak must be in [0, 1)"),
-    (["--leak", "nan"], "--leak must be a finite number"),
-    (["--leak", "abc"], "expected a number"),
-    (["--init-scale", "-1"], "--init-scale must be positive"),
-    (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--epochs", "1.5"], "expected an integer"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--lr", "0"], "--lr must be positive"),
-    (["--widths", "256,x"], "comma-separated integers"),
+    (["--epochs", "1.5"], "--epochs '1.5': expected an integer"),
     (["--device", "tpu"], "--device 'tpu' is unknown"),
     (["--data-dir", "/nonexistent/fashion"], "is not a directory"),
     ("empty_dir", "4 FashionMNIST files missing"),

@@ -14,7 +14,13 @@ from study.errors import FieldError
 
 REFUSED = [
     (ModelConfig, {"leak": 1.0}, "leak", "must be in [0, 1)"),
+    (ModelConfig, {"leak": -0.1}, "leak", "must be in [0, 1)"),
     (ModelConfig, {"leak": float("nan")}, "leak", "must be a finite number"),
+    (ModelConfig, {"init_scale": -1.0}, "init_scale", "must be positive"),
+    (OptimConfig, {"epochs": 0}, "epochs", "must be >= 1"),
+    (OptimConfig, {"batch_size": 0}, "batch_size", "must be >= 1"),
+    (StudyDesign, {"n_trials": 0}, "n_trials", "must be >= 1"),
+    (MachineConfig, {"population": 0}, "population", "off or auto, got 0"),
     (ModelConfig, {"model": "resnet"}, "model", "'resnet' is unknown: choose one of mlp, cnn"),
     (ModelConfig, {"widths": (32, 0)}, "widths", "must be positive integers"),
     (OptimConfig, {"lr": 0.0}, "lr", "must be positive"),
@@ -74,12 +80,14 @@ def test_spaces_parse_and_are_written_back_as_given(text, space):
     (["--leak", "0:1:lin"], "leak", "give a list like"),
     (["--workers", "all"], "workers", "must be a number >= 1 or auto, got all"),
     (["--gpus", "0,x"], "gpus", "'0,x': expected comma-separated integers"),
+    (["--lr", "abc"], "lr", "'abc': expected a number"),
+    (["--widths", "256,x"], "widths", "'256,x': expected comma-separated integers"),
 ])
 def test_flag_strings_that_are_not_values_name_the_field(flags, field, problem):
     args = build_parser().parse_args(["search", *flags])
     with pytest.raises(FieldError) as refused:
-        for cls in (StudyDesign, MachineConfig):
-            config_from_flags(cls, args)
+        for cls in (StudyDesign, MachineConfig, ModelConfig, OptimConfig):
+            config_from_flags(cls, args, skip=("leak", "sub", "init_scale") if cls is ModelConfig else ())
     assert refused.value.field == field and problem in refused.value.problem
 
 

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY, assert_one_line_error, run_cli
 from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import CONFIG_ATTR, StudyDesign, study_config, upgrade_stored_config
+from study.results import trials_frame
 from test_storage import tree_digest
 
 FIXTURE = ROOT / "tests" / "fixtures" / "study-0.1.0.db"
@@ -62,6 +63,12 @@ def test_a_study_written_by_0_1_0_resumes_and_plots(tmp_path):
     for trial in study.trials:
         if trial.number in old:
             assert (trial.values, trial.user_attrs) == old[trial.number]  # kept as they were
+    # 0.1.0 called the near-zero fraction `dead_frac`; old and new trials read alike.
+    frame = trials_frame(study).set_index("number")
+    for trial in complete:
+        stored = trial.user_attrs["layers"][-1]
+        assert frame.loc[trial.number, "near_zero_last"] == stored.get("near_zero_frac", stored.get("dead_frac"))
+    assert {"dead_frac" in t.user_attrs["layers"][-1] for t in complete} == {True, False}
     for command in ("heatmaps", "report"):
         proc = run_cli(command, "--name", "v010", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
