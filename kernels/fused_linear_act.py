@@ -17,6 +17,9 @@ x is (M, K) shared by all models (a first layer) or (G, M, K); weight (G, N, K);
 leak, sub, maxv floats or (G,) tensors. The single-model form x (M, K), weight (N, K), bias (N,)
 returns y (M, N) and statistics without the G dimension.
 
+One op, one file (over 300 lines on purpose): the Triton kernels, their launcher, the autograd
+Function and the float64-checked PyTorch reference are read and changed together.
+
 Tiling: one program per (BLOCK_M x BLOCK_N) tile of y and per model (grid axis 1). The K loop
 accumulates in float32 with `tl.dot` (inputs float32 or bfloat16; float32 uses IEEE precision unless
 `allow_tf32=True`, which lets tensor cores round inputs to TF32: ~1e-3 relative error, several
