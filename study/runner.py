@@ -51,7 +51,10 @@ def run_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: M
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
         return runner.work()
-    run_workers(place, design, run, machine, device_type)
+    try:  # this process watches: its bar follows the COMPLETE trials the workers store
+        run_workers(place, design, run, machine, device_type, while_waiting=runner.show_progress)
+    finally:
+        runner.bar.close()
     return runner.study
 
 
@@ -85,16 +88,17 @@ class Search:
 
     def work(self) -> optuna.Study:
         study, target = self.study, self.design.target_trials()
-        self._show_progress()
+        self.show_progress()
         try:
             while self._next_step(study, target):
                 self._run_trials(study, target, self.population)
-                self._show_progress()
+                self.show_progress()
         finally:
             self.bar.close()
         return study
 
-    def _show_progress(self) -> None:
+    def show_progress(self) -> None:
+        """The bar at the runs of the study's COMPLETE trials (read from the storage)."""
         self.bar.n = max(self.bar.n, min(n_complete(self.study), self.design.target_trials()) * len(self.seeds))
         self.bar.refresh()
 

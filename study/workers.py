@@ -9,14 +9,19 @@ command line and the Python API.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 from dataclasses import replace
+from typing import Callable
 
 from study.config import RunConfig
 from study.design import MachineConfig, StudyDesign, StudyPlace
 from study.errors import WorkerStopped
+
+WATCH_SECONDS = 2  # how often the starting process looks at the study while its workers run
 
 
 def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> list[tuple[RunConfig, int]]:
@@ -31,9 +36,10 @@ def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> lis
 
 
 def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig,
-                device_type: str) -> None:
-    """Start every worker, wait for all. Re-raises the first error a worker raised (BadInput,
-    StorageFault); WorkerStopped when one ended otherwise (killed, crashed).
+                device_type: str, while_waiting: Callable[[], None] = lambda: None) -> None:
+    """Start every worker, wait for all, calling `while_waiting()` every WATCH_SECONDS meanwhile.
+    Re-raises the first error a worker raised (BadInput, StorageFault); WorkerStopped when one
+    ended otherwise (killed, crashed).
 
     Ctrl-C reaches the workers too (same process group): each marks its running trial FAIL and stops.
     """
@@ -45,8 +51,10 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
     for process in processes:
         process.start()
     try:
-        for process in processes:
-            process.join()
+        while alive := [p.sentinel for p in processes if p.is_alive()]:
+            multiprocessing.connection.wait(alive, timeout=WATCH_SECONDS)
+            with contextlib.suppress(Exception):  # watching must not stop a study the workers carry on
+                while_waiting()
     except KeyboardInterrupt:
         for process in processes:
             process.join()
