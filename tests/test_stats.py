@@ -143,7 +143,7 @@ def test_recorder_records_only_when_asked_and_removes_its_hooks():
     assert len(history[0].hist) == 3 and len(history[0].hist[0]) == HIST_BINS
     assert all(not m._forward_hooks for m in acts)
     final = history[0].final()
-    assert set(final) == {"mean", "std", "dead_frac", "dead_units", "units"}
+    assert set(final) == {"mean", "std", "near_zero_frac", "dead_units", "units"}
 
 
 def test_recorder_removes_hooks_after_an_error():
