@@ -20,8 +20,10 @@ def test_the_example_notebook_runs_and_shows_its_results(tmp_path):
     assert not [o for cell in outputs.values() for o in cell if o.output_type == "error"]
     assert not [o for cell in outputs.values() for o in cell if o.get("name") == "stderr"], "a warning was shown"
 
-    def result(first_line):
-        (shown,) = [o for o in outputs[first_line] if o.output_type == "execute_result"]
+    def result(start):
+        """The value shown by the one cell whose first line starts with `start`."""
+        (cell,) = [cell for first_line, cell in outputs.items() if first_line.startswith(start)]
+        (shown,) = [o for o in cell if o.output_type == "execute_result"]
         return shown["data"]
 
     assert result("s = study.search(")["text/plain"] == "<study 'nb': 4 COMPLETE settings>"
