@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -157,11 +158,12 @@ class MachineConfig:
         metadata=describe("how long a running study retries a database server that does not answer"))
 
     def __post_init__(self):
-        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 1):
+        if self.workers != "auto" and not (isinstance(self.workers, numbers.Integral) and self.workers >= 1):
             raise FieldError("workers", f"must be a number >= 1 or auto, got {self.workers}")
         if self.gpus is not None:
             object.__setattr__(self, "gpus", _distinct_indices("gpus", self.gpus))
-        if self.population not in ("auto", "off") and not (isinstance(self.population, int) and self.population >= 1):
+        if self.population not in ("auto", "off") and not (isinstance(self.population, numbers.Integral)
+                                                           and self.population >= 1):
             raise FieldError("population", f"must be a number of settings >= 1, off or auto, got {self.population}")
         if self.heartbeat_seconds < 1:
             raise FieldError("heartbeat_seconds", f"must be >= 1, got {self.heartbeat_seconds}")
@@ -223,11 +225,13 @@ def _space(name: str, value) -> Space:
 
 
 def _distinct_indices(name: str, values) -> tuple[int, ...]:
-    """Distinct non-negative integers (seeds, GPU indices) as a tuple."""
-    values = (values,) if isinstance(values, int) else tuple(values)
-    if not values or any(not isinstance(v, int) or v < 0 for v in values) or len(set(values)) != len(values):
+    """Distinct non-negative integers (seeds, GPU indices) as a tuple of ints; numpy's integers
+    (`np.arange(10)`) count as integers."""
+    values = (values,) if isinstance(values, numbers.Integral) else tuple(values)
+    if not values or any(not isinstance(v, numbers.Integral) or v < 0 for v in values) or \
+            len(set(values)) != len(values):
         raise FieldError(name, f"{','.join(map(str, values))!r}: give distinct non-negative integers like 0,1,2")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def study_config(design: StudyDesign, run: RunConfig) -> dict:

@@ -53,8 +53,16 @@ def test_a_bad_value_is_refused_naming_its_field(cls, values, field, problem):
 
 
 def test_python_values_are_normalised_so_equal_designs_compare_equal():
+    import numpy as np
+
     assert StudyDesign(leak=[0, 0.1], sub=0.4, seeds=[0, 1]) == StudyDesign(leak=(0.0, 0.1), sub=(0.4,), seeds=(0, 1))
     assert StudyDesign(leak=(0, 0.1)).leak == (0.0, 0.1) and isinstance(StudyDesign().sub, tuple)
+    # What a notebook hands over: numpy arrays and numpy integers.
+    from_numpy = StudyDesign(leak=np.array([0, 0.1]), seeds=np.arange(3))
+    assert from_numpy == StudyDesign(leak=(0, 0.1), seeds=(0, 1, 2))
+    assert all(type(seed) is int for seed in from_numpy.seeds)  # stored as JSON, compared on resume
+    with pytest.raises(FieldError, match="seeds '0,1.5'"):
+        StudyDesign(seeds=(0, 1.5))
 
 
 def test_the_command_line_and_the_dataclasses_share_one_set_of_defaults():
