@@ -1,7 +1,7 @@
-"""The Python face, for notebooks: `study.runner`, `study.load`, `study.training` (exported by `study`).
+"""The Python face, for notebooks: `study.search`, `study.load`, `study.train` (exported by `study`).
 
 Keywords are the configuration dataclasses' field names, with Python values:
-`study.runner(name="nb", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1), model="mlp", max_steps=50)`.
+`study.search(name="nb", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1), model="mlp", max_steps=50)`.
 A bad value raises `FieldError` naming the field; nothing is printed and no process exits. Heavy
 imports (torch, Optuna) wait for the first call, so `import study` stays light.
 """
