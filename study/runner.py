@@ -25,14 +25,14 @@ from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without
 
 from study.config import ModelConfig, RunConfig, TrainConfig
 from study.data import FashionMNIST, load_fashion_mnist
-from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
+from study.design import MachineConfig, StudyDesign, StudyPlace
 from study.errors import BadInput
 from study.plots import activation_figure
 from study.population import train_population
 from study.records import (StoredSeed, activation_picture_name, seed_record, stored_seed_results, summarise,
                            trial_note)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, n_complete,
-                            point_of, suggest)
+                            point, point_of, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers, sqlite_path
 from study.training import TrainResult, resolve_device, train
 from study.workers import run_workers
@@ -181,7 +181,7 @@ class Search:
 
     def _reuse_stored(self, trial: optuna.Trial, params: dict) -> dict[int, dict]:
         """seed -> record of the seeds earlier, failed trials of this setting finished."""
-        stored = stored_seed_results(trial.study, self.storage, _point(params))
+        stored = stored_seed_results(trial.study, self.storage, point(params))
         records = {seed: self._reuse(trial, stored[seed], seed) for seed in self.seeds if seed in stored}
         self.bar.update(len(records))
         return records
@@ -212,8 +212,8 @@ class Search:
         this = next(t for t in trials if t.number == trial.number)
         if self.design.sampler != "grid" and "fixed_params" not in this.system_attrs:
             return False
-        point = _point(params)
-        return any(point_of(t) == point and (t.state == TrialState.COMPLETE or
+        here = point(params)
+        return any(point_of(t) == here and (t.state == TrialState.COMPLETE or
                                              (t.state == TrialState.RUNNING and t.number < trial.number))
                    for t in trials)
 
@@ -247,10 +247,6 @@ class Search:
         best = max([t.user_attrs.get("mean_val_acc", 0.0) for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
-
-
-def _point(params: dict) -> tuple:
-    return tuple(params[name] for name in SEARCHED)
 
 
 def _make_dir(directory: Path) -> None:

@@ -29,6 +29,11 @@ def grid_points(design: StudyDesign) -> list[dict[str, float]]:
     return points
 
 
+def point(params: dict[str, float]) -> tuple:
+    """A setting's point (init_scale, leak, sub) from its parameters."""
+    return tuple(params[name] for name in SEARCHED)
+
+
 def point_of(trial: optuna.trial.FrozenTrial) -> tuple:
     """A trial's setting (init_scale, leak, sub); a WAITING trial's comes from its queued params."""
     params = trial.system_attrs.get("fixed_params", trial.params)
@@ -49,15 +54,15 @@ def requeue(study: optuna.Study, design: StudyDesign) -> int:
     held = {point_of(t) for t in live}
     fails = Counter(point_of(t) for t in trials if t.state == TrialState.FAIL)
     if design.sampler == "grid":
-        candidates = [tuple(p[name] for name in SEARCHED) for p in grid_points(design)]
+        candidates = [point(p) for p in grid_points(design)]
     else:
         # A trial killed before its setting was sampled has no point to retry.
         candidates = list(dict.fromkeys(point_of(t) for t in trials
                                         if t.state == TrialState.FAIL and None not in point_of(t)))
     missing = [p for p in candidates if p not in held and fails[p] < MAX_FAILS_PER_SETTING]
     wanted = missing[:max(design.target_trials() - len(live), 0)]
-    for point in wanted:
-        study.enqueue_trial(dict(zip(SEARCHED, point)))
+    for setting in wanted:
+        study.enqueue_trial(dict(zip(SEARCHED, setting)))
     return len(wanted)
 
 
