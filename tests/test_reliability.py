@@ -1,0 +1,103 @@
+"""The exact statistics against scipy, and the sequential rule's error rates against its stated bounds."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from study.reliability import (RELIABLE, UNDECIDED, UNRELIABLE, Sprt, clopper_pearson, fisher_exact, fisher_power,
+                               holm, mcnemar_exact, seeds_for_power)
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (7, 10), (10, 10), (3, 20), (19, 20)])
+def test_clopper_pearson_is_scipys_exact_interval(k, n):
+    expected = stats.binomtest(k, n).proportion_ci(method="exact")
+    assert clopper_pearson(k, n) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    low, high = clopper_pearson(k, n)
+    assert low <= k / n <= high
+    assert (low == 0) == (k == 0) and (high == 1) == (k == n)
+
+
+def test_mcnemar_uses_only_discordant_seeds():
+    # 8 seeds trained under the first setting only, none under the second only: p = 2 * 0.5^8.
+    assert mcnemar_exact(8, 0) == pytest.approx(2 * 0.5 ** 8)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def test_fisher_matches_the_issue_example():
+    # 7/10 against 10/10, as quoted in the edge issue: p = 0.21.
+    assert fisher_exact(7, 10, 10, 10) == pytest.approx(0.2105, abs=1e-3)
+
+
+def test_holm_adjusts_in_step_down_order():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # 2 x 0.8 capped at 1; never below an earlier step
+
+
+def test_seeds_for_power_is_the_fewest_with_80_percent_exact_power():
+    assert seeds_for_power(0.5, 0.5) is None
+    n = seeds_for_power(0.9, 0.5)
+    assert fisher_power(0.9, 0.5, n) >= 0.8 > fisher_power(0.9, 0.5, n - 1)
+    assert seeds_for_power(0.9, 0.3) < n < seeds_for_power(0.9, 0.7)
+    assert seeds_for_power(0.9, 0.89) is None  # more than the most it looks at
+    # The exact power, checked by simulating Fisher's test with that many seeds per setting.
+    rng = np.random.default_rng(0)
+    hits = [fisher_exact(rng.binomial(n, 0.9), n, rng.binomial(n, 0.5), n) < 0.05 for _ in range(2000)]
+    assert np.mean(hits) == pytest.approx(fisher_power(0.9, 0.5, n), abs=4 * (0.2 * 0.8 / 2000) ** 0.5)
+
+
+def test_the_default_rule_decides_as_the_readme_says():
+    rule = Sprt()
+    assert [rule.verdict(k, k) for k in range(1, 9)] == [None] * 7 + [RELIABLE]
+    assert rule.verdict(0, 3) == UNRELIABLE and rule.verdict(2, 5) == UNRELIABLE
+    assert rule.verdict(3, 6) is None  # 3 failures with 3 trained: not yet
+    assert rule.verdict(15, 20) == UNDECIDED
+    assert rule.seeds_to_verdict(0, 0) == 3  # three failures are the fastest verdict
+    assert rule.seeds_to_verdict(7, 7) == 1
+
+
+def simulate(rule: Sprt, p: float, runs: int, rng: np.random.Generator) -> dict[str, float]:
+    """Verdict frequencies of `rule` over `runs` simulated settings that train each seed with probability p."""
+    counts = {RELIABLE: 0, UNRELIABLE: 0, UNDECIDED: 0}
+    outcomes = rng.random((runs, rule.max_seeds)) < p
+    for row in outcomes:
+        trained = 0
+        for seeds, success in enumerate(row, start=1):
+            trained += success
+            verdict = rule.verdict(trained, seeds)
+            if verdict:
+                counts[verdict] += 1
+                break
+    return {key: value / runs for key, value in counts.items()}
+
+
+@pytest.mark.parametrize("rule", [Sprt(), Sprt(0.8, 0.5, 0.1, 12), Sprt(0.95, 0.7, 0.05, 40)])
+def test_simulated_error_rates_are_within_walds_bounds_and_the_exact_values(rule):
+    """At p = reliable a wrong 'unreliable', and at p = unreliable a wrong 'reliable', happen at most
+    error / (1 - error) of the time (Wald), and as often as the exact walk says (within 4 standard errors)."""
+    rng, runs = np.random.default_rng(1), 20_000
+    bound = rule.error / (1 - rule.error)
+    for p, wrong in ((rule.reliable, UNRELIABLE), (rule.unreliable, RELIABLE)):
+        simulated, exact = simulate(rule, p, runs, rng), rule.operating_characteristic(p)
+        assert exact[wrong] <= bound
+        assert simulated[wrong] <= bound + 4 * (bound * (1 - bound) / runs) ** 0.5
+        for verdict in (RELIABLE, UNRELIABLE, UNDECIDED):
+            se = max(exact[verdict] * (1 - exact[verdict]) / runs, 1 / runs) ** 0.5
+            assert simulated[verdict] == pytest.approx(exact[verdict], abs=4 * se)
+        assert sum(exact[v] for v in (RELIABLE, UNRELIABLE, UNDECIDED)) == pytest.approx(1.0)
+
+
+def test_errors_fall_further_away_from_the_indifference_zone():
+    rule = Sprt()
+    assert rule.operating_characteristic(0.99)[UNRELIABLE] < rule.operating_characteristic(0.9)[UNRELIABLE]
+    assert rule.operating_characteristic(0.3)[RELIABLE] < rule.operating_characteristic(0.6)[RELIABLE]
+
+
+@pytest.mark.parametrize("n", [1, 4, 15, 40])
+def test_the_power_computation_rejects_exactly_where_scipys_fisher_test_does(n):
+    from study.reliability import _fisher_rejects
+
+    expected = [[stats.fisher_exact([[a, n - a], [b, n - b]]).pvalue < 0.05 for b in range(n + 1)]
+                for a in range(n + 1)]
+    assert (_fisher_rejects(n, 0.05) == np.array(expected)).all()
