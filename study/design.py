@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Union
 
 from study import __version__
-from study.config import PER_TRIAL_OR_MACHINE, RunConfig, TrainConfig, check_choices, describe
+from study.config import PER_TRIAL_OR_MACHINE, OptimConfig, RunConfig, TrainConfig, check_choices, describe
 from study.errors import FieldError
 
 SAMPLERS = ("grid", "tpe", "random", "qmc")
 OBJECTIVES = ("accuracy", "stability")
-SEARCHED = ("init_scale", "leak", "sub")  # the ModelConfig fields a study varies
+MODEL_AXES = ("init_scale", "leak", "sub")  # the ModelConfig fields a study varies
+OPTIM_AXES = ("lr", "momentum")  # the OptimConfig fields a study varies
+SEARCHED = MODEL_AXES + OPTIM_AXES  # a setting is a point on these axes
+LOG_AXES = ("init_scale", "lr")  # the axes that may be log ranges
 AUTO_POPULATION_MODELS = 32  # models per population that population="auto" aims for on CUDA
 DEFAULT_OTHER_SAMPLER_TRIALS = 30  # a study of a non-grid sampler stops here unless told otherwise
 STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
@@ -35,7 +38,7 @@ TRAIN_THRESHOLD = 0.5  # chance is 0.1; a run below 0.5 after training has not l
 
 @dataclass(frozen=True)
 class Range:
-    """A searched parameter's interval [low, high], sampled log-uniformly if `log` (init_scale only)."""
+    """A searched parameter's interval [low, high], sampled log-uniformly if `log` (init_scale, lr)."""
 
     low: float
     high: float
@@ -52,6 +55,11 @@ def describe_space(space: Space) -> str:
     return ",".join(f"{v:g}" for v in space)
 
 
+def describe_setting(params: dict[str, float]) -> str:
+    """`init_scale 1, leak 0.1, sub 0.4, lr 0.2, momentum 0.85`: a setting in words."""
+    return ", ".join(f"{name} {params[name]:g}" for name in SEARCHED)
+
+
 @dataclass(frozen=True)
 class StudyDesign:
     """Everything a study's results depend on besides the run configuration (`RunConfig`)."""
@@ -59,6 +67,10 @@ class StudyDesign:
     init_scale: Space = field(default=(1.0,), metadata=describe("init scale values, or range low:high[:log]"))
     leak: Space = field(default=(0.0, 0.05, 0.1, 0.2, 0.5), metadata=describe("leak values (list) or range low:high"))
     sub: Space = field(default=(0.0, 0.2, 0.4, 0.7, 0.9), metadata=describe("sub values (list) or range low:high"))
+    lr: Space = field(default=(OptimConfig.lr,),
+                      metadata=describe("learning rates (list), or range low:high[:log]"))
+    momentum: Space = field(default=(OptimConfig.momentum,),
+                            metadata=describe("SGD momentum values (list) or range low:high"))
     seeds: tuple[int, ...] = field(default=(0, 1, 2),
                                    metadata=describe("seeds each setting is trained with, comma separated"))
     sampler: str = field(default="grid", metadata=describe("how settings are chosen", choices=SAMPLERS))
@@ -201,8 +213,8 @@ def _space(name: str, value) -> Space:
             raise FieldError(name, "must hold finite numbers")
         if not space.low < space.high:
             raise FieldError(name, f"range {describe_space(space)} is empty or inverted: write low:high with low < high")
-        if space.log and name != "init_scale":
-            raise FieldError(name, "may not be a log range: only --init-scale may")
+        if space.log and name not in LOG_AXES:
+            raise FieldError(name, f"may not be a log range: only {' and '.join(LOG_AXES)} may")
     else:
         values = (value,) if isinstance(value, (int, float)) else tuple(value)
         try:
@@ -215,11 +227,11 @@ def _space(name: str, value) -> Space:
             raise FieldError(name, "must hold finite numbers")
         if len(set(space)) != len(space):
             raise FieldError(name, "lists a value twice")
-    # The same bounds ModelConfig enforces for a single value, on every value the space allows.
+    # The same bounds ModelConfig and OptimConfig enforce for a single value, on every value the space allows.
     for v in bounds:
-        if name == "leak" and not 0 <= v < 1:
+        if name in ("leak", "momentum") and not 0 <= v < 1:
             raise FieldError(name, f"values must be in [0, 1), got {v:g}")
-        if name == "init_scale" and v <= 0:
+        if name in ("init_scale", "lr") and v <= 0:
             raise FieldError(name, f"values must be positive, got {v:g}")
     return space
 
@@ -242,6 +254,7 @@ def study_config(design: StudyDesign, run: RunConfig) -> dict:
     later is compared without a change here.
     """
     model = {k: v for k, v in asdict(run.model).items() if k not in SEARCHED}
+    optim = {k: v for k, v in asdict(run.optim).items() if k not in SEARCHED}
     train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
     config = {
         "space": {name: describe_space(space) for name, space in design.spaces().items()},
@@ -250,7 +263,7 @@ def study_config(design: StudyDesign, run: RunConfig) -> dict:
         "seeds": list(design.seeds),
         "train_threshold": design.train_threshold,
         "model": model,
-        "optim": asdict(run.optim),
+        "optim": optim,
         "data": asdict(run.data),
         "train": train,
         "code_version": __version__,
@@ -259,18 +272,32 @@ def study_config(design: StudyDesign, run: RunConfig) -> dict:
 
 
 def upgrade_stored_config(stored: dict) -> dict:
-    """A configuration stored by initstudy 0.1.0 in today's layout, so that its studies continue.
+    """A configuration stored by an earlier initstudy in today's layout, so that its studies continue.
 
     0.1.0 kept `stats_every` and `diverge_loss` at the top, `dtype` only when not float32, and
     neither `backend` nor `max_steps`: those read as their defaults (0.1.0 did not compare them, so
     a 0.1.0 study run with --backend triton or --max-steps is continued only with the defaults).
+    Before 0.3.0, lr and momentum were one value each in `optim`; they read as one-value axes.
     """
-    if not stored or "train" in stored:
+    if not stored:
         return stored
-    upgraded = {k: v for k, v in stored.items() if k not in ("stats_every", "diverge_loss", "dtype")}
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    upgraded["train"] = {
-        **{k: v for k, v in defaults.items() if k not in PER_TRIAL_OR_MACHINE},
-        **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
-    }
+    upgraded = dict(stored)
+    if "train" not in stored:
+        upgraded = {k: v for k, v in stored.items() if k not in ("stats_every", "diverge_loss", "dtype")}
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        upgraded["train"] = {
+            **{k: v for k, v in defaults.items() if k not in PER_TRIAL_OR_MACHINE},
+            **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
+        }
+    if "lr" not in upgraded.get("space", {}) and "lr" in upgraded.get("optim", {}):
+        optim = dict(upgraded["optim"])
+        upgraded["space"] = {**upgraded["space"], **{name: f"{optim.pop(name):g}" for name in OPTIM_AXES}}
+        upgraded["optim"] = optim
     return upgraded
+
+
+def fixed_axis_values(stored: dict) -> dict[str, float]:
+    """The axes a stored study held at one value, and that value: what a trial that does not name
+    an axis (written before the axis was searched, as lr before 0.3.0) ran at."""
+    space = upgrade_stored_config(stored).get("space", {})
+    return {name: float(text) for name, text in space.items() if ":" not in text and "," not in text}

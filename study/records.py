@@ -17,7 +17,8 @@ import optuna
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from study.schedule import point_of
+from study.design import describe_setting
+from study.schedule import fixed_values, point_of
 from study.training import TrainResult
 
 SEED_PREFIX = "seed_"
@@ -74,7 +75,7 @@ def summarise(records: dict[int, dict], threshold: float) -> dict:
 def trial_note(params: dict, records: dict[int, dict], summary: dict, threshold: float) -> str:
     """The Markdown note the dashboard shows beside a trial."""
     lines = [
-        f"## init_scale {params['init_scale']:g}, leak {params['leak']:g}, sub {params['sub']:g}",
+        f"## {describe_setting(params)}",
         "",
         f"Mean validation accuracy **{summary['mean_val_acc']:.4f}** (std {summary['acc_std']:.4f} over "
         f"{len(records)} seeds), worst seed {summary['worst_acc']:.4f}; "
@@ -101,9 +102,9 @@ class StoredSeed:
 def stored_seed_results(study: optuna.Study, storage: optuna.storages.BaseStorage,
                         point: tuple) -> dict[int, StoredSeed]:
     """Seeds that FAIL trials of setting `point` finished before they stopped (the latest wins)."""
-    stored = {}
+    stored, fixed = {}, fixed_values(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if point_of(trial) != point:
+        if point_of(trial, fixed) != point:
             continue
         pictures = {meta.filename: meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage)}
         for seed, record in seed_records(trial).items():

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from study.design import SEARCHED
 from study.records import seed_records, trial_layers
+from study.schedule import fixed_values, setting_of
 
 
 # The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
@@ -23,13 +24,13 @@ def is_lesson_setting(leak: float, sub: float) -> bool:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per COMPLETE trial: number, init_scale, leak, sub, mean_val_acc, acc_std, worst_acc,
     frac_trained, n_diverged, mean_test_acc, near_zero_last, dead_units_last, n_seeds, seconds."""
-    rows = []
+    rows, fixed = [], fixed_values(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         attrs = trial.user_attrs
         last = trial_layers(trial)[-1]
         rows.append({
             "number": trial.number,
-            **{name: trial.params[name] for name in SEARCHED},
+            **setting_of(trial, fixed),
             **{key: attrs[key] for key in ("mean_val_acc", "acc_std", "worst_acc", "frac_trained",
                                            "n_diverged", "mean_test_acc", "seconds")},
             "near_zero_last": last["near_zero_frac"],
@@ -43,10 +44,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def seed_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per (COMPLETE trial, seed): number, init_scale, leak, sub, seed, val_acc, test_acc, diverged."""
-    rows = []
+    rows, fixed = [], fixed_values(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         for seed, record in seed_records(trial).items():
-            rows.append({"number": trial.number, **{name: trial.params[name] for name in SEARCHED},
+            rows.append({"number": trial.number, **setting_of(trial, fixed),
                          "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
                          "diverged": record["diverged"]})
     return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged"])

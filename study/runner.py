@@ -23,16 +23,16 @@ from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
 
-from study.config import ModelConfig, RunConfig, TrainConfig
+from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
-from study.design import MachineConfig, StudyDesign, StudyPlace
+from study.design import MODEL_AXES, OPTIM_AXES, MachineConfig, StudyDesign, StudyPlace, describe_setting
 from study.errors import BadInput
 from study.plots import activation_figure
 from study.population import train_population
 from study.records import (StoredSeed, activation_picture_name, seed_record, stored_seed_results, summarise,
                            trial_note)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, n_complete,
-                            point, point_of, suggest)
+                            fixed_values, point, point_of, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers, sqlite_path
 from study.training import TrainResult, resolve_device, train
 from study.workers import run_workers
@@ -151,8 +151,7 @@ class Search:
 
                 if size == 1:
                     for index, (_, params, seed) in enumerate(models):
-                        self.bar.set_description(f"scale {params['init_scale']:.3g} leak {params['leak']:.3g} "
-                                                 f"sub {params['sub']:.3g} seed {seed}")
+                        self.bar.set_description(f"{describe_setting(params)} seed {seed}")
                         store(index, train(self._run_config(params, seed), self.data))
                 elif models:
                     self.bar.set_description(f"{len(models)} models ({len(trials)} settings) at once")
@@ -212,8 +211,8 @@ class Search:
         this = next(t for t in trials if t.number == trial.number)
         if self.design.sampler != "grid" and "fixed_params" not in this.system_attrs:
             return False
-        here = point(params)
-        return any(point_of(t) == here and (t.state == TrialState.COMPLETE or
+        here, fixed = point(params), fixed_values(trial.study)
+        return any(point_of(t, fixed) == here and (t.state == TrialState.COMPLETE or
                                              (t.state == TrialState.RUNNING and t.number < trial.number))
                    for t in trials)
 
@@ -230,13 +229,13 @@ class Search:
         return record
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:
-        model: ModelConfig = replace(self.run_config.model, **params)
-        train_config: TrainConfig = replace(self.run_config.train, seed=seed)
-        return replace(self.run_config, model=model, train=train_config)
+        model = replace(self.run_config.model, **{name: params[name] for name in MODEL_AXES})
+        optim = replace(self.run_config.optim, **{name: params[name] for name in OPTIM_AXES})
+        return replace(self.run_config, model=model, optim=optim, train=replace(self.run_config.train, seed=seed))
 
     def _upload_pictures(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
-        title = (f"init_scale {params['init_scale']:g}, leak {params['leak']:g}, sub {params['sub']:g}, "
-                 f"seed {seed}: val acc {result.val_acc:.3f}" + (" (diverged)" if result.diverged else ""))
+        title = (f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
+                 + (" (diverged)" if result.diverged else ""))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / activation_picture_name(seed)
             activation_figure(result.history, title).savefig(path, dpi=80)

@@ -1,6 +1,6 @@
 """Which trial runs next: the grid's order, requeueing what failed, the samplers, and heartbeats.
 
-A trial's setting is its point (init_scale, leak, sub). Grid points are enqueued in a fixed
+A trial's setting is its point (init_scale, leak, sub, lr, momentum). Grid points are enqueued in a fixed
 shuffled order; a FAIL trial's setting is queued again (at most MAX_FAILS_PER_SETTING times), so a
 crash or Ctrl-C loses nothing but the seeds in flight. While a worker trains, `Heartbeats` keeps its
 trials alive; a worker killed mid-trial goes silent, and its trials are failed and retried.
@@ -16,7 +16,7 @@ from itertools import product
 import optuna
 from optuna.trial import TrialState
 
-from study.design import SEARCHED, Range, StudyDesign
+from study.design import CONFIG_ATTR, SEARCHED, Range, StudyDesign, fixed_axis_values
 
 MAX_FAILS_PER_SETTING = 3  # a setting that failed this often (a bug, not a crash) is not retried again
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -30,14 +30,26 @@ def grid_points(design: StudyDesign) -> list[dict[str, float]]:
 
 
 def point(params: dict[str, float]) -> tuple:
-    """A setting's point (init_scale, leak, sub) from its parameters."""
+    """A setting's point (init_scale, leak, sub, lr, momentum) from its parameters."""
     return tuple(params[name] for name in SEARCHED)
 
 
-def point_of(trial: optuna.trial.FrozenTrial) -> tuple:
-    """A trial's setting (init_scale, leak, sub); a WAITING trial's comes from its queued params."""
+def point_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float] | None = None) -> tuple:
+    """A trial's setting (init_scale, leak, sub, lr, momentum); a WAITING trial's comes from its
+    queued params. An axis the trial does not name (it was written before that axis was searched)
+    takes its study's one value from `fixed` (`fixed_values`); None if it has none."""
     params = trial.system_attrs.get("fixed_params", trial.params)
-    return tuple(params.get(name) for name in SEARCHED)
+    return tuple(params.get(name, (fixed or {}).get(name)) for name in SEARCHED)
+
+
+def setting_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float]) -> dict[str, float]:
+    """A trial's setting as {axis: value}."""
+    return dict(zip(SEARCHED, point_of(trial, fixed)))
+
+
+def fixed_values(study: optuna.Study) -> dict[str, float]:
+    """The axes the stored study holds at one value (see `point_of`)."""
+    return fixed_axis_values(study.user_attrs.get(CONFIG_ATTR, {}))
 
 
 def requeue(study: optuna.Study, design: StudyDesign) -> int:
@@ -49,16 +61,16 @@ def requeue(study: optuna.Study, design: StudyDesign) -> int:
     count FAIL trials as visited; this retries them. A setting that failed MAX_FAILS_PER_SETTING
     times is not queued again.
     """
-    trials = study.get_trials(deepcopy=False)
+    trials, fixed = study.get_trials(deepcopy=False), fixed_values(study)
     live = [t for t in trials if t.state in LIVE]
-    held = {point_of(t) for t in live}
-    fails = Counter(point_of(t) for t in trials if t.state == TrialState.FAIL)
+    held = {point_of(t, fixed) for t in live}
+    fails = Counter(point_of(t, fixed) for t in trials if t.state == TrialState.FAIL)
     if design.sampler == "grid":
         candidates = [point(p) for p in grid_points(design)]
     else:
         # A trial killed before its setting was sampled has no point to retry.
-        candidates = list(dict.fromkeys(point_of(t) for t in trials
-                                        if t.state == TrialState.FAIL and None not in point_of(t)))
+        candidates = list(dict.fromkeys(point_of(t, fixed) for t in trials
+                                        if t.state == TrialState.FAIL and None not in point_of(t, fixed)))
     missing = [p for p in candidates if p not in held and fails[p] < MAX_FAILS_PER_SETTING]
     wanted = missing[:max(design.target_trials() - len(live), 0)]
     for setting in wanted:

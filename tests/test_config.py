@@ -9,7 +9,7 @@ import study
 from study.cli import build_parser
 from study.flags import config_from_flags, parse_space
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import MachineConfig, Range, StudyDesign, StudyPlace, describe_space
+from study.design import SEARCHED, MachineConfig, Range, StudyDesign, StudyPlace, describe_space
 from study.errors import FieldError
 
 REFUSED = [
@@ -88,22 +88,28 @@ def test_spaces_parse_and_are_written_back_as_given(text, space):
     (["--leak", "0:1:lin"], "leak", "give a list like"),
     (["--workers", "all"], "workers", "must be a number >= 1 or auto, got all"),
     (["--gpus", "0,x"], "gpus", "'0,x': expected comma-separated integers"),
-    (["--lr", "abc"], "lr", "'abc': expected a number"),
+    (["--lr", "abc"], "lr", "'abc': give a list like"),
+    (["--lr", "0,0.1"], "lr", "values must be positive, got 0"),
+    (["--momentum", "0.5,1"], "momentum", "values must be in [0, 1), got 1"),
+    (["--momentum", "0:0.9:log"], "momentum", "may not be a log range: only init_scale and lr may"),
+    (["--epochs", "x"], "epochs", "'x': expected an integer"),
     (["--widths", "256,x"], "widths", "'256,x': expected comma-separated integers"),
 ])
 def test_flag_strings_that_are_not_values_name_the_field(flags, field, problem):
     args = build_parser().parse_args(["search", *flags])
     with pytest.raises(FieldError) as refused:
         for cls in (StudyDesign, MachineConfig, ModelConfig, OptimConfig):
-            config_from_flags(cls, args, skip=("leak", "sub", "init_scale") if cls is ModelConfig else ())
+            config_from_flags(cls, args, skip=SEARCHED if cls in (ModelConfig, OptimConfig) else ())
     assert refused.value.field == field and problem in refused.value.problem
 
 
 def test_flags_become_typed_values():
     args = build_parser().parse_args(["search", "--leak", "0,0.1", "--sampler", "tpe", "--sub", "0:0.9",
-                                      "--seeds", "3,4", "--workers", "auto", "--gpus", "0,2", "--population", "4"])
+                                      "--seeds", "3,4", "--workers", "auto", "--gpus", "0,2", "--population", "4",
+                                      "--lr", "0.05:0.8:log", "--momentum", "0,0.9"])
     design, machine = config_from_flags(StudyDesign, args), config_from_flags(MachineConfig, args)
     assert design.leak == (0.0, 0.1) and design.sub == Range(0.0, 0.9) and design.seeds == (3, 4)
+    assert design.lr == Range(0.05, 0.8, log=True) and design.momentum == (0.0, 0.9)
     assert machine.workers == "auto" and machine.gpus == (0, 2) and machine.population == 4
 
 

@@ -66,7 +66,7 @@ AGAINST_THE_STORED_STUDY = [
     (["--heartbeat-seconds", "30", "--grace-seconds", "10"], "must exceed --heartbeat-seconds"),
     (["--storage-retry-seconds", "-1"], "--storage-retry-seconds must be >= 0"),
     (["--sub", "0,0.4"], "space.sub: stored 0, asked 0,0.4"),
-    (["--lr", "0.1"], "optim.lr: stored 0.05, asked 0.1"),
+    (["--lr", "0.1"], "space.lr: stored 0.05, asked 0.1"),
     (["--epochs", "2"], "optim.epochs: stored 1, asked 2"),
     (lambda tmp: ["--data-dir", empty_dir(tmp)], "4 FashionMNIST files missing"),
     (lambda tmp: ["--data-dir", truncated_data(tmp)], "t10k-labels-idx1-ubyte.gz is truncated"),

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, assert_one_line_error, run_cli
-from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.config import ModelConfig, RunConfig, TrainConfig
 from study.design import CONFIG_ATTR, StudyDesign, study_config, upgrade_stored_config
 from study.results import trials_frame
 from test_storage import tree_digest
@@ -40,8 +40,8 @@ def test_the_0_1_0_configuration_reads_as_todays():
                                  (CONFIG_ATTR,)).fetchone()
     stored = json.loads(stored)
     assert "train" not in stored  # the old layout
-    design = StudyDesign(leak=(0, 0.1, 0.2), sub=0, seeds=(0, 1), n_trials=2)
-    run = RunConfig(model=ModelConfig(model="mlp", widths=(16,)), optim=OptimConfig(lr=0.05, momentum=0.85),
+    design = StudyDesign(leak=(0, 0.1, 0.2), sub=0, lr=0.05, momentum=0.85, seeds=(0, 1), n_trials=2)
+    run = RunConfig(model=ModelConfig(model="mlp", widths=(16,)),
                     train=TrainConfig(stats_every=10))
     today = study_config(design, run)
     upgraded = upgrade_stored_config(stored)
@@ -94,7 +94,7 @@ CHANGES = [
     (["--train-threshold", "0.6"], "train_threshold"),
     (["--model", "cnn"], "model.model"), (["--widths", "8"], "model.widths"), (["--maxv", "3"], "model.maxv"),
     (["--init", "lsuv"], "model.init"),
-    (["--lr", "0.1"], "optim.lr"), (["--momentum", "0.5"], "optim.momentum"),
+    (["--lr", "0.1"], "space.lr"), (["--momentum", "0.5"], "space.momentum"),
     (["--weight-decay", "0.01"], "optim.weight_decay"), (["--schedule", "onecycle"], "optim.schedule"),
     (["--batch-size", "512"], "optim.batch_size"), (["--epochs", "2"], "optim.epochs"),
     ("data_dir", "data.data_dir"), (["--n-val", "5000"], "data.n_val"), (["--split-seed", "1"], "data.split_seed"),
