@@ -20,6 +20,7 @@ from typing import Sequence
 from study.api import prepare_backend
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import SEARCHED, STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
+from study.edge import EdgeDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
 from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, config_from_flags, flag_of, int_tuple,
                          words)
@@ -47,12 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --json: include every recorded step's statistics")
     train.set_defaults(handler=run_train)
 
-    search = commands.add_parser("search", help="run (or continue) a study over init_scale, leak and sub")
+    search = commands.add_parser("search", help="run (or continue) a study over init_scale, leak, sub, lr, momentum")
     for cls in SEARCH_CONFIGS:
         add_config_flags(search, cls)
     for cls in RUN_CONFIGS:
         add_config_flags(search, cls, skip=SEARCHED + ("seed",))  # each trial's own
     search.set_defaults(handler=run_search)
+
+    edge = commands.add_parser("edge", help="the largest learning rate at which each setting trains reliably")
+    for cls in (StudyPlace, EdgeDesign, MachineConfig):
+        add_config_flags(edge, cls)
+    for cls in RUN_CONFIGS:
+        add_config_flags(edge, cls, skip=SEARCHED + ("seed",))
+    edge.add_argument("--out", help="directory of edge.csv and its pictures (default: studies/NAME)")
+    edge.set_defaults(handler=run_edge)
 
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
     _add_study_flags(heatmaps)
@@ -120,13 +129,9 @@ def run_search(args: argparse.Namespace) -> int:
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
     prepare_backend(run_config.train.backend)
     from study import plots, results
-    from study.runner import run_study
 
-    try:
-        study = run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
-              file=sys.stderr)
+    study = _run(args, place, design, run_config, machine)
+    if study is None:
         return EXIT_INTERRUPTED
     print(results.summary_table(study))
     pictures = plots.save_figures(plots.study_figures(study), place.out_dir())
@@ -134,6 +139,46 @@ def run_search(args: argparse.Namespace) -> int:
     print(f"dashboard: {PROG} dashboard --name {place.name}"
           + (f" --storage {mask_url(place.storage)}" if place.storage else ""))
     return 0
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    place, design, machine = (config_from_flags(cls, args) for cls in (StudyPlace, EdgeDesign, MachineConfig))
+    run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+    prepare_backend(run_config.train.backend)
+    from study import plots, results
+    from study.schedule import MAX_FAILS_PER_SETTING
+
+    print(f"ladder: {', '.join(f'{lr:g}' for lr in design.ladder())}\ntest: {design.test().describe()}",
+          file=sys.stderr)
+    study = _run(args, place, design, run_config, machine)
+    if study is None:
+        return EXIT_INTERRUPTED
+    out = Path(args.out) if args.out else place.out_dir()
+    table = results.edge_table(study, design)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "edge.csv", index=False)
+    print(table.drop(columns="done").to_string(index=False, na_rep="-", float_format="{:g}".format))
+    unfinished = int((~table["done"]).sum())
+    if unfinished:
+        print(f"\n{unfinished} settings have no edge yet: their probes failed {MAX_FAILS_PER_SETTING} times "
+              f"(see the FAIL trials)")
+    print("\n" + results.cost_line(table, design))
+    figures = {"edge_heatmap": plots.edge_heatmap_figure(table, design.ladder()),
+               "edge_curves": plots.edge_curves_figure(results.probe_frame(study), table)}
+    print("\n".join(str(p) for p in [out / "edge.csv", *plots.save_figures(figures, out)]))
+    return 0
+
+
+def _run(args: argparse.Namespace, place: StudyPlace, design, run_config: RunConfig, machine: MachineConfig):
+    """The study run to its end, or None when interrupted (with the command that continues it)."""
+    from study.runner import run_study
+
+    try:
+        return run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
+              file=sys.stderr)
+        return None
 
 
 def run_heatmaps(args: argparse.Namespace) -> int:

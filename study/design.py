@@ -88,7 +88,7 @@ class StudyDesign:
 
     def __post_init__(self):
         for name in SEARCHED:
-            object.__setattr__(self, name, _space(name, getattr(self, name)))
+            object.__setattr__(self, name, check_space(name, getattr(self, name)))
         object.__setattr__(self, "seeds", _distinct_indices("seeds", self.seeds))
         check_choices(self)
         if self.n_trials is not None and self.n_trials < 1:
@@ -104,6 +104,16 @@ class StudyDesign:
 
     def spaces(self) -> dict[str, Space]:
         return {name: getattr(self, name) for name in SEARCHED}
+
+    def stored(self) -> dict:
+        """The design's part of the stored configuration (`study_config`)."""
+        return {
+            "space": {name: describe_space(space) for name, space in self.spaces().items()},
+            "sampler": self.sampler,
+            "objective": self.objective,
+            "seeds": list(self.seeds),
+            "train_threshold": self.train_threshold,
+        }
 
     def grid_size(self) -> int:
         return math.prod(len(space) for space in self.spaces().values())
@@ -204,7 +214,7 @@ class MachineConfig:
         return self.population
 
 
-def _space(name: str, value) -> Space:
+def check_space(name: str, value) -> Space:
     """A space from what a caller gave: a Range, one number, or a sequence of numbers (as floats)."""
     if isinstance(value, Range):
         space = Range(float(value.low), float(value.high), value.log)
@@ -246,7 +256,7 @@ def _distinct_indices(name: str, values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def study_config(design: StudyDesign, run: RunConfig) -> dict:
+def study_config(design, run: RunConfig) -> dict:
     """What decides a study's results, whole: stored in the study and compared when it is continued.
 
     Every field of the run's configuration counts, except the searched ones and the seed (they are
@@ -257,11 +267,7 @@ def study_config(design: StudyDesign, run: RunConfig) -> dict:
     optim = {k: v for k, v in asdict(run.optim).items() if k not in SEARCHED}
     train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
     config = {
-        "space": {name: describe_space(space) for name, space in design.spaces().items()},
-        "sampler": design.sampler,
-        "objective": design.objective,
-        "seeds": list(design.seeds),
-        "train_threshold": design.train_threshold,
+        **design.stored(),  # a StudyDesign's, or an edge search's (`study.edge.EdgeDesign`)
         "model": model,
         "optim": optim,
         "data": asdict(run.data),

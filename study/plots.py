@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from study.design import CONFIG_ATTR
 from study.results import is_lesson_setting, seed_frame, trials_frame
@@ -217,3 +218,86 @@ def depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: list[
     ax.set_title("Kaiming x init_scale: where activations neither vanish nor explode")
     figures["depth_std_sweep"] = fig
     return figures
+
+
+def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figure:
+    """The largest stable learning rate of each setting: leak (x) by sub (y) on a log colour scale,
+    one panel per (init_scale, momentum); each cell reads `stable < first unstable`, "< lowest rung"
+    when no rung was stable, "> stable" when the ladder ended first. table: `edge.edge_table`."""
+    from matplotlib.colors import LogNorm
+
+    below = ladder[0] / (ladder[1] / ladder[0])  # colour of "not stable even at the lowest rung"
+    panels = list(table.groupby(["init_scale", "momentum"]))
+    leaks, subs = sorted(table["leak"].unique()), sorted(table["sub"].unique())
+    fig = Figure(figsize=(max(5.5, 2.4 + 1.1 * len(leaks) * len(panels)), 1.8 + 0.65 * len(subs)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    norm = LogNorm(vmin=below, vmax=ladder[-1])
+    for ax, ((scale, momentum), group) in zip(axes, panels):
+        cells = group.pivot_table(index="sub", columns="leak", values="max_stable_lr", aggfunc="first",
+                                  dropna=False).reindex(index=subs, columns=leaks)
+        labels = group.set_index(["sub", "leak"]).apply(_edge_label, axis=1, ladder=ladder)
+        annot = [[labels.get((s, l), "") for l in leaks] for s in subs]
+        _seaborn().heatmap(cells.fillna(below), ax=ax, norm=norm, cmap="viridis", annot=np.array(annot), fmt="",
+                           cbar=ax is axes[-1], cbar_kws={"label": "largest stable lr"}, linewidths=0.5,
+                           linecolor="white", annot_kws={"fontsize": 7})
+        ax.invert_yaxis()
+        if ax is axes[-1]:
+            ax.collections[0].colorbar.ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.set_title(f"init_scale {scale:g}, momentum {momentum:g}", fontsize=9)
+        ax.set_xlabel("leak")
+        ax.set_ylabel("sub")
+    fig.suptitle("Largest lr that trains reliably\n(cell: stable rung < first unstable rung)", fontsize=10)
+    return fig
+
+
+def _edge_label(row: pd.Series, ladder: tuple[float, ...]) -> str:
+    if not row["done"]:
+        return "?"
+    if np.isnan(row["max_stable_lr"]):
+        return f"< {ladder[0]:.3g}"
+    if np.isnan(row["first_unstable_lr"]):
+        return f"> {row['max_stable_lr']:.3g}"
+    return f"{row['max_stable_lr']:.3g}\n< {row['first_unstable_lr']:.3g}"
+
+
+def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
+    """Per setting, the fraction of seeds trained at each probed rung with its exact 95% interval
+    (band), and on the right axis the mean validation accuracy of the seeds that trained.
+    probes: `edge.probe_frame`; table: `edge.edge_table` (its order is the panels' order)."""
+    settings = table[["init_scale", "leak", "sub", "momentum"]].to_dict("records")
+    rungs = sorted(probes["lr"].unique())
+    columns = min(5, len(settings))
+    rows = -(-len(settings) // columns)
+    fig = Figure(figsize=(3.1 * columns, 2.4 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    for ax, setting, edge in zip(axes.flat, settings, table.to_dict("records")):
+        mine = probes[(probes[list(setting)] == pd.Series(setting)).all(axis=1)].sort_values("lr")
+        fraction = mine["trained"] / mine["n_seeds"]
+        ax.fill_between(mine["lr"], mine["ci_low"], mine["ci_high"], color="tab:blue", alpha=0.2,
+                        label="exact 95% interval")
+        ax.plot(mine["lr"], fraction, "o-", color="tab:blue", ms=4, label="seeds trained (k/n)")
+        for lr, k, n in zip(mine["lr"], mine["trained"], mine["n_seeds"]):
+            ax.annotate(f"{k}/{n}", (lr, k / n), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
+        if not np.isnan(edge["max_stable_lr"]):
+            ax.axvline(edge["max_stable_lr"], color="tab:green", linestyle="--", linewidth=1)
+        accuracy = ax.twinx()
+        accuracy.plot(mine["lr"], mine["trained_acc_mean"], "s", color="tab:orange", ms=4,
+                      label="val acc of trained seeds (right)")
+        accuracy.set_ylim(0.5, 1.0)
+        accuracy.tick_params(labelsize=7, colors="tab:orange")
+        ax.set_xscale("log")
+        ax.set_xticks(rungs, [f"{lr:g}" for lr in rungs], rotation=60, fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(-0.05, 1.12)
+        ax.set_title(f"leak {setting['leak']:g}, sub {setting['sub']:g}"
+                     + (f", x{setting['init_scale']:g}" if setting["init_scale"] != 1 else "")
+                     + f", mom {setting['momentum']:g}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    handles = [h for ax in (axes.flat[0], accuracy) for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8)
+    fig.supxlabel("learning rate (the probed rungs; dashed: the largest stable one)", fontsize=9)
+    fig.supylabel("fraction of seeds trained", fontsize=9)
+    return fig

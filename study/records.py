@@ -18,6 +18,7 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from study.design import describe_setting
+from study.reliability import clopper_pearson, t_interval
 from study.schedule import fixed_values, point_of
 from study.training import TrainResult
 
@@ -52,8 +53,14 @@ def trial_layers(trial: optuna.trial.FrozenTrial) -> list[dict]:
 
 
 def summarise(records: dict[int, dict], threshold: float) -> dict:
-    """Across seeds: the numbers a trial is judged by. records: seed -> seed_record."""
+    """Across seeds: the numbers a trial is judged by. records: seed -> seed_record.
+
+    Whether a seed trains is reported as k of n with its exact interval (`trained`, `n_seeds`,
+    `trained_ci95`); the accuracy of the seeds that trained apart from it (`trained_acc_mean`, and
+    its t-interval `trained_acc_ci95` from two such seeds on). A mean over trained and diverged
+    seeds together (`mean_val_acc`, the objective) has no interval: it mixes two outcomes."""
     accs = [r["val_acc"] for r in records.values()]
+    trained = [a for a in accs if a > threshold]
     n_layers = len(next(iter(records.values()))["layers"])
     layers = []
     for index in range(n_layers):
@@ -64,7 +71,12 @@ def summarise(records: dict[int, dict], threshold: float) -> dict:
         "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "worst_acc": min(accs),
         "best_acc": max(accs),
-        "frac_trained": sum(a > threshold for a in accs) / len(accs),
+        "frac_trained": len(trained) / len(accs),
+        "trained": len(trained),
+        "n_seeds": len(accs),
+        "trained_ci95": list(clopper_pearson(len(trained), len(accs))),
+        "trained_acc_mean": statistics.fmean(trained) if trained else None,
+        "trained_acc_ci95": list(t_interval(trained)) if len(trained) > 1 else None,
         "n_diverged": sum(r["diverged"] for r in records.values()),
         "mean_test_acc": statistics.fmean(r["test_acc"] for r in records.values()),
         "layers": layers,
@@ -79,7 +91,9 @@ def trial_note(params: dict, records: dict[int, dict], summary: dict, threshold:
         "",
         f"Mean validation accuracy **{summary['mean_val_acc']:.4f}** (std {summary['acc_std']:.4f} over "
         f"{len(records)} seeds), worst seed {summary['worst_acc']:.4f}; "
-        f"{round(summary['frac_trained'] * len(records))} of {len(records)} seeds trained (val acc > {threshold}).",
+        f"**{summary['trained']} of {summary['n_seeds']} seeds trained** (val acc > {threshold}; exact 95% interval "
+        f"{summary['trained_ci95'][0]:.2f} to {summary['trained_ci95'][1]:.2f})"
+        + (f", verdict **{summary['verdict']}**" if "verdict" in summary else "") + ".",
         "",
         "| seed | val acc | test acc | diverged | last layer near-zero | dead units |",
         "|---|---|---|---|---|---|",

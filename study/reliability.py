@@ -4,25 +4,17 @@ Whether a seed trains is a Bernoulli outcome, so a setting's reliability is a bi
 its interval is Clopper-Pearson's (exact, two-sided), comparisons are exact tests (McNemar's on
 the seeds two settings share, since the same seed gives both the same draws and data order;
 Fisher's otherwise), with Holm's correction over the comparisons one report makes.
-
-`Sprt` is the sequential test of the edge search: Wald's sequential probability ratio test between
-"trains for at least `reliable` of seeds" (p1) and "at most `unreliable`" (p0), with error rates
-`error` each way, truncated at `max_seeds` (then `undecided`). Wald's bounds: the probability of
-calling a setting with p >= p1 unreliable is at most error / (1 - error), and likewise for calling
-one with p <= p0 reliable; truncation only turns some decisions into `undecided`, so the bounds
-hold for it too. `operating_characteristic` computes the exact probabilities.
+The sequential test of the edge search is `study.sequential.Sprt`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-RELIABLE, UNRELIABLE, UNDECIDED = "reliable", "unreliable", "undecided"
 MOST_SEEDS_FOR_POWER = 200  # past this a report says "more than 200 seeds"
 
 
@@ -30,6 +22,15 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """The exact two-sided interval of a binomial proportion, k successes of n (n >= 1)."""
     interval = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
     return float(interval.low), float(interval.high)
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student's t-interval of a mean (two or more values): for the accuracy of seeds that all
+    trained, never for a mix of trained and diverged ones."""
+    n, mean = len(values), sum(values) / len(values)
+    sem = stats.tstd(values) / math.sqrt(n)
+    half = stats.t.ppf((1 + level) / 2, n - 1) * sem
+    return mean - half, mean + half
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:
@@ -91,72 +92,3 @@ def _fisher_rejects(n: int, alpha: float) -> np.ndarray:
         p_values = (pmf[None, :] * (pmf[None, :] <= pmf[:, None] * (1 + 1e-7))).sum(axis=1)
         rejects[k1, total - k1] = p_values < alpha
     return rejects
-
-
-@dataclass(frozen=True)
-class Sprt:
-    """Wald's SPRT of p >= `reliable` against p <= `unreliable`, `error` each way, at most `max_seeds`."""
-
-    reliable: float = 0.9
-    unreliable: float = 0.6
-    error: float = 0.05
-    max_seeds: int = 20
-
-    @property
-    def _steps(self) -> tuple[float, float]:
-        """The log-likelihood ratio added by a seed that trained, and by one that did not."""
-        return (math.log(self.reliable / self.unreliable),
-                math.log((1 - self.reliable) / (1 - self.unreliable)))
-
-    def verdict(self, trained: int, seeds: int) -> str | None:
-        """RELIABLE, UNRELIABLE, UNDECIDED (max_seeds reached), or None: train another seed."""
-        up, down = self._steps
-        llr = trained * up + (seeds - trained) * down
-        upper = math.log((1 - self.error) / self.error)
-        if llr >= upper - 1e-12:
-            return RELIABLE
-        if llr <= -upper + 1e-12:
-            return UNRELIABLE
-        return UNDECIDED if seeds >= self.max_seeds else None
-
-    def seeds_to_verdict(self, trained: int, seeds: int) -> int:
-        """The fewest further seeds after which a verdict is possible (all of them trained, or none):
-        training that many at once (one population) never trains a seed the test would not need."""
-        for more in range(1, self.max_seeds - seeds + 1):
-            if self.verdict(trained + more, seeds + more) or self.verdict(trained, seeds + more):
-                return more
-        return 0
-
-    def operating_characteristic(self, p: float) -> dict[str, float]:
-        """Exact probabilities of each verdict when every seed trains with probability p, and the
-        expected number of seeds: a walk over (seeds, trained) with the undecided states carried."""
-        outcome = {RELIABLE: 0.0, UNRELIABLE: 0.0, UNDECIDED: 0.0, "expected_seeds": 0.0}
-        alive = {0: 1.0}  # trained -> probability, for walks not yet decided after `seeds` seeds
-        for seeds in range(1, self.max_seeds + 1):
-            step: dict[int, float] = {}
-            for trained, prob in alive.items():
-                step[trained + 1] = step.get(trained + 1, 0.0) + prob * p
-                step[trained] = step.get(trained, 0.0) + prob * (1 - p)
-            alive = {}
-            for trained, prob in step.items():
-                verdict = self.verdict(trained, seeds)
-                if verdict is None:
-                    alive[trained] = prob
-                else:
-                    outcome[verdict] += prob
-                    outcome["expected_seeds"] += prob * seeds
-        return outcome
-
-    def describe(self) -> str:
-        """The rule in words, with its shortest decisions, for the README, the CLI and the report."""
-        fewest_reliable = next(n for n in range(1, self.max_seeds + 1) if self.verdict(n, n) == RELIABLE) \
-            if self.verdict(self.max_seeds, self.max_seeds) == RELIABLE else None
-        fewest_fail = next((n for n in range(1, self.max_seeds + 1) if self.verdict(0, n) == UNRELIABLE), None)
-        bound = self.error / (1 - self.error)
-        text = (f"Wald's SPRT of 'trains for >= {self.reliable:g} of seeds' against '<= {self.unreliable:g}', "
-                f"{self.error:g} error each way (Wald's bound {bound:.3f}), at most {self.max_seeds} seeds")
-        if fewest_reliable:
-            text += f"; {fewest_reliable} of {fewest_reliable} trained decides reliable"
-        if fewest_fail:
-            text += f", {fewest_fail} failures before any success decide unreliable"
-        return text

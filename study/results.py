@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import math
 
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
 from study.design import SEARCHED
+from study.edge import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.records import seed_records, trial_layers
 from study.schedule import fixed_values, setting_of
 
+
+FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every rung, ten seeds each
+EDGE_COLUMNS = ["leak", "sub", "init_scale", "momentum", "max_stable_lr", "first_unstable_lr", "trainings",
+                "first_unstable_verdict", "probes", "done"]
 
 # The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
 LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
@@ -79,3 +85,55 @@ def summary_table(study: optuna.Study, top: int = 5) -> str:
         best = frame.sort_values([key, "mean_val_acc"], ascending=False).head(top)[columns]
         blocks.append(f"\ntop {len(best)} by {label}:\n" + best.to_string(index=False, float_format="{:.3f}".format))
     return "\n".join(blocks)
+
+
+def edge_probes(study: optuna.Study) -> dict[tuple, list[optuna.trial.FrozenTrial]]:
+    """Setting -> its COMPLETE probes (trials that hold a verdict)."""
+    fixed, found = fixed_values(study), {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "verdict" in trial.user_attrs:
+            found.setdefault(setting_key(setting_of(trial, fixed)), []).append(trial)
+    return found
+
+
+def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
+    """One row per setting: EDGE_COLUMNS. max_stable_lr and first_unstable_lr are probed rungs (NaN
+    where the ladder ended first); trainings = seeds trained over the setting's probes."""
+    ladder, found, rows = design.ladder(), edge_probes(study), []
+    for setting in design.settings():
+        done = found.get(setting_key(setting), [])
+        verdicts = rung_verdicts(ladder, done)
+        state = bisection(verdicts, len(ladder))
+        rows.append({
+            **setting,
+            "max_stable_lr": ladder[state.stable] if state.stable >= 0 else math.nan,
+            "first_unstable_lr": ladder[state.unstable] if state.unstable < len(ladder) else math.nan,
+            "trainings": sum(len(seed_records(t)) for t in done),
+            "first_unstable_verdict": verdicts.get(state.unstable, ""),
+            "probes": len(done),
+            "done": state.next_rung is None,
+        })
+    return pd.DataFrame(rows, columns=EDGE_COLUMNS)
+
+
+def probe_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per COMPLETE probe: the setting, lr, verdict, trained (k), n_seeds, trained_ci95 low
+    and high, and the mean validation accuracy of the seeds that trained."""
+    fixed, rows = fixed_values(study), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if "verdict" not in attrs:
+            continue
+        low, high = attrs["trained_ci95"]
+        rows.append({**setting_of(trial, fixed), "verdict": attrs["verdict"], "trained": attrs["trained"],
+                     "n_seeds": attrs["n_seeds"], "ci_low": low, "ci_high": high,
+                     "trained_acc_mean": attrs["trained_acc_mean"]})
+    return pd.DataFrame(rows, columns=[*SEARCHED, "verdict", "trained", "n_seeds", "ci_low", "ci_high",
+                                       "trained_acc_mean"])
+
+
+def cost_line(table: pd.DataFrame, design: EdgeDesign) -> str:
+    """The trainings used against a fixed sweep of every rung with FIXED_SWEEP_SEEDS seeds."""
+    used, fixed = int(table["trainings"].sum()), len(table) * len(design.ladder()) * FIXED_SWEEP_SEEDS
+    return (f"{used} trainings for {len(table)} settings, against {fixed} for a fixed {FIXED_SWEEP_SEEDS}-seed "
+            f"sweep of the same {len(design.ladder())} rungs ({used / fixed:.0%})")

@@ -1,11 +1,16 @@
-"""The ask/train/tell loop of a study: one trial = one (init_scale, leak, sub) setting trained once per seed.
+"""The ask/train/tell loop of a study: one trial = one setting (init_scale, leak, sub, lr, momentum)
+trained once per seed.
 
 `open_search` checks everything that can refuse the command before anything is written, then
 creates or opens the study (`study.storage`); `Search.work` trains trials until the study holds its
 target of COMPLETE trials (`StudyDesign.n_trials`): running the same command again continues to it.
 Which trial comes next is `study.schedule`'s; what a trial stores is `study.records`'. A diverged
 seed is a result: its trial is COMPLETE with the chance-level accuracy it reached. Each seed's
-activation pictures are uploaded as artifacts.
+activation pictures are uploaded as artifacts, its training loss reported as intermediate values.
+
+Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
+and `EdgeSearch` (`study.edge`: probes of a learning-rate ladder, seeds added in rounds until the
+sequential test decides).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,15 +32,17 @@ from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MODEL_AXES, OPTIM_AXES, MachineConfig, StudyDesign, StudyPlace, describe_setting
+from study.edge import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.errors import BadInput
 from study.plots import activation_figure
 from study.population import train_population
 from study.records import (StoredSeed, activation_picture_name, seed_record, stored_seed_results, summarise,
                            trial_note)
+from study.results import edge_probes, edge_table
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, n_complete,
-                            fixed_values, point, point_of, suggest)
+                            fixed_values, point, point_of, setting_of, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers, sqlite_path
-from study.training import TrainResult, resolve_device, train
+from study.training import TrainResult, resolve_device, step_count, train
 from study.workers import run_workers
 
 # ERROR: Optuna's "Trial N failed" warning carries a traceback; the command line says it in one line.
@@ -42,11 +50,13 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # Trials are asked and told here, with their heartbeats kept by `Heartbeats` (see `_run_trials`).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
 
 
-def run_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
-              progress: bool = True) -> optuna.Study:
-    """Run (or continue) a study to its target, here or in the worker processes `machine` asks for."""
+def run_study(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunConfig,
+              machine: MachineConfig = MachineConfig(), progress: bool = True) -> optuna.Study:
+    """Run (or continue) a study to its target, or an edge search to its end, here or in the worker
+    processes `machine` asks for."""
     runner = open_search(place, design, run, machine, progress)
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
@@ -58,8 +68,8 @@ def run_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: M
     return runner.study
 
 
-def open_search(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
-                progress: bool = True) -> "Search":
+def open_search(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunConfig,
+                machine: MachineConfig = MachineConfig(), progress: bool = True) -> "Search":
     """Everything that can refuse the command, before anything is written, then the study."""
     data = load_fashion_mnist(run.data, resolve_device(run.train.device))
     db = sqlite_path(place.storage_url())
@@ -70,7 +80,8 @@ def open_search(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
     study = open_study(place, design, run, storage)
     prepare_for_workers(place.storage_url())  # only once the study is known to be good
     _make_dir(place.artifacts())
-    return Search(study, storage, design, run, machine, data, place.artifacts(), progress)
+    driver = EdgeSearch if isinstance(design, EdgeDesign) else Search
+    return driver(study, storage, design, run, machine, data, place.artifacts(), progress)
 
 
 class Search:
@@ -82,16 +93,18 @@ class Search:
         self.study, self.storage, self.design, self.run_config = study, storage, design, run
         self.data, self.seeds = data, design.seeds
         self.store = FileSystemArtifactStore(str(artifacts))
-        self.population = machine.population_size(resolve_device(run.train.device).type, len(self.seeds))
-        self.bar = tqdm(total=design.target_trials() * len(self.seeds), unit="run", desc="study",
-                        disable=not progress, dynamic_ncols=True, delay=0.1)
+        self.population = machine.population_size(resolve_device(run.train.device).type, self._models_per_trial())
+        self.bar = tqdm(total=self._bar_total(), unit=self._bar_unit, desc="study", disable=not progress,
+                        dynamic_ncols=True, delay=0.1)
+
+    _bar_unit = "run"
 
     def work(self) -> optuna.Study:
-        study, target = self.study, self.design.target_trials()
+        study = self.study
         self.show_progress()
         try:
-            while self._next_step(study, target):
-                self._run_trials(study, target, self.population)
+            while self._next_step(study):
+                self._run_trials(study, self.population)
                 self.show_progress()
         finally:
             self.bar.close()
@@ -102,9 +115,26 @@ class Search:
         self.bar.n = max(self.bar.n, min(n_complete(self.study), self.design.target_trials()) * len(self.seeds))
         self.bar.refresh()
 
-    def _next_step(self, study: optuna.Study, target: int) -> bool:
+    def _bar_total(self) -> int:
+        return self.design.target_trials() * len(self.seeds)
+
+    def _models_per_trial(self) -> int:
+        return len(self.seeds)
+
+    def _room(self, states: Counter) -> int:
+        """How many trials to ask now."""
+        if self.design.sampler == "grid":
+            return states[TrialState.WAITING]
+        return self.design.target_trials() - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
+
+    def _seeds_to_train(self, records: dict[int, dict]) -> list[int]:
+        """The seeds a trial trains next, given those it holds: every seed of the design, at once."""
+        return [seed for seed in self.seeds if seed not in records]
+
+    def _next_step(self, study: optuna.Study) -> bool:
         """True when this worker should run a trial now; False when the study is done. Waits while
         the settings left are held by RUNNING trials (other workers, or a killed one not yet stale)."""
+        target = self.design.target_trials()
         while True:
             states = fail_stale_and_requeue(study, self.design)
             complete, running, waiting = (states[s] for s in (TrialState.COMPLETE, TrialState.RUNNING,
@@ -119,19 +149,16 @@ class Search:
             # Short: the study is often done moments later, and the command waits for every worker.
             time.sleep(1)
 
-    def _run_trials(self, study: optuna.Study, target: int, size: int) -> None:
-        """Up to `size` trials asked at once and their seeds trained: one run at a time when `size` is 1,
-        else all of them as one population. Every seed is stored as its model finishes, every trial
-        told when its seeds are done.
+    def _run_trials(self, study: optuna.Study, size: int) -> None:
+        """Up to `size` trials asked at once and their seeds trained, in rounds (`_seeds_to_train`):
+        one run at a time when `size` is 1, else each round as one population. Every seed is stored
+        as its model finishes, every trial told when its seeds are done.
 
         Ask and tell, not Study.optimize: when the storage itself fails, optimize's own attempt to
         record the failure fails too and hides the cause; here the cause is what reaches the user."""
-        states = count_states(study)
-        room = states[TrialState.WAITING] if self.design.sampler == "grid" else \
-            target - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
         asked, trials, told = [], [], set()
         try:
-            for _ in range(max(1, min(size, room))):
+            for _ in range(max(1, min(size, self._room(count_states(study))))):
                 trial = study.ask()
                 asked.append(trial)
                 try:
@@ -142,21 +169,9 @@ class Search:
             # `_trial_id`: Optuna has no public name for it; its own heartbeat thread uses the same.
             with Heartbeats(self.storage, [trial._trial_id for trial, _ in trials]):
                 records = {trial.number: self._reuse_stored(trial, params) for trial, params in trials}
-                models = [(trial, params, seed) for trial, params in trials for seed in self.seeds
-                          if seed not in records[trial.number]]
-
-                def store(index: int, result: TrainResult) -> None:
-                    trial, params, seed = models[index]
-                    records[trial.number][seed] = self._store_seed(trial, params, seed, result)
-
-                if size == 1:
-                    for index, (_, params, seed) in enumerate(models):
-                        self.bar.set_description(f"{describe_setting(params)} seed {seed}")
-                        store(index, train(self._run_config(params, seed), self.data))
-                elif models:
-                    self.bar.set_description(f"{len(models)} models ({len(trials)} settings) at once")
-                    train_population([self._run_config(params, seed) for _, params, seed in models], self.data,
-                                     on_result=store)
+                while models := [(trial, params, seed) for trial, params in trials
+                                 for seed in self._seeds_to_train(records[trial.number])]:
+                    self._train_round(models, records, size)
             for trial, params in trials:
                 values = self._finish(trial, params, records[trial.number])
                 study.tell(trial, values)
@@ -171,6 +186,22 @@ class Search:
                         study.tell(trial, state=TrialState.FAIL)
             raise
 
+    def _train_round(self, models: list[tuple[optuna.Trial, dict, int]], records: dict[int, dict[int, dict]],
+                     size: int) -> None:
+        """Train (trial, params, seed) `models`, each seed stored into `records` as it finishes."""
+        def store(index: int, result: TrainResult) -> None:
+            trial, params, seed = models[index]
+            records[trial.number][seed] = self._store_seed(trial, params, seed, result)
+
+        if size == 1:
+            for index, (_, params, seed) in enumerate(models):
+                self.bar.set_description(f"{describe_setting(params)} seed {seed}")
+                store(index, train(self._run_config(params, seed), self.data))
+        else:
+            self.bar.set_description(f"{len(models)} models at once")
+            train_population([self._run_config(params, seed) for _, params, seed in models], self.data,
+                             on_result=store)
+
     def _start(self, trial: optuna.Trial) -> dict:
         """The trial's setting; TrialPruned when another trial holds it."""
         params = suggest(trial, self.design)
@@ -182,23 +213,40 @@ class Search:
         """seed -> record of the seeds earlier, failed trials of this setting finished."""
         stored = stored_seed_results(trial.study, self.storage, point(params))
         records = {seed: self._reuse(trial, stored[seed], seed) for seed in self.seeds if seed in stored}
-        self.bar.update(len(records))
+        self._seeds_stored(len(records))
         return records
 
     def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> dict:
         record = seed_record(result)
         trial.set_user_attr(f"seed_{seed}", record)  # kept even if a later seed is interrupted
         self._upload_pictures(trial, result, params, seed)
-        self.bar.update()
+        self._report_losses(trial, params, seed, result)
+        self._seeds_stored(1)
         return record
+
+    def _seeds_stored(self, count: int) -> None:
+        self.bar.update(count)
+
+    def _report_losses(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> None:
+        """The seed's training loss as the trial's intermediate values, the seeds one after another
+        on the step axis (seed number x planned steps + step), about CURVE_POINTS per seed: the
+        dashboard's learning curves show where a seed diverged. Optuna keeps them for one objective only."""
+        if self.design.objective != "accuracy":
+            return
+        planned = step_count(self._run_config(params, seed), len(self.data.y_train))
+        stride = max(1, planned // CURVE_POINTS)
+        for step in sorted({*range(0, len(result.losses), stride), len(result.losses) - 1} - {-1}):
+            trial.report(result.losses[step], seed * planned + step)
+
+    def _summary(self, records: dict[int, dict]) -> dict:
+        return summarise({seed: records[seed] for seed in self.seeds}, self.design.train_threshold)
 
     def _finish(self, trial: optuna.Trial, params: dict, records: dict[int, dict]):
         """Summary attributes and note; returns the objective value(s)."""
-        records = {seed: records[seed] for seed in self.seeds}
-        summary = summarise(records, self.design.train_threshold)
+        summary = self._summary(records)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
-        save_note(trial, trial_note(params, records, summary, self.design.train_threshold))
+        save_note(trial, trial_note(params, dict(sorted(records.items())), summary, self.design.train_threshold))
         self._show_best(trial.study, summary)
         if self.design.objective == "stability":
             return summary["mean_val_acc"], summary["acc_std"]
@@ -246,6 +294,83 @@ class Search:
         best = max([t.user_attrs.get("mean_val_acc", 0.0) for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
+
+
+class EdgeSearch(Search):
+    """Probes of an edge search (`study.edge`): each trial is one (setting, rung), its seeds trained
+    in rounds of the fewest that could reach the sequential test's verdict; the next rung of each
+    setting is queued once its last probe is told, one probe per setting at a time."""
+
+    design: EdgeDesign
+    _bar_unit = "setting"
+
+    def __init__(self, *args, **kwargs):
+        self.trainings = 0
+        super().__init__(*args, **kwargs)
+        self.test = self.design.test()
+
+    def show_progress(self) -> None:
+        """The bar at the settings whose edge is found."""
+        self.bar.n = int(edge_table(self.study, self.design)["done"].sum())
+        self.bar.set_postfix(trainings=self.trainings, refresh=False)
+        self.bar.refresh()
+
+    def _bar_total(self) -> int:
+        return len(self.design.settings())
+
+    def _models_per_trial(self) -> int:
+        return self.design.test().seeds_to_verdict(0, 0)  # the first round of every probe
+
+    def _seeds_stored(self, count: int) -> None:
+        self.trainings += count
+        self.bar.set_postfix(trainings=self.trainings)
+
+    def _room(self, states: Counter) -> int:
+        return states[TrialState.WAITING]
+
+    def _next_step(self, study: optuna.Study) -> bool:
+        """True when a probe waits; False once every setting's edge is found (or its probes failed
+        MAX_FAILS_PER_SETTING times). Waits while other workers' probes run."""
+        while True:
+            states = self._queue_probes(study)
+            if states[TrialState.WAITING]:
+                return True
+            if not states[TrialState.RUNNING]:
+                return False
+            time.sleep(1)
+
+    def _queue_probes(self, study: optuna.Study) -> Counter:
+        """Fail silent probes, queue the next rung of every setting that no live probe holds; the states."""
+        optuna.storages.fail_stale_trials(study)
+        trials, fixed, ladder = study.get_trials(deepcopy=False), fixed_values(study), self.design.ladder()
+        busy = {setting_key(setting_of(t, fixed)) for t in trials
+                if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+        fails = Counter(point_of(t, fixed) for t in trials if t.state == TrialState.FAIL)
+        found = edge_probes(study)
+        for setting in self.design.settings():
+            key = setting_key(setting)
+            rung = bisection(rung_verdicts(ladder, found.get(key, [])), len(ladder)).next_rung
+            if rung is None or key in busy:
+                continue
+            params = {**setting, "lr": ladder[rung]}
+            if fails[point(params)] < MAX_FAILS_PER_SETTING:
+                study.enqueue_trial(params)
+        return count_states(study)
+
+    def _seeds_to_train(self, records: dict[int, dict]) -> list[int]:
+        """Nothing once the test has decided; else the fewest further seeds that could decide it."""
+        trained, seeds = self._trained(records), len(records)
+        if self.test.verdict(trained, seeds):
+            return []
+        unused = [seed for seed in self.seeds if seed not in records]
+        return unused[:self.test.seeds_to_verdict(trained, seeds)]
+
+    def _summary(self, records: dict[int, dict]) -> dict:
+        summary = summarise(dict(sorted(records.items())), self.design.train_threshold)
+        return {**summary, "verdict": self.test.verdict(self._trained(records), len(records))}
+
+    def _trained(self, records: dict[int, dict]) -> int:
+        return sum(r["val_acc"] > self.design.train_threshold for r in records.values())
 
 
 def _make_dir(directory: Path) -> None:

@@ -1,0 +1,139 @@
+"""The trainability edge: for each setting, the largest learning rate on a ladder at which it trains
+reliably across seeds.
+
+A setting is (init_scale, leak, sub, momentum). Its ladder is a list of learning rates (rungs), given
+as a list or as a log range cut into rungs a constant factor (`lr_step`) apart. The edge is found by
+bisection over the rungs, on the assumption that a setting reliable at one learning rate is reliable
+at every smaller one: each probe (setting, rung) is an ordinary trial of the study, to which seeds
+0, 1, 2, ... are added until the sequential test (`study.reliability.Sprt`) reaches its verdict. A
+rung is stable when its verdict is `reliable`; `unreliable` and `undecided` both end the search
+above it. The bisection state is read from the stored probes, so a re-run continues it.
+
+The runner's `EdgeSearch` drives the probes; this module holds the design, the ladder and the
+bisection (light: the command line builds its flags from it); `study.results` reads the stored
+probes into the edge table.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+from dataclasses import dataclass, field
+
+from study.config import describe
+from study.design import MODEL_AXES, SEARCHED, TRAIN_THRESHOLD, Range, Space, check_space, describe_space
+from study.errors import FieldError
+from study.sequential import RELIABLE, Sprt
+
+SETTING_AXES = MODEL_AXES + ("momentum",)  # what a setting is here: every axis but the learning rate
+
+
+@dataclass(frozen=True)
+class EdgeDesign:
+    """What an edge search's results depend on besides the run configuration: stored and compared."""
+
+    init_scale: Space = field(default=(1.0,), metadata=describe("init scale values, comma separated"))
+    leak: Space = field(default=(0.0, 0.05, 0.1, 0.2, 0.5), metadata=describe("leak values, comma separated"))
+    sub: Space = field(default=(0.0, 0.4, 0.7, 0.9), metadata=describe("sub values, comma separated"))
+    momentum: Space = field(default=(0.85,), metadata=describe("SGD momentum values, comma separated"))
+    lr: Space = field(default=Range(0.025, 1.6, log=True),
+                      metadata=describe("the learning-rate ladder: rungs (0.1,0.15,0.2) or a range low:high[:log] "
+                                        "cut into rungs --lr-step apart"))
+    lr_step: float = field(default=math.sqrt(2), metadata=describe("factor between rungs of a range ladder"))
+    reliability: float = field(
+        default=0.9, metadata=describe("a rung is stable when the test decides the setting trains for at least "
+                                       "this fraction of seeds"))
+    unreliability: float = field(
+        default=0.6, metadata=describe("... against at most this fraction (the test's other hypothesis)"))
+    error_rate: float = field(default=0.05, metadata=describe("the sequential test's error rate, each way"))
+    max_seeds: int = field(default=20, metadata=describe("seeds after which an undecided probe stops"))
+    train_threshold: float = field(
+        default=TRAIN_THRESHOLD, metadata=describe("validation accuracy above which a seed counts as trained"))
+
+    sampler = "grid"  # every probe is enqueued; the sampler is never asked
+    objective = "accuracy"  # each probe's value: the mean validation accuracy of its seeds
+
+    def __post_init__(self):
+        for name in SETTING_AXES + ("lr",):
+            space = check_space(name, getattr(self, name))
+            if isinstance(space, Range) and name != "lr":
+                raise FieldError(name, "is a range: an edge search takes a list of values")
+            object.__setattr__(self, name, space)
+        if not self.lr_step > 1 or not math.isfinite(self.lr_step):
+            raise FieldError("lr_step", f"must be a factor > 1, got {self.lr_step:g}")
+        if len(self.ladder()) < 2:
+            raise FieldError("lr", f"{describe_space(self.lr)} gives one rung: a ladder needs two or more "
+                                   "(widen the range or lower --lr-step)")
+        if not 0 < self.reliability < 1:
+            raise FieldError("reliability", f"must be in (0, 1), got {self.reliability:g}")
+        if not 0 < self.unreliability < self.reliability:
+            raise FieldError("unreliability", f"must be in (0, --reliability), got {self.unreliability:g}")
+        if not 0 < self.error_rate < 0.5:
+            raise FieldError("error_rate", f"must be in (0, 0.5), got {self.error_rate:g}")
+        if self.max_seeds < 1:
+            raise FieldError("max_seeds", f"must be >= 1, got {self.max_seeds}")
+        if not 0 < self.train_threshold < 1:
+            raise FieldError("train_threshold", f"must be in (0, 1), got {self.train_threshold:g}")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds a probe may use, in the order it adds them: the same for every probe, so
+        settings and rungs are compared on shared seeds."""
+        return tuple(range(self.max_seeds))
+
+    def ladder(self) -> tuple[float, ...]:
+        """The rungs, ascending: the list as given, or low, low x step, ... up to high."""
+        if not isinstance(self.lr, Range):
+            return tuple(sorted(self.lr))
+        count = math.floor(math.log(self.lr.high / self.lr.low) / math.log(self.lr_step) + 1e-9) + 1
+        return tuple(float(f"{self.lr.low * self.lr_step ** i:.6g}") for i in range(count))
+
+    def test(self) -> Sprt:
+        return Sprt(self.reliability, self.unreliability, self.error_rate, self.max_seeds)
+
+    def settings(self) -> list[dict[str, float]]:
+        """Every setting, in grid order."""
+        return [dict(zip(SETTING_AXES, values)) for values in product(*(getattr(self, n) for n in SETTING_AXES))]
+
+    def spaces(self) -> dict[str, Space]:
+        """Each axis's values, the ladder's rungs for lr: what a probe's params are drawn from."""
+        return {name: self.ladder() if name == "lr" else getattr(self, name) for name in SEARCHED}
+
+    def stored(self) -> dict:
+        """The design's part of the stored configuration (`study.design.study_config`)."""
+        return {
+            "space": {name: describe_space(space) for name, space in self.spaces().items()},
+            "edge": {"reliability": self.reliability, "unreliability": self.unreliability,
+                     "error_rate": self.error_rate, "max_seeds": self.max_seeds},
+            "train_threshold": self.train_threshold,
+        }
+
+
+@dataclass
+class Bisection:
+    """Where a setting's search stands: `stable` is the index of the highest rung found reliable
+    (-1: none yet), `unstable` the lowest rung above it found not reliable (len(ladder): none)."""
+
+    stable: int
+    unstable: int
+
+    @property
+    def next_rung(self) -> int | None:
+        """The rung to probe next, midway; None once the two are neighbours (the edge is found)."""
+        return None if self.unstable - self.stable <= 1 else (self.stable + self.unstable + 1) // 2
+
+
+def bisection(verdicts: dict[int, str], n_rungs: int) -> Bisection:
+    """The state of the search from the verdicts of its probes so far (rung index -> verdict)."""
+    stable = max((i for i, v in verdicts.items() if v == RELIABLE), default=-1)
+    unstable = min((i for i, v in verdicts.items() if v != RELIABLE and i > stable), default=n_rungs)
+    return Bisection(stable, unstable)
+
+
+def setting_key(params: dict[str, float]) -> tuple:
+    return tuple(params[name] for name in SETTING_AXES)
+
+
+def rung_verdicts(ladder: tuple[float, ...], probes: list) -> dict[int, str]:
+    """Rung index -> verdict of a setting's COMPLETE probes (FrozenTrials)."""
+    return {ladder.index(t.params["lr"]): t.user_attrs["verdict"] for t in probes}
