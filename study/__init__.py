@@ -6,14 +6,16 @@
     s.heatmap("frac_trained")   # a matplotlib Figure
     study.train(model="cnn", leak=.1, sub=.4, seed=0)
     study.load("quick")         # a stored study
+    e = study.edge("e", leak=(0, .1), sub=(0, .4), lr=(0.1, 0.2, 0.4), model="mlp")
+    e.table()                   # pandas: the largest stable learning rate of each setting
 
 See `study.api` for the keywords; `python -m study --help` for the command line.
 """
 
 __version__ = "0.3.0"
 
-from study.api import Study, load, search, train  # noqa: E402
+from study.api import Edge, Study, edge, load, search, train  # noqa: E402
 from study.design import Range  # noqa: E402
 from study.errors import BadInput, FieldError, StorageFault  # noqa: E402
 
-__all__ = ["BadInput", "FieldError", "Range", "StorageFault", "Study", "load", "search", "train"]
+__all__ = ["BadInput", "Edge", "FieldError", "Range", "StorageFault", "Study", "edge", "load", "search", "train"]

@@ -1,4 +1,5 @@
-"""The Python face, for notebooks: `study.search`, `study.load`, `study.train` (exported by `study`).
+"""The Python face, for notebooks: `study.search`, `study.ladder`, `study.load`, `study.train`
+(exported by `study`).
 
 Keywords are the configuration dataclasses' field names, with Python values:
 `study.search(name="nb", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1), model="mlp", max_steps=50)`.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
+from study.ladder import EdgeDesign
 from study.errors import BadInput
 
 RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
@@ -107,6 +109,56 @@ def search(name: str = "quick", *, storage: str | None = None, progress: bool = 
     from study.runner import run_study
 
     return Study(run_study(place, design, run, machine, progress), place)
+
+
+class Edge(Study):
+    """A stored edge search (`study.ladder`): its table of edges, its probes, its pictures."""
+
+    def __init__(self, optuna_study, place: StudyPlace, design: EdgeDesign):
+        super().__init__(optuna_study, place)
+        self.design = design
+
+    def table(self):
+        """One row per setting: max_stable_lr, first_unstable_lr, trainings, ... (`results.EDGE_COLUMNS`)."""
+        from study.results import edge_table
+
+        return edge_table(self.optuna, self.design)
+
+    def probes(self):
+        """One row per probe (setting, lr): verdict, trained of n_seeds, exact interval, accuracy of trained seeds."""
+        from study.results import probe_frame
+
+        return probe_frame(self.optuna)
+
+    def figures(self) -> dict:
+        from study.plots import edge_curves_figure, edge_heatmap_figure
+
+        table = self.table()
+        return {"edge_heatmap": edge_heatmap_figure(table, self.design.ladder()),
+                "edge_curves": edge_curves_figure(self.probes(), table)}
+
+    def cost(self) -> str:
+        """The trainings used against a fixed 10-seed sweep of the same rungs."""
+        from study.results import cost_line
+
+        return cost_line(self.table(), self.design)
+
+
+def edge(name: str, *, storage: str | None = None, progress: bool = True, **settings) -> Edge:
+    """Run (or continue) edge search `name` to its end and return it.
+
+    settings: fields of `EdgeDesign` (init_scale, leak, sub, momentum as tuples; lr as the ladder's
+    rungs or a `Range` cut lr_step apart; reliability, unreliability, error_rate, max_seeds), of
+    `MachineConfig` and of the run configuration (model, epochs, max_steps, ...).
+    """
+    place = StudyPlace(name=name, storage=storage)
+    design, machine, *run_parts = _split(settings, (EdgeDesign, MachineConfig, *RUN_CLASSES),
+                                         skip=SEARCHED + ("seed",))
+    run = RunConfig(*run_parts)
+    prepare_backend(run.train.backend)
+    from study.runner import run_study
+
+    return Edge(run_study(place, design, run, machine, progress), place, design)
 
 
 def load(name: str = "quick", storage: str | None = None) -> Study:

@@ -20,7 +20,7 @@ from typing import Sequence
 from study.api import prepare_backend
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import SEARCHED, STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
-from study.edge import EdgeDesign
+from study.ladder import EdgeDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
 from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, config_from_flags, flag_of, int_tuple,
                          words)

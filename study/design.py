@@ -267,7 +267,7 @@ def study_config(design, run: RunConfig) -> dict:
     optim = {k: v for k, v in asdict(run.optim).items() if k not in SEARCHED}
     train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
     config = {
-        **design.stored(),  # a StudyDesign's, or an edge search's (`study.edge.EdgeDesign`)
+        **design.stored(),  # a StudyDesign's, or an edge search's (`study.ladder.EdgeDesign`)
         "model": model,
         "optim": optim,
         "data": asdict(run.data),

@@ -10,7 +10,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from study.design import SEARCHED
-from study.edge import EdgeDesign, bisection, rung_verdicts, setting_key
+from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.records import seed_records, trial_layers
 from study.schedule import fixed_values, setting_of
 

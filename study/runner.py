@@ -9,7 +9,7 @@ seed is a result: its trial is COMPLETE with the chance-level accuracy it reache
 activation pictures are uploaded as artifacts, its training loss reported as intermediate values.
 
 Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
-and `EdgeSearch` (`study.edge`: probes of a learning-rate ladder, seeds added in rounds until the
+and `EdgeSearch` (`study.ladder`: probes of a learning-rate ladder, seeds added in rounds until the
 sequential test decides).
 """
 
@@ -32,7 +32,7 @@ from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MODEL_AXES, OPTIM_AXES, MachineConfig, StudyDesign, StudyPlace, describe_setting
-from study.edge import EdgeDesign, bisection, rung_verdicts, setting_key
+from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.errors import BadInput
 from study.plots import activation_figure
 from study.population import train_population
@@ -297,7 +297,7 @@ class Search:
 
 
 class EdgeSearch(Search):
-    """Probes of an edge search (`study.edge`): each trial is one (setting, rung), its seeds trained
+    """Probes of an edge search (`study.ladder`): each trial is one (setting, rung), its seeds trained
     in rounds of the fewest that could reach the sequential test's verdict; the next rung of each
     setting is queued once its last probe is told, one probe per setting at a time."""
 

@@ -1,0 +1,134 @@
+"""The edge search on real FashionMNIST (small MLP, a few optimiser steps, a five-rung ladder): the
+edge found, every probe's stored statistics, resuming without retraining, and refused input."""
+
+import csv
+import shutil
+import sqlite3
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from scipy import stats
+
+import study as api
+from conftest import assert_one_line_error, run_cli
+from study.ladder import bisection, rung_verdicts
+from study.records import seed_records
+from study.results import EDGE_COLUMNS, edge_probes
+from study.sequential import RELIABLE
+
+EDGE = dict(model="mlp", widths=(32,), max_steps=30, stats_every=10, leak=(0.0,), sub=(0.0, 0.4), momentum=(0.9,),
+            lr=(0.1, 0.2, 0.4, 0.8, 1.6), max_seeds=8)
+EDGE_FLAGS = ["--model", "mlp", "--widths", "32", "--max-steps", "30", "--stats-every", "10", "--leak", "0",
+              "--sub", "0,0.4", "--momentum", "0.9", "--lr", "0.1,0.2,0.4,0.8,1.6", "--max-seeds", "8"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    home = tmp_path_factory.mktemp("edge")
+    storage = f"sqlite:///{home}/studies/e.db"
+    (home / "studies").mkdir()
+    return home, storage, api.edge("e", storage=storage, progress=False, **EDGE)
+
+
+@pytest.mark.slow
+def test_every_setting_gets_its_edge_between_neighbouring_rungs(searched):
+    _, _, edge = searched
+    table, ladder = edge.table(), edge.design.ladder()
+    assert len(table) == 2 and table["done"].all()
+    for row in table.to_dict("records"):
+        stable = ladder.index(row["max_stable_lr"]) if row["max_stable_lr"] == row["max_stable_lr"] else -1
+        unstable = ladder.index(row["first_unstable_lr"]) if row["first_unstable_lr"] == row["first_unstable_lr"] \
+            else len(ladder)
+        assert unstable == stable + 1
+        assert 1 <= row["probes"] <= 3  # ceil(log2(5 + 1)) probes at most
+    probes = edge.probes()
+    assert set(probes["verdict"]) <= {"reliable", "unreliable", "undecided"}
+    # A 30-step MLP at momentum 0.9 trains at lr 0.1 and diverges at 1.6: the edge lies inside the ladder.
+    assert table["max_stable_lr"].notna().any() and table["first_unstable_lr"].notna().any()
+
+
+@pytest.mark.slow
+def test_each_probe_stores_k_of_n_with_its_exact_interval_and_stops_at_its_verdict(searched):
+    _, _, edge = searched
+    rule, threshold = edge.design.test(), edge.design.train_threshold
+    for trial in edge.optuna.get_trials(states=(TrialState.COMPLETE,)):
+        attrs, records = trial.user_attrs, seed_records(trial)
+        assert sorted(records) == list(range(len(records)))  # seeds 0, 1, 2, ... in order
+        outcomes = [records[s]["val_acc"] > threshold for s in sorted(records)]
+        k, n = sum(outcomes), len(outcomes)
+        assert (attrs["trained"], attrs["n_seeds"]) == (k, n)
+        exact = stats.binomtest(k, n).proportion_ci(method="exact")
+        assert attrs["trained_ci95"] == pytest.approx([exact.low, exact.high])
+        assert attrs["verdict"] == rule.verdict(k, n)
+        assert rule.verdict(sum(outcomes[:-1]), n - 1) is None  # not one seed more than the test needed
+        trained = [records[s]["val_acc"] for s in records if records[s]["val_acc"] > threshold]
+        assert attrs["trained_acc_mean"] == (pytest.approx(sum(trained) / len(trained)) if trained else None)
+        assert trial.params["lr"] in edge.design.ladder()
+        assert trial.intermediate_values  # the loss curves of its seeds, for the dashboard
+        assert len({step // 30 for step in trial.intermediate_values}) == n
+
+
+@pytest.mark.slow
+def test_the_bisection_probed_what_the_stored_verdicts_ask_for(searched):
+    _, _, edge = searched
+    ladder = edge.design.ladder()
+    for setting, probes in edge_probes(edge.optuna).items():
+        verdicts = rung_verdicts(ladder, probes)
+        state = bisection(verdicts, len(ladder))
+        assert state.next_rung is None
+        assert all(v == RELIABLE for rung, v in verdicts.items() if rung <= state.stable)
+
+
+@pytest.mark.slow
+def test_running_again_trains_nothing_and_writes_the_edge_csv(searched):
+    home, storage, edge = searched
+    before = [(t.number, t.state, sorted(seed_records(t))) for t in edge.optuna.get_trials()]
+    proc = run_cli("edge", "--name", "e", "--storage", storage, *EDGE_FLAGS, cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="e", storage=storage)
+    assert [(t.number, t.state, sorted(seed_records(t))) for t in study.get_trials()] == before
+    with open(home / "studies" / "e" / "edge.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == EDGE_COLUMNS and len(rows) == 2
+    table = edge.table()
+    for row, expected in zip(rows, table.to_dict("records")):
+        assert row["max_stable_lr"] == ("" if expected["max_stable_lr"] != expected["max_stable_lr"]
+                                        else f"{expected['max_stable_lr']:g}")
+        assert int(row["trainings"]) == expected["trainings"]
+    assert "trainings for 2 settings, against 100 for a fixed 10-seed sweep" in proc.stdout
+    for picture in ("edge_heatmap.png", "edge_curves.png"):
+        assert (home / "studies" / "e" / picture).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_an_interrupted_probe_is_finished_from_its_stored_seeds(searched, tmp_path):
+    home, storage, edge = searched
+    db = tmp_path / "copy.db"
+    with sqlite3.connect(home / "studies" / "e.db") as source, sqlite3.connect(db) as copy:
+        source.backup(copy)  # the WAL's pages too, which a copy of the file alone would miss
+    shutil.copytree(home / "studies" / "e" / "artifacts", tmp_path / "e" / "artifacts")  # the pictures
+    last = max(edge.optuna.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    with sqlite3.connect(db) as conn:  # as if its worker had been killed before telling it
+        conn.execute("UPDATE trials SET state = 'FAIL' WHERE number = ?", (last.number,))
+        conn.execute("DELETE FROM trial_values WHERE trial_id = ?", (last._trial_id,))
+    resumed = api.edge("e", storage=f"sqlite:///{db}", progress=False, **EDGE)
+    redone = max(resumed.optuna.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    assert redone.number > last.number and redone.params == last.params
+    assert all(r["reused_from"] == last.number for r in seed_records(redone).values())
+    assert redone.user_attrs["verdict"] == last.user_attrs["verdict"]
+    assert resumed.table().equals(edge.table())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0,0.2"], "--lr values must be positive, got 0"),
+    (["--lr", "1.6:0.025:log"], "--lr range 1.6:0.025:log is empty or inverted"),
+    (["--lr", "0.2"], "--lr 0.2 gives one rung"),
+    (["--reliability", "1.5"], "--reliability must be in (0, 1), got 1.5"),
+    (["--max-seeds", "0"], "--max-seeds must be >= 1, got 0"),
+    (["--leak", "0:0.5"], "--leak is a range: an edge search takes a list of values"),
+])
+def test_bad_input_gets_one_line_and_stores_nothing(tmp_path, flags, message):
+    proc = run_cli("edge", "--name", "bad", "--model", "mlp", *flags, cwd=tmp_path)
+    assert_one_line_error(proc, message)
+    assert not (tmp_path / "studies").exists()
