@@ -51,9 +51,11 @@ class Study:
 
         return trials_frame(self.optuna)
 
-    def heatmap(self, metric: str = "frac_trained"):
-        """One metric's heatmap (leak x sub, a facet per init_scale) as a matplotlib Figure."""
-        from study.plots import HEATMAP_METRICS, heatmap_figure, init_scale_is_log
+    def heatmap(self, metric: str = "frac_trained", x: str = "leak", y: str = "sub"):
+        """One metric's heatmap (x by y: leak by sub unless asked; a panel per combination of the
+        other axes that vary) as a matplotlib Figure."""
+        check_axes(x, y)
+        from study.plots import HEATMAP_METRICS, heatmap_figure, log_axes
 
         metrics = [m[0] for m in HEATMAP_METRICS]
         if metric not in metrics:
@@ -61,7 +63,7 @@ class Study:
         trials = self.trials()
         if trials.empty:
             raise BadInput(f"study {self.name!r} has no COMPLETE trial yet")
-        return heatmap_figure(trials, metric, init_scale_is_log(self.optuna))
+        return heatmap_figure(trials, metric, log_axes(self.optuna), x, y)
 
     def figures(self) -> dict:
         """Every picture the command line draws for the study, by file name."""
@@ -92,6 +94,12 @@ class Study:
 
         n = len(self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         return f"<study {self.name!r}: {n} COMPLETE settings>"
+
+
+def check_axes(x: str, y: str) -> None:
+    """x and y of a heatmap: two different searched axes."""
+    if x not in SEARCHED or y not in SEARCHED or x == y:
+        raise BadInput(f"heatmap axes {x!r} by {y!r}: choose two different of {', '.join(SEARCHED)}")
 
 
 def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, **settings) -> Study:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from study.api import prepare_backend
+from study.api import check_axes, prepare_backend
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import SEARCHED, STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
 from study.ladder import EdgeDesign
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
     _add_study_flags(heatmaps)
     heatmaps.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
+    heatmaps.add_argument("--x", default="leak", help=f"axis across: one of {', '.join(SEARCHED)} (default: leak)")
+    heatmaps.add_argument("--y", default="sub", help="axis up (default: sub); other axes that vary get a panel each")
     heatmaps.set_defaults(handler=run_heatmaps)
 
     report = commands.add_parser("report", help="write a stored study's report.md: numbers, intervals, findings")
@@ -186,8 +188,10 @@ def run_heatmaps(args: argparse.Namespace) -> int:
     from study.storage import load_existing_study
 
     place = config_from_flags(StudyPlace, args)
+    check_axes(args.x, args.y)
     study = load_existing_study(place)
-    for path in plots.save_figures(plots.study_figures(study), Path(args.out) if args.out else place.out_dir()):
+    figures = plots.study_figures(study, args.x, args.y)
+    for path in plots.save_figures(figures, Path(args.out) if args.out else place.out_dir()):
         print(path)
     return 0
 

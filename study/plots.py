@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from study.design import CONFIG_ATTR
+from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
 from study.results import is_lesson_setting, seed_frame, trials_frame
 from study.stats import HIST_BINS, HIST_MAX, LayerHistory
 
@@ -97,38 +97,50 @@ def axis_labels(values: pd.Series, log: bool = False) -> pd.Series:
     return pd.Series(np.round(centres[index], 3), index=values.index)
 
 
-def heatmap_tables(trials: pd.DataFrame, metric: str, log_scale: bool = False) -> dict[float, pd.DataFrame]:
-    """The data behind one metric's heatmap: {init_scale value or bin centre: sub x leak table}.
+def heatmap_tables(trials: pd.DataFrame, metric: str, log_axes: tuple[str, ...] = (), x: str = "leak",
+                   y: str = "sub") -> dict[str, pd.DataFrame]:
+    """The data behind one metric's heatmap: {panel title: y x x table}, one panel per combination of
+    the other axes that vary (init_scale, lr, momentum, ...), titled by their values ("" when none varies).
 
-    trials: one row per COMPLETE trial with columns init_scale, leak, sub and `metric`. A cell is
-    the mean over the trials that fall in it; a cell without a trial is NaN (drawn blank).
+    trials: one row per COMPLETE trial with a column per searched axis and `metric`. Axes in
+    `log_axes` are binned on a log scale when they must be binned. A cell is the mean over the
+    trials that fall in it; a cell without a trial is NaN (drawn blank).
     """
-    frame = trials.assign(leak_axis=axis_labels(trials["leak"]), sub_axis=axis_labels(trials["sub"]),
-                          scale_axis=axis_labels(trials["init_scale"], log=log_scale))
-    leaks, subs = sorted(frame["leak_axis"].unique()), sorted(frame["sub_axis"].unique())
+    axes = [a for a in SEARCHED if a in trials]
+    frame = trials.assign(**{f"{a}_axis": axis_labels(trials[a], log=a in log_axes) for a in axes})
+    facets = [a for a in axes if a not in (x, y) and frame[f"{a}_axis"].nunique() > 1]
+    xs, ys = sorted(frame[f"{x}_axis"].unique()), sorted(frame[f"{y}_axis"].unique())
+    groups = frame.groupby([f"{a}_axis" for a in facets]) if facets else [((), frame)]
     return {
-        scale: (group.pivot_table(index="sub_axis", columns="leak_axis", values=metric, aggfunc="mean")
-                .reindex(index=subs, columns=leaks))
-        for scale, group in frame.groupby("scale_axis")
+        ", ".join(f"{a} {v:g}" for a, v in zip(facets, key)):
+            group.pivot_table(index=f"{y}_axis", columns=f"{x}_axis", values=metric, aggfunc="mean")
+                 .reindex(index=ys, columns=xs)
+        for key, group in groups
     }
 
 
-def heatmap_figure(trials: pd.DataFrame, metric: str, log_scale: bool = False) -> Figure:
-    """One metric of HEATMAP_METRICS: leak (x) by sub (y), one facet per init_scale value or bin,
-    annotated cells, the metric's fixed colour range. trials: as `results.trials_frame`."""
+def heatmap_figure(trials: pd.DataFrame, metric: str, log_axes: tuple[str, ...] = (), x: str = "leak",
+                   y: str = "sub") -> Figure:
+    """One metric of HEATMAP_METRICS: `x` by `y` (leak by sub unless asked), a panel per combination
+    of the other axes that vary, annotated cells, the metric's fixed colour range.
+    trials: as `results.trials_frame`."""
     title, cmap, (vmin, vmax) = next(m[1:] for m in HEATMAP_METRICS if m[0] == metric)
-    tables = heatmap_tables(trials, metric, log_scale)
-    n_sub, n_leak = next(iter(tables.values())).shape
-    fig = Figure(figsize=(2.2 + 0.9 * n_leak * len(tables), 1.6 + 0.6 * n_sub), layout="constrained")
-    axes = fig.subplots(1, len(tables), squeeze=False)
-    for ax, (scale, cells) in zip(axes[0], tables.items()):
+    tables = heatmap_tables(trials, metric, log_axes, x, y)
+    n_y, n_x = next(iter(tables.values())).shape
+    columns = min(len(tables), 4)
+    rows = -(-len(tables) // columns)
+    fig = Figure(figsize=(2.2 + 0.9 * n_x * columns, 1.2 + (0.6 * n_y + 0.5) * rows), layout="constrained")
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax, (panel, cells) in zip(axes, tables.items()):
         _seaborn().heatmap(cells, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True, fmt=".2f",
-                           cbar=ax is axes[0][-1], cbar_kws={"label": metric}, linewidths=0.5,
+                           cbar=ax is axes[len(tables) - 1], cbar_kws={"label": metric}, linewidths=0.5,
                            linecolor="white", annot_kws={"fontsize": 8})
-        ax.invert_yaxis()  # sub grows upwards
-        ax.set_title(f"init_scale {scale:g}")
-        ax.set_xlabel("leak")
-        ax.set_ylabel("sub")
+        ax.invert_yaxis()  # y grows upwards
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+    for ax in axes[len(tables):]:
+        ax.set_visible(False)
     fig.suptitle(title)
     return fig
 
@@ -154,17 +166,21 @@ def lesson_strip_figure(seed_accs: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def init_scale_is_log(study) -> bool:
-    return study.user_attrs.get(CONFIG_ATTR, {}).get("space", {}).get("init_scale", "").endswith(":log")
+def log_axes(study) -> tuple[str, ...]:
+    """The axes the stored study searched over log ranges."""
+    space = upgrade_stored_config(study.user_attrs.get(CONFIG_ATTR, {})).get("space", {})
+    return tuple(name for name, text in space.items() if text.endswith(":log"))
 
 
-def study_figures(study) -> dict[str, Figure]:
-    """All of a stored study's pictures, by file name: `heatmap_METRIC` for each metric and
+def study_figures(study, x: str = "leak", y: str = "sub") -> dict[str, Figure]:
+    """All of a stored study's pictures, by file name: `heatmap_METRIC` for each metric (`x` by `y`;
+    other axes than leak by sub name the file `heatmap_METRIC_lr_by_sub`) and
     `lesson_settings_seeds` where the study holds a lesson setting. None before a trial is COMPLETE."""
     trials = trials_frame(study)
     if trials.empty:
         return {}
-    figures = {f"heatmap_{metric}": heatmap_figure(trials, metric, init_scale_is_log(study))
+    suffix = "" if (x, y) == ("leak", "sub") else f"_{x}_by_{y}"
+    figures = {f"heatmap_{metric}{suffix}": heatmap_figure(trials, metric, log_axes(study), x, y)
                for metric, *_ in HEATMAP_METRICS}
     strip = lesson_strip_figure(seed_frame(study))
     return figures | ({"lesson_settings_seeds": strip} if strip is not None else {})

@@ -20,9 +20,22 @@ def test_heatmap_leaves_cells_without_trials_blank():
     trials = pd.DataFrame({"init_scale": [1.0, 1.0, 2.0], "leak": [0.0, 0.1, 0.1], "sub": [0.0, 0.4, 0.0],
                            "mean_val_acc": [0.8, 0.7, 0.6]})
     tables = heatmap_tables(trials, "mean_val_acc")
-    assert tables[1.0].loc[0.0, 0.1] != tables[1.0].loc[0.0, 0.1]  # NaN: no trial at (leak .1, sub 0)
-    assert tables[2.0].loc[0.0, 0.1] == 0.6
-    assert np.isnan(tables[2.0].loc[0.4, 0.0])
+    assert np.isnan(tables["init_scale 1"].loc[0.0, 0.1])  # no trial at (leak .1, sub 0)
+    assert tables["init_scale 2"].loc[0.0, 0.1] == 0.6
+    assert np.isnan(tables["init_scale 2"].loc[0.4, 0.0])
+
+
+def test_every_other_axis_that_varies_gets_panels_and_any_two_axes_can_be_drawn():
+    grid = pd.DataFrame([dict(init_scale=1.0, leak=leak, sub=sub, lr=lr, momentum=m, mean_val_acc=leak + sub + lr + m)
+                         for leak in (0, 0.1) for sub in (0, 0.4) for lr in (0.1, 0.2, 0.4) for m in (0.5, 0.9)])
+    tables = heatmap_tables(grid, "mean_val_acc")
+    assert list(tables) == [f"lr {lr:g}, momentum {m:g}" for lr in (0.1, 0.2, 0.4) for m in (0.5, 0.9)]
+    assert tables["lr 0.2, momentum 0.9"].loc[0.4, 0.1] == pytest.approx(0.1 + 0.4 + 0.2 + 0.9)
+    by_lr = heatmap_tables(grid, "mean_val_acc", x="lr", y="sub")
+    assert list(by_lr) == [f"leak {leak:g}, momentum {m:g}" for leak in (0, 0.1) for m in (0.5, 0.9)]
+    assert list(by_lr["leak 0, momentum 0.5"].columns) == [0.1, 0.2, 0.4]
+    fig = heatmap_figure(grid, "mean_val_acc", x="lr", y="sub")
+    assert [ax.get_xlabel() for ax in fig.axes if ax.get_title()] == ["lr"] * 4
 
 
 def test_range_samplers_are_binned_on_the_heatmap_axes():
