@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
-from study.results import is_lesson_setting, seed_frame, trials_frame
+from study.results import is_lesson_setting, seed_frame, study_threshold, trials_frame
 from study.stats import HIST_BINS, HIST_MAX, LayerHistory
 
 # (column, title, colour map, fixed range): fixed so that pictures compare across studies.
@@ -175,14 +175,17 @@ def log_axes(study) -> tuple[str, ...]:
 def study_figures(study, x: str = "leak", y: str = "sub") -> dict[str, Figure]:
     """All of a stored study's pictures, by file name: `heatmap_METRIC` for each metric (`x` by `y`;
     other axes than leak by sub name the file `heatmap_METRIC_lr_by_sub`) and
-    `lesson_settings_seeds` where the study holds a lesson setting. None before a trial is COMPLETE."""
+    `seed_outcomes` (which seeds fail where), and `lesson_settings_seeds` where the study holds a
+    lesson setting. None before a trial is COMPLETE."""
     trials = trials_frame(study)
     if trials.empty:
         return {}
     suffix = "" if (x, y) == ("leak", "sub") else f"_{x}_by_{y}"
     figures = {f"heatmap_{metric}{suffix}": heatmap_figure(trials, metric, log_axes(study), x, y)
                for metric, *_ in HEATMAP_METRICS}
-    strip = lesson_strip_figure(seed_frame(study))
+    seeds = seed_frame(study)
+    figures["seed_outcomes"] = seed_outcome_figure(seeds, study_threshold(study))
+    strip = lesson_strip_figure(seeds)
     return figures | ({"lesson_settings_seeds": strip} if strip is not None else {})
 
 
@@ -316,4 +319,34 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8)
     fig.supxlabel("learning rate (the probed rungs; dashed: the largest stable one)", fontsize=9)
     fig.supylabel("fraction of seeds trained", fontsize=9)
+    return fig
+
+
+def seed_outcome_figure(seeds: pd.DataFrame, threshold: float) -> Figure:
+    """Which seeds fail where: rows seeds, columns settings (most seeds trained first); a cell is
+    trained, below the threshold, or diverged with the step it diverged at. seeds: `results.seed_frame`."""
+    from matplotlib.colors import ListedColormap
+
+    axes = [a for a in SEARCHED if a in seeds and seeds[a].nunique() > 1] or ["leak", "sub"]
+    outcome = np.where(seeds["val_acc"] > threshold, 2, np.where(seeds["diverged"], 0, 1))
+    frame = seeds.assign(outcome=outcome, setting=[", ".join(f"{a} {r[a]:g}" for a in axes)
+                                                   for r in seeds.to_dict("records")])
+    order = frame.groupby("setting")["outcome"].apply(lambda o: (o == 2).mean()).sort_values(ascending=False).index
+    grid = frame.pivot_table(index="seed", columns="setting", values="outcome", aggfunc="first").reindex(columns=order)
+    steps = frame.pivot_table(index="seed", columns="setting", values="diverged_step", aggfunc="first") \
+        .reindex(index=grid.index, columns=order)
+    fig = Figure(figsize=(2.5 + 0.45 * len(order), 2.0 + 0.32 * len(grid)), layout="constrained")
+    ax = fig.subplots()
+    cmap = ListedColormap(["tab:red", "tab:orange", "tab:green"])
+    ax.imshow(grid.to_numpy(dtype=float), cmap=cmap, vmin=-0.5, vmax=2.5, aspect="auto", interpolation="nearest")
+    for (row, column), step in np.ndenumerate(steps.to_numpy(dtype=float)):
+        if not np.isnan(step):
+            ax.text(column, row, f"{step:.0f}", ha="center", va="center", fontsize=6, color="white")
+    ax.set_xticks(range(len(order)), order, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(range(len(grid)), [str(s) for s in grid.index], fontsize=7)
+    ax.set_ylabel("seed")
+    handles = [ax.scatter([], [], color=c, marker="s", label=label) for c, label in
+               zip(("tab:green", "tab:orange", "tab:red"),
+                   ("trained", f"val acc <= {threshold:g}", "diverged (at the step shown)"))]
+    fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8)
     return fig

@@ -1,11 +1,17 @@
-"""A stored study as a report: the numbers per setting with their uncertainty, and sentences that
-say only what those numbers support.
+"""A stored study as a report: the numbers per setting with the uncertainty that fits them, and
+sentences that say only what a test supports.
+
+Whether a seed trains is a yes/no outcome, so a setting's reliability is k of n seeds with its exact
+(Clopper-Pearson) interval; the accuracy of the seeds that trained is reported apart, with its
+t-interval. A mean over trained and diverged seeds together is the study's objective, never given an
+interval. Settings are compared with the one that trained for the largest share of seeds: McNemar's
+exact test on the seeds they share (the same seed gives both settings the same draws and data
+order), Fisher's exact test where they share none, with Holm's correction over the comparisons the
+report makes. "Less reliable" is written only where the corrected p is below 5%; otherwise the
+report says the seeds cannot tell the settings apart and how many would give 80% power.
 
 `write_report` reads the storage (never trains) and writes `report.md` with the study's
-configuration and duration, its heatmaps, a table of the fast.ai lesson's settings present in it
-(mean validation accuracy with a 95% t-interval over seeds, seed std, worst seed, seeds trained,
-near-zero fraction and dead units of the last hidden layer), the top settings by mean and by worst
-seed, and generated findings, each with its evidence.
+configuration and duration, findings, the lesson's settings, the comparisons and the pictures.
 """
 
 from __future__ import annotations
@@ -17,56 +23,100 @@ import optuna
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from study.design import CONFIG_ATTR, SEARCHED, TRAIN_THRESHOLD, upgrade_stored_config
+from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
 from study.plots import save_figures, study_figures
-from study.results import is_lesson_setting, seed_frame, training_minutes, trials_frame, wall_time
+from study.reliability import clopper_pearson, fisher_exact, holm, mcnemar_exact, seeds_for_power, t_interval
+from study.results import is_lesson_setting, seed_frame, study_threshold, training_minutes, trials_frame, wall_time
+
+ALPHA = 0.05  # family-wise, over the comparisons of one report (Holm)
 
 
 def setting_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per setting (init_scale, leak, sub), seeds pooled over its COMPLETE trials.
+    """One row per setting (every searched axis), seeds pooled over its COMPLETE trials.
 
-    Columns: n_seeds, mean, ci_low, ci_high (95% t-interval of the mean, clipped to [0, 1]; NaN below
-    2 seeds), std,
-    worst, best, n_trained (val acc > the study's train_threshold), n_diverged, trained_mean (mean
-    over the seeds that trained; NaN if none), near_zero_last, dead_units_last.
+    Columns: n_seeds, n_trained (val acc > the study's train_threshold), trained_low, trained_high
+    (exact 95% interval of the fraction trained), trained_mean with trained_acc_low, trained_acc_high
+    (the accuracy of the seeds that trained and its 95% t-interval; NaN below one and two such seeds),
+    mean (over every seed: the objective, no interval), worst, best, n_diverged, diverged_step_median,
+    near_zero_last, dead_units_last.
     """
     threshold = study_threshold(study)
     seeds, trials = seed_frame(study), trials_frame(study)
     rows = []
     for setting, group in seeds.groupby(list(SEARCHED)):
         accs = group["val_acc"]
-        n = len(accs)
-        mean, std = accs.mean(), accs.std(ddof=1) if n > 1 else float("nan")
-        half = scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
-        # Accuracy lies in [0, 1]; a seed-fragile setting (some seeds at chance, some trained) has a
-        # wide t-interval that would cross those bounds, so the interval is clipped to them.
+        trained = accs[accs > threshold]
+        low, high = clopper_pearson(len(trained), len(accs))
+        acc_low, acc_high = t_interval(list(trained)) if len(trained) > 1 else (math.nan, math.nan)
         same = trials[(trials[list(SEARCHED)] == list(setting)).all(axis=1)]
         rows.append({
-            **dict(zip(SEARCHED, setting)), "n_seeds": n, "mean": mean, "ci_low": max(mean - half, 0.0),
-            "ci_high": min(mean + half, 1.0), "std": std, "worst": accs.min(), "best": accs.max(),
-            "n_trained": int((accs > threshold).sum()), "n_diverged": int(group["diverged"].sum()),
-            "trained_mean": accs[accs > threshold].mean() if (accs > threshold).any() else float("nan"),
+            **dict(zip(SEARCHED, setting)), "n_seeds": len(accs), "n_trained": len(trained),
+            "trained_low": low, "trained_high": high,
+            "trained_mean": trained.mean() if len(trained) else math.nan,
+            "trained_acc_low": acc_low, "trained_acc_high": acc_high,
+            "mean": accs.mean(), "worst": accs.min(), "best": accs.max(),
+            "n_diverged": int(group["diverged"].sum()),
+            "diverged_step_median": group["diverged_step"].median(),
             "near_zero_last": same["near_zero_last"].mean(), "dead_units_last": same["dead_units_last"].mean(),
         })
-    columns = [*SEARCHED, "n_seeds", "mean", "ci_low", "ci_high", "std", "worst", "best", "n_trained",
-               "n_diverged", "trained_mean", "near_zero_last", "dead_units_last"]
+    columns = [*SEARCHED, "n_seeds", "n_trained", "trained_low", "trained_high", "trained_mean", "trained_acc_low",
+               "trained_acc_high", "mean", "worst", "best", "n_diverged", "diverged_step_median", "near_zero_last",
+               "dead_units_last"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def study_threshold(study: optuna.Study) -> float:
-    """The validation accuracy above which the study counts a seed as trained."""
-    return study.user_attrs.get(CONFIG_ATTR, {}).get("train_threshold", TRAIN_THRESHOLD)
+def most_reliable(table: pd.DataFrame) -> dict:
+    """The setting that trained for the largest share of its seeds (more seeds, then the accuracy of
+    its trained seeds, break ties): what the others are compared with."""
+    ranked = table.assign(share=table["n_trained"] / table["n_seeds"])
+    return ranked.sort_values(["share", "n_seeds", "trained_mean"], ascending=False).to_dict("records")[0]
 
 
-def most_reliable(table: pd.DataFrame) -> pd.DataFrame:
-    """The settings for which every seed trained, best worst seed first (mean breaks ties)."""
-    return table[table["n_trained"] == table["n_seeds"]].sort_values(["worst", "mean"], ascending=False)
+def comparisons(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Every other setting against `most_reliable`: one row each with k/n of both, the test and its
+    p-value, Holm's adjusted p over all rows, the verdict, and the seeds per setting that would give
+    Fisher's test 80% power at the observed fractions (NaN when none or more than 200 would).
+
+    seeds: `results.seed_frame` of the same study (for the pairing by seed)."""
+    columns = ["setting", "k", "n", "best", "k_best", "n_best", "test", "p", "p_holm", "verdict", "seeds_for_power"]
+    if len(table) < 2:
+        return pd.DataFrame(columns=columns)
+    best, axes = most_reliable(table), varying(table)
+    outcomes = {key: dict(zip(group["seed"], group["val_acc"] > threshold))
+                for key, group in seeds.groupby(list(SEARCHED))}
+    best_outcomes = outcomes[tuple(best[a] for a in SEARCHED)]
+    rows = []
+    for row in table.to_dict("records"):
+        if all(row[a] == best[a] for a in SEARCHED):
+            continue
+        mine = outcomes[tuple(row[a] for a in SEARCHED)]
+        shared = sorted(set(mine) & set(best_outcomes))
+        if shared:
+            only_best = sum(best_outcomes[s] and not mine[s] for s in shared)
+            only_mine = sum(mine[s] and not best_outcomes[s] for s in shared)
+            p, test = mcnemar_exact(only_best, only_mine), f"McNemar exact, {len(shared)} shared seeds"
+        else:
+            p, test = fisher_exact(row["n_trained"], row["n_seeds"], best["n_trained"], best["n_seeds"]), "Fisher exact"
+        power = seeds_for_power(row["n_trained"] / row["n_seeds"], best["n_trained"] / best["n_seeds"])
+        rows.append({"setting": setting_name(row, axes), "k": row["n_trained"], "n": row["n_seeds"],
+                     "best": setting_name(best, axes), "k_best": best["n_trained"], "n_best": best["n_seeds"],
+                     "test": test, "p": p, "seeds_for_power": math.nan if power is None else power})
+    frame = pd.DataFrame(rows)
+    frame["p_holm"] = holm(list(frame["p"]))
+    frame["verdict"] = ["less reliable" if p < ALPHA else "cannot be told apart" for p in frame["p_holm"]]
+    return frame[columns]
 
 
-def setting_name(row) -> str:
-    """(leak, sub), with the init scale when it is not 1."""
-    scale = "" if row["init_scale"] == 1 else f" x{row['init_scale']:g}"
-    return f"({row['leak']:g}, {row['sub']:g}){scale}"
+def setting_name(row, axes: tuple[str, ...] = ()) -> str:
+    """(leak, sub), with the init scale when it is not 1 and the values of `axes` (`varying`)."""
+    extra = "" if row["init_scale"] == 1 else f" x{row['init_scale']:g}"
+    extra += "".join(f" {axis} {row[axis]:g}" for axis in axes)
+    return f"({row['leak']:g}, {row['sub']:g}){extra}"
+
+
+def varying(table: pd.DataFrame) -> tuple[str, ...]:
+    """The optimiser axes (lr, momentum) that take several values in the study: named in settings' names."""
+    return tuple(axis for axis in ("lr", "momentum") if table[axis].nunique() > 1)
 
 
 def lesson_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -74,59 +124,94 @@ def lesson_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep]
 
 
-def findings(table: pd.DataFrame, threshold: float) -> list[str]:
-    """Plain sentences generated from the table, each carrying its evidence."""
+def findings(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float) -> list[str]:
+    """Plain sentences generated from the table, each carrying its evidence and, when it compares
+    settings, its test."""
     if table.empty:
         return ["The study has no COMPLETE trial yet."]
-    sentences = []
-    for row in lesson_rows(table).to_dict("records"):
-        n, k = row["n_seeds"], row["n_trained"]
-        if k == n:
-            sentences.append(f"{setting_name(row)} trained for all {n} seeds: mean {row['mean']:.3f} "
-                             f"{_interval(row)}, worst seed {row['worst']:.3f}.")
-        elif k == 0:
-            sentences.append(f"{setting_name(row)} collapses: none of {n} seeds trained (val acc > {threshold:g}); "
-                             f"best seed {row['best']:.3f}" + (f", {row['n_diverged']} diverged" if row['n_diverged'] else "")
-                             + ".")
-        else:
-            sentences.append(f"{setting_name(row)} is seed-fragile: {n - k} of {n} seeds failed to train "
-                             f"(val acc <= {threshold:g}), {k} trained; worst seed {row['worst']:.3f}, "
-                             f"best {row['best']:.3f}.")
+    axes = varying(table)
+    sentences = [_setting_sentence(row, threshold, axes) for row in lesson_rows(table).to_dict("records")]
+    compared = comparisons(table, seeds, threshold)
+    if len(compared):
+        best = most_reliable(table)
+        worse = compared[compared["verdict"] == "less reliable"]
+        apart = compared[compared["verdict"] != "less reliable"]
+        sentences.append(f"Most reliable: {setting_name(best, axes)}, {best['n_trained']} of {best['n_seeds']} seeds "
+                         f"trained. Each other setting was compared with it ({len(compared)} tests, Holm-corrected "
+                         f"at {ALPHA:g}).")
+        if len(worse):
+            sentences.append("Less reliable than it: " + "; ".join(
+                f"{r['setting']} ({r['k']}/{r['n']}, {_test_text(r)})" for r in worse.to_dict("records")) + ".")
+        if len(apart):
+            sentences.append("Cannot be told apart from it with these seeds: " + "; ".join(
+                f"{r['setting']} ({r['k']}/{r['n']}, {_test_text(r)}{_power_text(r)})"
+                for r in apart.to_dict("records")) + ".")
+    sentences += _accuracy_sentences(table, seeds, threshold, axes) + _failure_sentences(table, seeds, threshold, axes)
+    return sentences
 
-    reliable = most_reliable(table)
-    if not reliable.empty:
-        top = reliable.to_dict("records")[0]
-        sentences.append(f"Most reliable: {setting_name(top)}, every one of {top['n_seeds']} seeds trained and its worst "
-                         f"seed reached {top['worst']:.3f} (mean {top['mean']:.3f} {_interval(top)}).")
+
+def _setting_sentence(row: dict, threshold: float, axes: tuple[str, ...]) -> str:
+    k, n = row["n_trained"], row["n_seeds"]
+    text = (f"{setting_name(row, axes)}: {k} of {n} seeds trained (val acc > {threshold:g}; exact 95% CI "
+            f"{row['trained_low']:.2f}-{row['trained_high']:.2f})")
+    if k:
+        text += f"; its trained seeds reach {row['trained_mean']:.3f}" + (
+            f" [95% CI {row['trained_acc_low']:.3f}, {row['trained_acc_high']:.3f}]" if k > 1 else " (one seed)")
+    if row["n_diverged"]:
+        text += f"; {row['n_diverged']} diverged (median step {row['diverged_step_median']:g})"
+    return text + "."
+
+
+def _test_text(row: dict) -> str:
+    return f"{row['test']} p = {row['p']:.2g}, Holm {row['p_holm']:.2g}"
+
+
+def _power_text(row: dict) -> str:
+    if math.isnan(row["seeds_for_power"]):
+        return ""
+    return f"; about {row['seeds_for_power']:.0f} seeds per setting would give 80% power for this difference"
+
+
+def _accuracy_sentences(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float,
+                        axes: tuple[str, ...]) -> list[str]:
+    """The two settings whose trained seeds reach the highest accuracy, compared on the seeds that
+    trained under both (paired t-test), else on all their trained seeds (Welch's)."""
+    ranked = table[table["n_trained"] > 1].sort_values("trained_mean", ascending=False).to_dict("records")
+    if len(ranked) < 2:
+        return []
+    first, second = ranked[:2]
+    accs = [seeds[(seeds[list(SEARCHED)] == [r[a] for a in SEARCHED]).all(axis=1)].set_index("seed")["val_acc"]
+            for r in (first, second)]
+    trained = [a[a > threshold] for a in accs]
+    both = sorted(set(trained[0].index) & set(trained[1].index))
+    if len(both) > 1:
+        p, test = scipy_stats.ttest_rel(trained[0][both], trained[1][both]).pvalue, f"paired t-test on {len(both)} seeds"
+    else:
+        p, test = scipy_stats.ttest_ind(trained[0], trained[1], equal_var=False).pvalue, "Welch's t-test"
+    verdict = "higher" if p < ALPHA else "cannot be told apart"
+    return [f"Highest accuracy of the trained seeds: {setting_name(first, axes)} {first['trained_mean']:.3f}, then "
+            f"{setting_name(second, axes)} {second['trained_mean']:.3f} ({test}, p = {p:.2g}: {verdict})."]
+
+
+def _failure_sentences(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float,
+                       axes: tuple[str, ...]) -> list[str]:
+    """When the failed seeds failed: diverged early or late, or ended below the threshold."""
+    failed = seeds[seeds["val_acc"] <= threshold]
+    if failed.empty:
+        return [f"Every seed of every setting trained (val acc > {threshold:g})."]
+    diverged = failed[failed["diverged"]]
+    text = f"{len(failed)} of {len(seeds)} seed runs failed to train"
+    if len(diverged):
+        steps = diverged["diverged_step"]
+        text += (f"; {len(diverged)} of them diverged, at steps {steps.min():.0f} to {steps.max():.0f} "
+                 f"(median {steps.median():g})")
+    if len(failed) > len(diverged):
+        text += f"; {len(failed) - len(diverged)} ended below the threshold without diverging"
     never = table[table["n_trained"] == 0]
+    sentences = [text + "."]
     if len(never):
         sentences.append(f"{len(never)} of {len(table)} settings trained for no seed: "
-                         + ", ".join(setting_name(r) for r in never.to_dict("records")) + ".")
-
-    by_mean = table.sort_values("mean", ascending=False)
-    if len(by_mean) >= 2:
-        first, second = by_mean.to_dict("records")[:2]
-        if math.isnan(first["ci_low"]) or math.isnan(second["ci_low"]):
-            sentences.append(f"Best mean: {setting_name(first)} ({first['mean']:.3f}), then {setting_name(second)} "
-                             f"({second['mean']:.3f}); with one seed each there is no interval to tell them apart.")
-        elif first["ci_low"] <= second["ci_high"]:
-            sentences.append(f"Best mean: {setting_name(first)} {first['mean']:.3f} {_interval(first)}, then {setting_name(second)} "
-                             f"{second['mean']:.3f} {_interval(second)}: the intervals overlap, so "
-                             f"{min(first['n_seeds'], second['n_seeds'])} seeds cannot tell these two apart.")
-        else:
-            sentences.append(f"Best mean: {setting_name(first)} {first['mean']:.3f} {_interval(first)}, ahead of "
-                             f"{setting_name(second)} {second['mean']:.3f} {_interval(second)}: the intervals do not overlap.")
-
-    top_mean = list(by_mean.head(5).index)
-    by_worst = list(table.sort_values(["worst", "mean"], ascending=False).index)
-    moved = [(table.loc[i].to_dict(), top_mean.index(i) + 1, by_worst.index(i) + 1) for i in top_mean
-             if by_worst.index(i) != top_mean.index(i)]
-    if moved:
-        sentences.append("Ranking by worst seed instead of mean changes the order: "
-                         + "; ".join(f"{setting_name(r)} is #{a} by mean, #{b} by worst seed" for r, a, b in moved) + ".")
-    if table["n_seeds"].max() < 5:
-        sentences.append(f"Only {table['n_seeds'].max()} seeds per setting: the intervals are wide; "
-                         "run more seeds (--seeds) before reading small differences.")
+                         + ", ".join(setting_name(r, axes) for r in never.to_dict("records")) + ".")
     return sentences
 
 
@@ -134,29 +219,27 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     """report.md and the pictures it embeds, in out_dir. Returns the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = save_figures(study_figures(study), out_dir)
-    table = setting_table(study)
+    table, seeds = setting_table(study), seed_frame(study)
     config = upgrade_stored_config(study.user_attrs.get(CONFIG_ATTR, {}))
     threshold = study_threshold(study)
     lines = [f"# Study {study.study_name!r}", "", _duration(study), "", "## Configuration", "",
              "| | |", "|---|---|"]
     lines += [f"| {key} | `{value}` |" for key, value in config.items()]
-    lines += ["", "## Findings", ""] + [f"- {s}" for s in findings(table, threshold)]
+    lines += ["", "## Findings", ""] + [f"- {s}" for s in findings(table, seeds, threshold)]
     lesson = lesson_rows(table)
     if not lesson.empty:
         lines += ["", "## The lesson's settings", "", markdown_table(lesson)]
-    lines += ["", "## Top settings by mean accuracy", "", markdown_table(table.sort_values("mean", ascending=False).head(8)),
-              "", "## Top settings by worst seed", "",
-              markdown_table(table.sort_values(["worst", "mean"], ascending=False).head(8)), "", "## Heatmaps", ""]
+    compared = comparisons(table, seeds, threshold)
+    if len(compared):
+        lines += ["", "## Each setting against the most reliable", "", comparison_table(compared)]
+    lines += ["", "## Settings by share of seeds trained", "",
+              markdown_table(table.assign(share=table["n_trained"] / table["n_seeds"])
+                             .sort_values(["share", "trained_mean"], ascending=False)),
+              "", "## Pictures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _interval(row) -> str:
-    if math.isnan(row["ci_low"]):
-        return "(one seed: no interval)"
-    return f"[95% CI {row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
 def _duration(study: optuna.Study) -> str:
@@ -170,13 +253,24 @@ def _duration(study: optuna.Study) -> str:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    columns = ["setting", "seeds", "mean [95% CI]", "seed std", "worst", "trained", "diverged",
-               "near-zero (last)", "dead units (last)"]
-    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    columns = ["setting", "seeds trained", "exact 95% CI", "acc of trained seeds [95% CI]", "mean, all seeds",
+               "worst", "diverged (median step)", "near-zero (last)", "dead units (last)"]
+    rows, axes = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)], varying(table)
     for r in table.to_dict("records"):
-        ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        std = "" if math.isnan(r["std"]) else f"{r['std']:.3f}"
-        rows.append(f"| {setting_name(r)} | {r['n_seeds']} | {r['mean']:.3f}{ci} | {std} | {r['worst']:.3f} | "
-                    f"{r['n_trained']} of {r['n_seeds']} | {r['n_diverged']} | {r['near_zero_last']:.3f} | "
-                    f"{r['dead_units_last']:.1f} |")
+        acc = "-" if r["n_trained"] == 0 else f"{r['trained_mean']:.3f}" + (
+            "" if math.isnan(r["trained_acc_low"]) else f" [{r['trained_acc_low']:.3f}, {r['trained_acc_high']:.3f}]")
+        diverged = f"{r['n_diverged']}" + (f" ({r['diverged_step_median']:g})" if r["n_diverged"] else "")
+        rows.append(f"| {setting_name(r, axes)} | {r['n_trained']} of {r['n_seeds']} | {r['trained_low']:.2f}-"
+                    f"{r['trained_high']:.2f} | {acc} | {r['mean']:.3f} | {r['worst']:.3f} | {diverged} | "
+                    f"{r['near_zero_last']:.3f} | {r['dead_units_last']:.1f} |")
+    return "\n".join(rows)
+
+
+def comparison_table(compared: pd.DataFrame) -> str:
+    rows = ["| setting | trained | most reliable | trained | test | p | Holm p | verdict | seeds for 80% power |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in compared.to_dict("records"):
+        power = "-" if math.isnan(r["seeds_for_power"]) else f"{r['seeds_for_power']:.0f}"
+        rows.append(f"| {r['setting']} | {r['k']}/{r['n']} | {r['best']} | {r['k_best']}/{r['n_best']} | {r['test']} | "
+                    f"{r['p']:.2g} | {r['p_holm']:.2g} | {r['verdict']} | {power} |")
     return "\n".join(rows)

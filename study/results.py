@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from study.design import SEARCHED
+from study.design import CONFIG_ATTR, SEARCHED, TRAIN_THRESHOLD
 from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.records import seed_records, trial_layers
 from study.schedule import fixed_values, setting_of
@@ -49,14 +49,20 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def seed_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per (COMPLETE trial, seed): number, init_scale, leak, sub, seed, val_acc, test_acc, diverged."""
+    """One row per (COMPLETE trial, seed): number, the searched axes, seed, val_acc, test_acc, diverged,
+    diverged_step (NaN where it did not diverge)."""
     rows, fixed = [], fixed_values(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         for seed, record in seed_records(trial).items():
             rows.append({"number": trial.number, **setting_of(trial, fixed),
                          "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
-                         "diverged": record["diverged"]})
-    return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged"])
+                         "diverged": record["diverged"], "diverged_step": record["diverged_step"]})
+    return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged", "diverged_step"])
+
+
+def study_threshold(study: optuna.Study) -> float:
+    """The validation accuracy above which the study counts a seed as trained."""
+    return study.user_attrs.get(CONFIG_ATTR, {}).get("train_threshold", TRAIN_THRESHOLD)
 
 
 def wall_time(study: optuna.Study) -> tuple[datetime.datetime, float] | None:

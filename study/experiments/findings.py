@@ -23,8 +23,8 @@ from study.design import TRAIN_THRESHOLD, StudyDesign, StudyPlace
 from study.data import load_fashion_mnist
 from study.experiments.depth import DEPTH_INITS, last_to_first_std, run_depth
 from study.plots import save_figures, study_figures
-from study.report import findings, lesson_rows, markdown_table, most_reliable, setting_name, setting_table, study_threshold
-from study.results import training_minutes, wall_time
+from study.report import findings, lesson_rows, markdown_table, setting_name, setting_table
+from study.results import seed_frame, study_threshold, training_minutes, wall_time
 from study.runner import open_search
 from study.training import device_name
 
@@ -67,19 +67,14 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         n, k = fragile["n_seeds"], fragile["n_trained"]
         holds = 0 < k < n
         lines.append(f"**(.2, .4) is seed-fragile: {'holds' if holds else 'does not hold'}.** {k} of {n} seeds "
-                     f"trained; seeds span {fragile['worst']:.3f} to {fragile['best']:.3f}.")
+                     f"trained (exact 95% CI {fragile['trained_low']:.2f}-{fragile['trained_high']:.2f}); seeds "
+                     f"span {fragile['worst']:.3f} to {fragile['best']:.3f}.")
     collapse = row(0.05, 0.9)
     if collapse is not None:
         n, k = collapse["n_seeds"], collapse["n_trained"]
         lines.append(f"**(.05, .9) collapses: {'holds' if k == 0 else 'does not hold'}.** {k} of {n} seeds trained "
-                     f"(best seed {collapse['best']:.3f}, {collapse['n_diverged']} diverged).")
-    reliable = most_reliable(table)
-    if len(reliable):
-        best = reliable.head(3).to_dict("records")
-        lines.append("**Most reliable** (every seed trained, ranked by worst seed): "
-                     + "; ".join(f"{setting_name(r)} worst {r['worst']:.3f}, mean {r['mean']:.3f}" for r in best) + ".")
-    else:
-        lines.append("**No setting trained for every seed.**")
+                     f"(exact 95% CI {collapse['trained_low']:.2f}-{collapse['trained_high']:.2f}; best seed "
+                     f"{collapse['best']:.3f}, {collapse['n_diverged']} diverged).")
     return lines
 
 
@@ -103,7 +98,8 @@ def write_findings(doc_dir: Path = Path("docs"), progress: bool = True) -> Path:
         "FashionMNIST (50,000 train / 10,000 validation / 10,000 test), the fast.ai lesson's CNN with Kaiming "
         "init (a = leak), SGD lr 0.2, momentum 0.85, batch 1024; ten seeds per setting (each seed sets the "
         f"initial weights and the data order). A seed *trained* when its validation accuracy exceeds {TRAIN_THRESHOLD} "
-        "(chance: 0.1). Intervals are 95% t-intervals of the mean over seeds, clipped to [0, 1].",
+        "(chance: 0.1). The share of seeds that trained carries its exact (Clopper-Pearson) 95% interval; the "
+        "accuracy of the trained seeds its 95% t-interval.",
         "",
     ] + sections + [
         "## Why: signal propagation through depth at initialisation",
@@ -179,12 +175,14 @@ def _study_section(entry: FindingsStudy, study: optuna.Study, figures: Path) -> 
              f"x 10 seeds: {training_minutes(study):.0f} min of training, {wall[1] if wall else 0:.0f} min of wall time on a machine "
              f"shared with other work{_resumed(study)}.", ""]
     lines += [f"- {v}" for v in verdicts(table)]
-    lines += ["", "Generated findings:", ""] + [f"- {s}" for s in findings(table, study_threshold(study))]
+    lines += ["", "Generated findings:", ""] + [f"- {s}" for s in findings(table, seed_frame(study),
+                                                                             study_threshold(study))]
     lesson = lesson_rows(table)
     if not lesson.empty:
         lines += ["", "The lesson's settings:", "", markdown_table(lesson)]
-    lines += ["", "All settings, by worst seed:", "",
-              markdown_table(table.sort_values(["worst", "mean"], ascending=False)), ""]
+    lines += ["", "All settings, by share of seeds trained:", "",
+              markdown_table(table.assign(share=table["n_trained"] / table["n_seeds"])
+                             .sort_values(["share", "trained_mean"], ascending=False)), ""]
     wanted = ("heatmap_frac_trained", "heatmap_mean_val_acc", "heatmap_worst_acc", "lesson_settings_seeds")
     lines += [f"![{p.stem}](findings/{entry.name}/{p.name})" for p in pictures if p.stem in wanted]
     return "\n".join(lines) + "\n"
