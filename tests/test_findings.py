@@ -7,20 +7,23 @@ from study.flags import config_from_flags
 from study.config import RunConfig
 from study.design import SEARCHED, StudyDesign, describe_space, study_config
 from study.experiments.findings import STUDIES, TEN_SEEDS, configs, verdicts
+from study.reliability import clopper_pearson
 
 
 def table(rows):
     columns = ["init_scale", "leak", "sub", "n_seeds", "mean", "worst", "best", "n_trained", "n_diverged"]
-    return pd.DataFrame([dict(zip(columns, r)) for r in rows])
+    frame = pd.DataFrame([dict(zip(columns, r)) for r in rows])
+    bounds = [clopper_pearson(k, n) for k, n in zip(frame["n_trained"], frame["n_seeds"])]
+    return frame.assign(trained_low=[low for low, _ in bounds], trained_high=[high for _, high in bounds])
 
 
 def test_verdicts_follow_the_numbers():
     fragile_and_collapsed = table([(1.0, 0.2, 0.4, 10, 0.5, 0.1, 0.84, 6, 4), (1.0, 0.05, 0.9, 10, 0.1, 0.09, 0.11, 0, 10),
                                    (1.0, 0.05, 0.4, 10, 0.84, 0.83, 0.85, 10, 0)])
     lines = verdicts(fragile_and_collapsed)
-    assert lines[0].startswith("**(.2, .4) is seed-fragile: holds.** 6 of 10 seeds trained")
-    assert lines[1].startswith("**(.05, .9) collapses: holds.** 0 of 10 seeds trained")
-    assert "(0.05, 0.4) worst 0.830" in lines[2]
+    assert lines[0].startswith("**(.2, .4) is seed-fragile: holds.** 6 of 10 seeds trained (exact 95% CI 0.26-0.88)")
+    assert lines[1].startswith("**(.05, .9) collapses: holds.** 0 of 10 seeds trained (exact 95% CI 0.00-0.31")
+    assert len(lines) == 2  # no "most reliable" without a test: the report's comparisons say that
 
     robust = table([(1.0, 0.2, 0.4, 10, 0.84, 0.83, 0.85, 10, 0), (1.0, 0.05, 0.9, 10, 0.6, 0.2, 0.8, 7, 3)])
     lines = verdicts(robust)

@@ -84,7 +84,7 @@ def test_heatmap_data_matches_the_trials(finished, tmp_path):
             assert table.loc[row["sub"], row["leak"]] == pytest.approx(row[metric])
     paths = save_figures(study_figures(study), tmp_path)
     assert sorted(p.name for p in paths) == sorted(
-        [f"heatmap_{m}.png" for m, *_ in HEATMAP_METRICS] + ["lesson_settings_seeds.png"])
+        [f"heatmap_{m}.png" for m, *_ in HEATMAP_METRICS] + ["seed_outcomes.png", "lesson_settings_seeds.png"])
     assert all(p.stat().st_size > 5000 for p in paths)
 
 
