@@ -197,10 +197,14 @@ class Search:
             for index, (_, params, seed) in enumerate(models):
                 self.bar.set_description(f"{describe_setting(params)} seed {seed}")
                 store(index, train(self._run_config(params, seed), self.data))
-        else:
-            self.bar.set_description(f"{len(models)} models at once")
-            train_population([self._run_config(params, seed) for _, params, seed in models], self.data,
-                             on_result=store)
+        else:  # the members of a population share one optimiser: a population per (lr, momentum)
+            groups: dict[tuple, list[int]] = {}
+            for index, (_, params, _) in enumerate(models):
+                groups.setdefault(tuple(params[name] for name in OPTIM_AXES), []).append(index)
+            for indices in groups.values():
+                self.bar.set_description(f"{len(indices)} models at once")
+                train_population([self._run_config(*models[i][1:]) for i in indices], self.data,
+                                 on_result=lambda j, result, indices=indices: store(indices[j], result))
 
     def _start(self, trial: optuna.Trial) -> dict:
         """The trial's setting; TrialPruned when another trial holds it."""

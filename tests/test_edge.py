@@ -120,6 +120,20 @@ def test_an_interrupted_probe_is_finished_from_its_stored_seeds(searched, tmp_pa
     assert resumed.table().equals(edge.table())
 
 
+@pytest.mark.slow
+def test_probes_of_several_settings_and_learning_rates_train_as_populations(tmp_path):
+    """Two probes at once per round; their members differ in lr, so each lr is its own population."""
+    edge = api.edge("pop", storage=f"sqlite:///{tmp_path}/pop.db", progress=False, population=2,
+                    **{**EDGE, "lr": (0.1, 1.6)})
+    table = edge.table()
+    assert table["done"].all() and (table["probes"] >= 1).all()
+    for trial in edge.optuna.get_trials(states=(TrialState.COMPLETE,)):
+        assert trial.user_attrs["verdict"] == edge.design.test().verdict(trial.user_attrs["trained"],
+                                                                       trial.user_attrs["n_seeds"])
+    # At lr 1.6 every member diverges at once and is scored with the weights that gave it.
+    assert (table["first_unstable_lr"] == 1.6).all()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "0,0.2"], "--lr values must be positive, got 0"),
     (["--lr", "1.6:0.025:log"], "--lr range 1.6:0.025:log is empty or inverted"),
