@@ -1,10 +1,11 @@
 """Benchmark the fused kernel: GPU timings on CUDA, the analytic roofline model everywhere.
 
-    python scripts/bench_kernel.py
+    python scripts/bench_kernel.py > table.txt     # the same table as `python -m study bench kernel`
+
+It calls the benchmark directly, not through the command line, so that a bare GPU machine with
+torch and triton alone runs it (scripts/gpu_check.sh).
 """
 
-import sys
+from benchmarks.fused_linear_act import report
 
-from study.cli import main
-
-sys.exit(main(["bench", "kernel", *sys.argv[1:]]))
+print(report())

@@ -32,8 +32,8 @@ from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MODEL_AXES, OPTIM_AXES, MachineConfig, StudyDesign, StudyPlace, describe_setting
-from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.errors import BadInput
+from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.plots import activation_figure
 from study.population import train_population
 from study.records import (StoredSeed, activation_picture_name, seed_record, stored_seed_results, summarise,
@@ -88,6 +88,8 @@ class Search:
     """Trains an open study's trials, on this process, until the study holds its target of COMPLETE
     trials. Made by `open_search`, which has checked the study and loaded the data."""
 
+    _bar_unit = "run"
+
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, design: StudyDesign,
                  run: RunConfig, machine: MachineConfig, data: FashionMNIST, artifacts: Path, progress: bool):
         self.study, self.storage, self.design, self.run_config = study, storage, design, run
@@ -96,8 +98,6 @@ class Search:
         self.population = machine.population_size(resolve_device(run.train.device).type, self._models_per_trial())
         self.bar = tqdm(total=self._bar_total(), unit=self._bar_unit, desc="study", disable=not progress,
                         dynamic_ncols=True, delay=0.1)
-
-    _bar_unit = "run"
 
     def work(self) -> optuna.Study:
         study = self.study

@@ -15,6 +15,8 @@ from conftest import ROOT
 from kernels.fused_linear_act import fused_linear_act, reference_linear_act
 
 BINS, HIST_MAX = 40, 10.0
+# The compiled kernel where a GPU is, else the interpreter on the CPU (conftest): the same checks.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (M, N, K): every size in {1, 7, 33, 784} in every position, none a multiple of a tile.
 SHAPES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 33, 784), (784, 7, 33), (7, 784, 33)]
 # (leak, sub, maxv): leak {0, .1, .5} x sub {0, .4} x maxv {None, 6}, each value at least once.
@@ -31,8 +33,8 @@ def make_inputs(M, N, K, layout, leak, seed=0):
     bias = torch.randn(G, N, generator=gen)
     if layout == "single":
         weight, bias = weight[0], bias[0]
-    leak_arg = torch.tensor([leak, leak / 2, 0.0]) if layout == "G3-own-x" else leak
-    return x, weight, bias, leak_arg
+    leak_arg = torch.tensor([leak, leak / 2, 0.0], device=DEVICE) if layout == "G3-own-x" else leak
+    return x.to(DEVICE), weight.to(DEVICE), bias.to(DEVICE), leak_arg
 
 
 def near_edge(y64: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,7 @@ def test_forward_statistics_and_gradients_match_float64(M, N, K, layout, leak, s
     assert torch.all((stats.unit_pos - ref.unit_pos).abs() <= undecided)
 
     # Gradients of a random projection of y, for x, weight and bias.
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     (y * dy).sum().backward()
     (y64 * dy.double()).sum().backward()
     for name, got, want in zip(("x", "weight", "bias"), params, params64):
