@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, assert_one_line_error, run_cli
 from study.config import ModelConfig, RunConfig, TrainConfig
-from study.design import CONFIG_ATTR, StudyDesign, study_config, upgrade_stored_config
+from study.design import CONFIG_ATTR, StudyDesign, fixed_axis_values, study_config, upgrade_stored_config
 from study.results import trials_frame
 from test_storage import tree_digest
 
@@ -118,3 +118,15 @@ def test_a_change_to_any_design_field_is_refused_and_nothing_is_touched(stored, 
     proc = run_cli("search", "--name", "design", *TINY, *GRID, "--max-steps", "3", *flags, cwd=stored)
     assert_one_line_error(proc, f"{field}: stored ")
     assert tree_digest(stored / "studies") == before
+
+
+def test_a_0_2_0_configuration_reads_lr_and_momentum_as_one_value_axes():
+    """0.2.0 stored lr and momentum in `optim` and searched three axes; today they are axes."""
+    design = StudyDesign(leak=(0, 0.1), sub=0, lr=0.05, momentum=0.9, seeds=(0, 1))
+    today = study_config(design, RunConfig(model=ModelConfig(model="mlp", widths=(16,))))
+    stored = json.loads(json.dumps(today))
+    stored["optim"] |= {"lr": 0.05, "momentum": 0.9}
+    for name in ("lr", "momentum"):
+        del stored["space"][name]
+    assert upgrade_stored_config(stored) == today
+    assert fixed_axis_values(stored) == {"init_scale": 1.0, "sub": 0.0, "lr": 0.05, "momentum": 0.9}
