@@ -144,6 +144,8 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_edge(args: argparse.Namespace) -> int:
+    if args.name is None:
+        raise BadInput("an edge search needs its own --name (its probes are a study of their own)")
     place, design, machine = (config_from_flags(cls, args) for cls in (StudyPlace, EdgeDesign, MachineConfig))
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
     prepare_backend(run_config.train.backend)

@@ -146,3 +146,9 @@ def test_bad_input_gets_one_line_and_stores_nothing(tmp_path, flags, message):
     proc = run_cli("edge", "--name", "bad", "--model", "mlp", *flags, cwd=tmp_path)
     assert_one_line_error(proc, message)
     assert not (tmp_path / "studies").exists()
+
+
+def test_an_edge_search_needs_its_own_name(tmp_path):
+    proc = run_cli("edge", "--model", "mlp", cwd=tmp_path)
+    assert_one_line_error(proc, "an edge search needs its own --name")
+    assert not (tmp_path / "studies").exists()
