@@ -306,7 +306,7 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
         accuracy.set_ylim(0.5, 1.0)
         accuracy.tick_params(labelsize=7, colors="tab:orange")
         ax.set_xscale("log")
-        ax.set_xticks(rungs, [f"{lr:g}" for lr in rungs], rotation=60, fontsize=7)
+        ax.set_xticks(rungs, [f"{lr:.3g}" for lr in rungs], rotation=60, fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.05, 1.12)
         ax.set_title(f"leak {setting['leak']:g}, sub {setting['sub']:g}"
