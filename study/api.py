@@ -39,8 +39,8 @@ class Study:
         return self.place.name
 
     def frame(self):
-        """One row per (COMPLETE setting, seed): number, init_scale, leak, sub, seed, val_acc,
-        test_acc, diverged."""
+        """One row per (COMPLETE setting, seed): number, init_scale, leak, sub, lr, momentum, seed,
+        val_acc, test_acc, diverged, diverged_step."""
         from study.results import seed_frame
 
         return seed_frame(self.optuna)

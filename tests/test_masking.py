@@ -125,8 +125,9 @@ def test_wrong_password_and_bad_database_against_a_real_server(server, tmp_path)
 
 def test_a_study_run_interrupted_and_refused_with_the_password_on_the_command_line(server, tmp_path):
     url = server.url("initstudy", "alice", PASSWORD)
+    # 24 seeds of about half a second each: room to interrupt it mid-study even on a loaded machine.
     args = ["search", "--name", "secret", "--storage", url, *TINY, "--leak", "0.1", "--sub", "0.4",
-            "--seeds", "0,1,2,3,4,5,6,7"]
+            "--seeds", ",".join(map(str, range(24)))]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "study", *args], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -28,7 +28,7 @@ def test_the_example_notebook_runs_and_shows_its_results(tmp_path):
 
     assert result("s = study.search(")["text/plain"] == "<study 'nb': 4 COMPLETE settings>"
     rows = result("df = s.frame()")["text/plain"].splitlines()
-    assert rows[0].split() == ["number", "init_scale", "leak", "sub", "seed", "val_acc", "test_acc", "diverged"]
+    assert rows[0].split() == ["leak", "sub", "seed", "val_acc", "diverged"]
     assert len(rows) == 1 + 4 * 2  # four settings, two seeds each
     assert "image/png" in result('fig = s.heatmap("mean_val_acc")')
     assert "near_zero_frac" in result('r = study.train(')["text/plain"]
