@@ -129,8 +129,11 @@ def test_a_study_run_interrupted_and_refused_with_the_password_on_the_command_li
     args = ["search", "--name", "secret", "--storage", url, *TINY, "--leak", "0.1", "--sub", "0.4",
             "--seeds", ",".join(map(str, range(24)))]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIGINT as a terminal gives it, also where the test runner was started with SIGINT ignored
+    # (a background job of a non-interactive shell): ignored at start-up, Python never installs its handler.
     proc = subprocess.Popen([sys.executable, "-m", "study", *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     study = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (study and study.trials and
