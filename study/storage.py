@@ -26,6 +26,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.storages._rdb import models as optuna_models  # the schema's table names
 from sqlalchemy import event
 
 from study.config import RunConfig
@@ -36,9 +37,14 @@ from study.faults import ResilientStorage, SqliteWatch
 from study.masking import mask_url, remember
 from study.schedule import make_sampler
 
+# Optuna creates its tables one by one: a command started beside another on a new database may find
+# some of them and not yet `version_info`. Only a table Optuna would not make marks a foreign file.
+OPTUNA_TABLES = frozenset(optuna_models.BaseModel.metadata.tables) | {"alembic_version"}
+
 SQLITE_PREFIX = "sqlite:///"
 BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds
 SCHEMA_RACE_RETRIES = 5
+SETTLE_READS, SETTLE_SECONDS = 5, 0.3  # a database that keeps changing while checked is read again
 NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails in seconds, not after TCP's minutes
 
@@ -105,18 +111,45 @@ def check_sqlite_file(db: Path) -> None:
     if db.exists():
         if not os.access(db, os.R_OK | os.W_OK):
             raise BadInput(f"{db} is not readable and writable by this user")
+        # The read takes no lock, so a command writing beside this one may show it a half-written
+        # page; a file that changed while it was read is read again before it is called damaged.
+        for _ in range(SETTLE_READS):
+            before = _stamp(db)
+            try:
+                _check_sqlite_contents(db)
+                return
+            except BadInput:
+                time.sleep(SETTLE_SECONDS)
+                if _stamp(db) == before:
+                    raise
+        _check_sqlite_contents(db)
+
+
+def _check_sqlite_contents(db: Path) -> None:
+    try:
+        with closing(sqlite3.connect(_read_only_uri(db), uri=True)) as conn:
+            result = conn.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another --name") from e
+    if result is None or result[0] != "ok":
+        raise BadInput(f"{db} is damaged (SQLite quick_check: {result[0] if result else 'no answer'}): "
+                       "restore it from a copy, or move it away and use another --name")
+    if foreign := sorted(tables - OPTUNA_TABLES):
+        raise BadInput(f"{db} is a SQLite database of something else (tables: {', '.join(foreign[:3])}): "
+                       "it is left alone; choose another --storage")
+
+
+def _stamp(db: Path) -> tuple:
+    """What changes when anyone writes the database or its journals."""
+    stamps = []
+    for path in (db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal")):
         try:
-            with closing(sqlite3.connect(_read_only_uri(db), uri=True)) as conn:
-                result = conn.execute("PRAGMA quick_check").fetchone()
-                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as e:
-            raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another --name") from e
-        if result is None or result[0] != "ok":
-            raise BadInput(f"{db} is damaged (SQLite quick_check: {result[0] if result else 'no answer'}): "
-                           "restore it from a copy, or move it away and use another --name")
-        if tables and "version_info" not in tables:
-            raise BadInput(f"{db} is a SQLite database of something else (tables: {', '.join(sorted(tables)[:3])}): "
-                           "it is left alone; choose another --storage")
+            stat = path.stat()
+            stamps.append((stat.st_size, stat.st_mtime_ns))
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 def _read_only_uri(db: Path) -> str:

@@ -6,8 +6,10 @@ import hashlib
 import os
 import shutil
 import sqlite3
+from contextlib import closing
 
 import pytest
+from optuna.storages._rdb import models as optuna_models
 
 from conftest import ROOT, TINY, assert_one_line_error, free_port, run_cli
 from study.errors import BadInput
@@ -150,6 +152,51 @@ def test_check_sqlite_file_accepts_a_healthy_database(stored):
     check_sqlite_file(stored / "studies" / "base.db")
     with pytest.raises(BadInput, match="is a directory"):
         check_sqlite_file(stored / "studies")
+
+
+def test_a_schema_half_made_by_a_command_started_alongside_is_opened_not_refused(tmp_path):
+    """Optuna makes its tables one by one; a command that looks in between finds `studies` and no
+    `version_info` yet. CI once saw the third of three commands refuse the database for that."""
+    import sqlalchemy
+    from study.storage import OPTUNA_TABLES, open_storage
+
+    db = tmp_path / "half.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    optuna_models.BaseModel.metadata.tables["studies"].create(engine)
+    engine.dispose()
+    check_sqlite_file(db)
+    open_storage(f"sqlite:///{db}").engine.dispose()
+    with closing(sqlite3.connect(db)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables >= OPTUNA_TABLES - {"alembic_version"}
+
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    with pytest.raises(BadInput, match=r"something else \(tables: notes\)"):
+        check_sqlite_file(db)
+
+
+def test_a_database_that_changes_while_checked_is_read_again(tmp_path, monkeypatch):
+    """An unlocked read may catch a writer mid-page: refused only when the file stood still."""
+    import study.storage as storage
+
+    db = tmp_path / "busy.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    reads = []
+
+    def written_to_while_read(path):
+        reads.append(path)
+        if len(reads) == 1:
+            path.with_name(path.name + "-journal").write_bytes(b"a writer's journal")
+            raise BadInput("half-written")
+
+    monkeypatch.setattr(storage, "_check_sqlite_contents", written_to_while_read)
+    check_sqlite_file(db)
+    assert len(reads) == 2
+    monkeypatch.undo()
+    with pytest.raises(BadInput, match="something else"):
+        check_sqlite_file(db)
 
 
 def _open_after(barrier, url, answers):
