@@ -12,7 +12,7 @@
 See `study.api` for the keywords; `python -m study --help` for the command line.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from study.api import Edge, Study, edge, load, search, train  # noqa: E402
 from study.design import Range  # noqa: E402

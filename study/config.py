@@ -15,6 +15,7 @@ from study.errors import FieldError
 
 MODELS = ("mlp", "cnn")
 INITS = ("kaiming", "lsuv")
+BIAS_INITS = ("default", "zero")
 SCHEDULES = ("constant", "onecycle")
 BACKENDS = ("torch", "triton")
 DTYPES = ("float32", "bfloat16", "float64")
@@ -50,7 +51,8 @@ class DataConfig:
     )
     n_val: int = field(
         default=10_000,  # images carved out of the 60k training file; the other 50k train
-        metadata=describe("validation images taken from the training file"),
+        metadata=describe("validation images taken from the training file; 0: train on all 60,000 and "
+                       "validate on the test file, as the lesson does (59 steps per epoch at batch 1024)"),
     )
     split_seed: int = field(
         default=0,  # fixed so every run and every study sees the same train/validation split
@@ -58,8 +60,8 @@ class DataConfig:
     )
 
     def __post_init__(self):
-        if not 1 <= self.n_val < 60_000:
-            raise FieldError("n_val", f"must be between 1 and 59999, got {self.n_val}")
+        if not 0 <= self.n_val < 60_000:
+            raise FieldError("n_val", f"must be between 0 and 59999, got {self.n_val}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ class ModelConfig:
     sub: float = field(default=0.4, metadata=describe("GeneralRelu shift subtracted after the leaky ReLU"))
     maxv: float | None = field(default=None, metadata=describe("GeneralRelu upper clamp (default: none)"))
     init: str = field(default="kaiming", metadata=describe("weight initialisation", choices=INITS))
+    bias_init: str = field(
+        default="default",  # the lesson's: its init_weights re-draws weights only
+        metadata=describe("biases at initialisation: default = PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) "
+                       "as in the lesson; zero = all zero (what initstudy before 0.4.0 did)",
+                       choices=BIAS_INITS),
+    )
     init_scale: float = field(
         default=1.0,  # 1 = exactly Kaiming(a=leak); the search varies it around that
         metadata=describe("multiplier on the initial weights (> 0)"),

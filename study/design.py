@@ -284,6 +284,7 @@ def upgrade_stored_config(stored: dict) -> dict:
     neither `backend` nor `max_steps`: those read as their defaults (0.1.0 did not compare them, so
     a 0.1.0 study run with --backend triton or --max-steps is continued only with the defaults).
     Before 0.3.0, lr and momentum were one value each in `optim`; they read as one-value axes.
+    Before 0.4.0 every bias started at zero and `model` had no `bias_init`.
     """
     if not stored:
         return stored
@@ -299,6 +300,8 @@ def upgrade_stored_config(stored: dict) -> dict:
         optim = dict(upgraded["optim"])
         upgraded["space"] = {**upgraded["space"], **{name: f"{optim.pop(name):g}" for name in OPTIM_AXES}}
         upgraded["optim"] = optim
+    if "model" in upgraded and "bias_init" not in upgraded["model"]:
+        upgraded["model"] = {**upgraded["model"], "bias_init": "zero"}
     return upgraded
 
 

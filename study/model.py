@@ -5,6 +5,7 @@ Definitions follow fast.ai's course22p2 (miniai/activations.py, init.py, lesson 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -131,15 +132,22 @@ def weighted_layers(model: nn.Module) -> list[nn.Module]:
 
 def init_weights(model: nn.Module, config: ModelConfig, generator: torch.Generator,
                  batch: torch.Tensor | None = None) -> None:
-    """Kaiming normal with a=leak (gain sqrt(2 / (1 + leak^2)), fan-in) on every layer, biases zero.
+    """Kaiming normal with a=leak (gain sqrt(2 / (1 + leak^2)), fan-in) on every layer; biases as
+    `config.bias_init` says: PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the lesson's) or zero.
 
-    With `config.init == "lsuv"` the Kaiming weights are then rescaled layer by layer on `batch`
+    Every weight is drawn before any bias, so one seed gives the same weights under both bias inits
+    and they compare paired. With `config.init == "lsuv"` the Kaiming weights are then rescaled layer by layer on `batch`
     (required). Finally every weight is multiplied by `config.init_scale`.
     """
     with torch.no_grad():
         for layer in weighted_layers(model):
             nn.init.kaiming_normal_(layer.weight, a=config.leak, generator=generator)
-            nn.init.zeros_(layer.bias)
+        for layer in weighted_layers(model):
+            if config.bias_init == "zero":
+                nn.init.zeros_(layer.bias)
+            else:
+                bound = 1 / math.sqrt(layer.weight[0].numel())  # fan_in, as nn.Linear and nn.Conv2d do
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
         if config.init == "lsuv":
             if batch is None:
                 raise ValueError("LSUV initialisation needs a batch of inputs")

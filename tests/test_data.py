@@ -1,4 +1,5 @@
 import gzip
+import math
 import struct
 
 import pytest
@@ -79,6 +80,15 @@ def test_split_is_a_fixed_partition(n, n_val, seed):
     again_train, again_val = split_indices(n, n_val, seed)
     assert torch.equal(train, again_train) and torch.equal(val, again_val)
     assert not torch.equal(val, split_indices(n, n_val, seed + 1)[1])
+
+
+def test_the_lessons_split_trains_on_all_60000_and_validates_on_the_test_file(fashion):
+    lesson = load_fashion_mnist(DataConfig(n_val=0))
+    assert lesson.x_train.shape == (60_000, 1, 28, 28)
+    assert torch.equal(lesson.y_val, lesson.y_test) and torch.equal(lesson.x_val, lesson.x_test)
+    assert math.ceil(len(lesson.x_train) / 1024) == 59  # the lesson's steps per epoch; 49 by default
+    assert math.ceil(len(fashion.x_train) / 1024) == 49
+    assert lesson.mean != fashion.mean  # normalised with its own (all 60,000) training images
 
 
 def test_real_fashion_mnist_split_and_normalisation(fashion):

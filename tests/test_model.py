@@ -58,7 +58,25 @@ def test_kaiming_init_has_the_kaiming_std_times_scale(leak, init_scale):
         expected = init_scale * math.sqrt(2 / (1 + leak ** 2)) / math.sqrt(layer.in_features)
         # 10k to 1M samples: the sample std is within 3% of the true one.
         assert layer.weight.std().item() == pytest.approx(expected, rel=0.03)
-        assert torch.count_nonzero(layer.bias) == 0
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_bias_init_default_is_pytorchs_and_zero_keeps_the_same_weights(model):
+    """The lesson keeps PyTorch's bias init (uniform within 1/sqrt(fan_in)); `zero` differs in the
+    biases only, so one seed compares paired across the two."""
+    nets = {}
+    for bias_init in ("default", "zero"):
+        config = ModelConfig(model=model, widths=(512,), bias_init=bias_init)
+        nets[bias_init] = build_model(config)
+        init_weights(nets[bias_init], config, torch.Generator().manual_seed(3))
+    for default, zero in zip(weighted_layers(nets["default"]), weighted_layers(nets["zero"])):
+        assert torch.equal(default.weight, zero.weight)
+        assert torch.count_nonzero(zero.bias) == 0
+        bound = 1 / math.sqrt(default.weight[0].numel())
+        assert default.bias.abs().max() <= bound
+        if default.bias.numel() >= 64:  # uniform on [-b, b]: std b / sqrt(3)
+            assert default.bias.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.25)
+
 
 
 def test_init_is_determined_by_the_generator():

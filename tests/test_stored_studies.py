@@ -24,6 +24,9 @@ from test_storage import tree_digest
 FIXTURE = ROOT / "tests" / "fixtures" / "study-0.1.0.db"
 V010 = ["--name", "v010", "--model", "mlp", "--widths", "16", "--lr", "0.05", "--stats-every", "10",
         "--leak", "0,0.1,0.2", "--sub", "0", "--seeds", "0,1"]
+# Since 0.4.0 biases start as PyTorch's (the lesson's) unless asked: a 0.1.0 study's zero biases are
+# asked for by name to continue it.
+V010_TODAY = [*V010, "--bias-init", "zero"]
 GRID = ["--leak", "0,0.2", "--sub", "0", "--seeds", "0"]
 
 
@@ -41,7 +44,7 @@ def test_the_0_1_0_configuration_reads_as_todays():
     stored = json.loads(stored)
     assert "train" not in stored  # the old layout
     design = StudyDesign(leak=(0, 0.1, 0.2), sub=0, lr=0.05, momentum=0.85, seeds=(0, 1), n_trials=2)
-    run = RunConfig(model=ModelConfig(model="mlp", widths=(16,)),
+    run = RunConfig(model=ModelConfig(model="mlp", widths=(16,), bias_init="zero"),
                     train=TrainConfig(stats_every=10))
     today = study_config(design, run)
     upgraded = upgrade_stored_config(stored)
@@ -55,7 +58,11 @@ def test_a_study_written_by_0_1_0_resumes_and_plots(tmp_path):
     shutil.copy(FIXTURE, db)
     old = {t.number: (t.values, t.user_attrs) for t in optuna.load_study(study_name="v010",
                                                                           storage=f"sqlite:///{db}").trials}
-    proc = run_cli("search", *V010, "--n-trials", "3", cwd=tmp_path)
+    before = tree_digest(tmp_path / "studies")
+    assert_one_line_error(run_cli("search", *V010, "--n-trials", "3", cwd=tmp_path),
+                          "model.bias_init: stored zero, asked default")
+    assert tree_digest(tmp_path / "studies") == before
+    proc = run_cli("search", *V010_TODAY, "--n-trials", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="v010", storage=f"sqlite:///{db}")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -93,7 +100,7 @@ CHANGES = [
     (["--objective", "stability"], "objective"), (["--seeds", "0,1"], "seeds"),
     (["--train-threshold", "0.6"], "train_threshold"),
     (["--model", "cnn"], "model.model"), (["--widths", "8"], "model.widths"), (["--maxv", "3"], "model.maxv"),
-    (["--init", "lsuv"], "model.init"),
+    (["--init", "lsuv"], "model.init"), (["--bias-init", "zero"], "model.bias_init"),
     (["--lr", "0.1"], "space.lr"), (["--momentum", "0.5"], "space.momentum"),
     (["--weight-decay", "0.01"], "optim.weight_decay"), (["--schedule", "onecycle"], "optim.schedule"),
     (["--batch-size", "512"], "optim.batch_size"), (["--epochs", "2"], "optim.epochs"),
