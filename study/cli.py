@@ -12,6 +12,7 @@ database failed under a running study (one line, exit code 3). Everything printe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -86,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--out", default="studies/depth", help="output directory (default: studies/depth)")
     add_config_flags(depth, DataConfig)
     depth.set_defaults(handler=run_depth)
+
+    sharpness = commands.add_parser("sharpness", help="the loss Hessian's largest eigenvalue at initialisation "
+                                                      "(and along the first steps), per seed")
+    for cls in RUN_CONFIGS:
+        add_config_flags(sharpness, cls, skip=("seed",))
+    sharpness.add_argument("--seeds", type=int_tuple, default=(0,), help="seeds, comma separated (default: 0)")
+    sharpness.add_argument("--steps", type=int, default=0,
+                           help="also after each of the first K optimiser steps (default: 0, initialisation only)")
+    sharpness.add_argument("--json", action="store_true", help="print one JSON object per seed and step")
+    sharpness.set_defaults(handler=run_sharpness)
 
     findings = commands.add_parser("findings", help="run the findings studies and write docs/findings.md")
     findings.add_argument("--out", default="docs", help="directory of findings.md and its figures (default: docs)")
@@ -225,6 +236,29 @@ def run_depth(args: argparse.Namespace) -> int:
         print(f"  {init:>8}: {last_to_first_std(profiles, init):.3g}")
     for path in paths.values():
         print(path)
+    return 0
+
+
+def run_sharpness(args: argparse.Namespace) -> int:
+    if args.steps < 0:
+        raise BadInput(f"--steps must be >= 0, got {args.steps}")
+    seeds = StudyDesign(seeds=args.seeds).seeds
+    config = RunConfig(*(config_from_flags(cls, args, skip=("seed",)) for cls in RUN_CONFIGS))
+    prepare_backend(config.train.backend)
+    from study.experiments.sharpness import TOLERANCE, sharpness
+
+    points = [point for seed in seeds
+              for point in sharpness(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
+                                     args.steps, progress=sys.stderr.isatty() and not args.json)]
+    if args.json:
+        print("\n".join(json.dumps(point.to_dict()) for point in points))
+        return 0
+    print(f"largest Hessian eigenvalue of the loss on each seed's first batch (power iteration, {TOLERANCE:.0%}); "
+          f"bound = 2 (1 + momentum) / lambda_max, momentum {config.optim.momentum:g}, lr {config.optim.lr:g}")
+    print(f"{'seed':>5} {'step':>5} {'loss':>8} {'lambda_max':>11} {'lr bound':>9} {'products':>9}")
+    for p in points:
+        print(f"{p.seed:>5} {p.step:>5} {p.loss:>8.4f} {p.lambda_max:>11.4g} {p.stable_lr_bound:>9.4g} "
+              f"{p.iterations:>9}" + ("" if p.converged else "  (not converged)"))
     return 0
 
 

@@ -113,12 +113,12 @@ def is_diverged(loss: float, config: RunConfig) -> bool:
     return not math.isfinite(loss) or loss > config.train.diverge_loss
 
 
-def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = False) -> TrainResult:
-    """Train `config` once. `data` (already on the device) saves reloading in loops over seeds."""
-    device, data = prepare_data(config, data)
-    start = time.perf_counter()
+def initial_model(config: RunConfig, data: FashionMNIST, device: torch.device) -> tuple[nn.Module, torch.Generator]:
+    """The untrained model of `config.train.seed` on `device`, and the generator of its data order.
 
-    # Two generators so that the seed changes both the initial weights and the data order.
+    Two generators so that the seed changes both the initial weights and the data order; anything
+    that must see the same network and batches as `train` (the sharpness probe) starts here.
+    """
     init_gen = torch.Generator().manual_seed(2 * config.train.seed)
     order_gen = torch.Generator().manual_seed(2 * config.train.seed + 1)
     if config.train.backend == "triton" and device.type != "cuda" and torch.cuda.is_available():
@@ -126,6 +126,14 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
                        "without a GPU)")
     model = build_model(config.model, config.train.backend).to(device, WEIGHT_DTYPES[config.train.dtype])
     init_weights(model, config.model, init_gen, batch=data.x_train[:config.optim.batch_size])
+    return model, order_gen
+
+
+def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = False) -> TrainResult:
+    """Train `config` once. `data` (already on the device) saves reloading in loops over seeds."""
+    device, data = prepare_data(config, data)
+    start = time.perf_counter()
+    model, order_gen = initial_model(config, data, device)
     if config.model.model == "cnn" and config.train.backend == "torch":
         # With 1-64 channels, channels-last convolutions run ~20% faster on the CPU (measured). After
         # the initialisation: the generator fills memory in order, so the layout would change the weights.
