@@ -1,4 +1,4 @@
-"""Signal propagation through depth at init: `python scripts/depth.py --help` (`python -m study depth`)."""
+"""Signal propagation at initialisation, measured against mean-field: `python scripts/depth.py --help` (`python -m study depth`)."""
 
 import sys
 

@@ -76,14 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
     report.set_defaults(handler=run_report)
 
-    depth = commands.add_parser("depth", help="signal propagation through a deep MLP at initialisation")
-    depth.add_argument("--depth", type=int, default=50, help="hidden layers (default: 50)")
-    depth.add_argument("--width", type=int, default=256, help="units per hidden layer (default: 256)")
-    depth.add_argument("--leak", type=float, default=0.0, help="GeneralRelu leak (default: 0)")
-    depth.add_argument("--sub", type=float, default=0.0, help="GeneralRelu sub (default: 0)")
+    depth = commands.add_parser("depth", help="signal propagation through a deep MLP at initialisation, "
+                                              "measured in float64 against the mean-field prediction")
+    depth.add_argument("--depth", type=int, default=30, help="hidden layers (default: 30)")
+    depth.add_argument("--width", type=int, default=512, help="units per hidden layer (default: 512)")
+    depth.add_argument("--setting", action="append", type=_setting, metavar="LEAK,SUB",
+                       help="a GeneralRelu setting; repeat for several (default: ReLU and the lesson's)")
     depth.add_argument("--init-scale", type=float, default=1.0, help="Kaiming multiplier (default: 1)")
+    depth.add_argument("--bias-init", default="default", help="default (PyTorch's) or zero")
     depth.add_argument("--seeds", type=int_tuple, default=(0, 1, 2), help="seeds, comma separated (default: 0,1,2)")
-    depth.add_argument("--batch", type=int, default=512, help="FashionMNIST images in the batch (default: 512)")
+    depth.add_argument("--batch", type=int, default=256, help="FashionMNIST images in the batch (default: 256)")
     depth.add_argument("--out", default="studies/depth", help="output directory (default: studies/depth)")
     add_config_flags(depth, DataConfig)
     depth.set_defaults(handler=run_depth)
@@ -219,21 +221,39 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(text: str) -> tuple[float, float]:
+    try:
+        leak, sub = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LEAK,SUB like 0.1,0.4") from None
+    return leak, sub
+
+
 def run_depth(args: argparse.Namespace) -> int:
     if args.depth < 1 or args.width < 1 or args.batch < 2:
         raise BadInput("--depth and --width must be >= 1 and --batch >= 2")
-    ModelConfig(model="mlp", leak=args.leak, sub=args.sub, init_scale=args.init_scale)  # checks the values
-    seeds = StudyDesign(seeds=args.seeds).seeds
-    data_config = config_from_flags(DataConfig, args)
     from study.data import load_fashion_mnist
-    from study.experiments.depth import DEPTH_INITS, last_to_first_std, run_depth
+    from study.experiments.signal import SIGNAL_SETTINGS, SignalNet, agreement, run_signal
 
-    batch = load_fashion_mnist(data_config).x_train[:args.batch]
-    profiles, paths = run_depth(batch, Path(args.out), args.depth, args.width, args.leak, args.sub,
-                                args.init_scale, seeds, progress=sys.stderr.isatty())
-    print(f"std of the last hidden layer / the first, mean over seeds {','.join(map(str, seeds))}:")
-    for init in DEPTH_INITS:
-        print(f"  {init:>8}: {last_to_first_std(profiles, init):.3g}")
+    settings = args.setting or SIGNAL_SETTINGS
+    for leak, sub in settings:  # checks the values, naming the field
+        ModelConfig(model="mlp", leak=leak, sub=sub, init_scale=args.init_scale, bias_init=args.bias_init)
+    seeds = StudyDesign(seeds=args.seeds).seeds
+    data = load_fashion_mnist(config_from_flags(DataConfig, args))
+    net = SignalNet(args.depth, args.width, args.init_scale, args.bias_init)
+    profiles, predictions, paths = run_signal(data.x_train[:args.batch], data.y_train[:args.batch], Path(args.out),
+                                              settings, seeds, net, progress=sys.stderr.isatty())
+    print(f"layer {args.depth}: measured (mean over seeds {','.join(map(str, seeds))}) / mean-field; "
+          "largest error over layers and seeds")
+    for prediction in predictions:
+        mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
+        errors = agreement(profiles, prediction)
+        print(f"  leak {prediction.leak:g}, sub {prediction.sub:g}: "
+              f"var {sum(p.var[-1] for p in mine) / len(mine):.4g} / {prediction.var[-1]:.4g}, "
+              f"mean {sum(p.mean[-1] for p in mine) / len(mine):.3f} / {prediction.mean[-1]:.3f}, "
+              f"correlation {sum(p.correlation[-1] for p in mine) / len(mine):.3f} / {prediction.correlation[-1]:.3f}"
+              f"   (var {errors['var_rel_error']:.0%}, mean {errors['mean_abs_error']:.3f}, "
+              f"correlation {errors['correlation_abs_error']:.3f})")
     for path in paths.values():
         print(path)
     return 0

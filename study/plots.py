@@ -189,54 +189,42 @@ def study_figures(study, x: str = "leak", y: str = "sub") -> dict[str, Figure]:
     return figures | ({"lesson_settings_seeds": strip} if strip is not None else {})
 
 
-def depth_figures(profiles, sweep: np.ndarray, scales: list[float], leaks: list[float],
-                  title: str) -> dict[str, Figure]:
-    """The depth experiments' pictures (study/experiments/depth.py), by file name: std vs depth per
-    initialisation (log scale), normalised singular-value spectra at a few depths, and the
-    init_scale x leak heatmap of the last layer's log10 std."""
-    inits = list(dict.fromkeys(p.init for p in profiles))
-    figures = {}
-
-    fig = Figure(figsize=(4 * len(inits), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(inits), sharey=True)
-    for ax, init in zip(axes, inits):
-        for p in (p for p in profiles if p.init == init):
-            ax.semilogy(range(1, len(p.std) + 1), np.maximum(p.std, 1e-30), label=f"seed {p.seed}")
-        ax.axhline(1.0, color="grey", linestyle=":")
-        ax.set_title(init)
-        ax.set_xlabel("layer")
-    axes[0].set_ylabel("activation std")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Activation std through depth: {title}")
-    figures["depth_std"] = fig
-
-    fig = Figure(figsize=(4 * len(inits), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(inits), sharey=True)
-    for ax, init in zip(axes, inits):
-        first = next(p for p in profiles if p.init == init)
-        depth = len(first.singular_values)
-        for layer in sorted({1, max(depth // 5, 1), max(depth // 2, 1), depth}):
-            values = np.maximum(first.singular_values[layer - 1], 1e-12)
-            ax.semilogy(range(1, len(values) + 1), values,
-                        label=f"layer {layer} (eff. rank {first.effective_rank[layer - 1]:.0f})")
-        ax.set_title(init)
-        ax.set_xlabel("singular value index")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("singular value / largest")
-    fig.suptitle(f"Spectrum of the centred activations, seed {profiles[0].seed}: {title}")
-    figures["depth_spectra"] = fig
-
-    fig = Figure(figsize=(1.5 + 0.9 * len(leaks), 1.2 + 0.5 * len(scales)), layout="constrained")
-    ax = fig.subplots()
-    frame = pd.DataFrame(sweep, index=[f"{s:g}" for s in scales], columns=[f"{l:g}" for l in leaks])
-    _seaborn().heatmap(frame, ax=ax, cmap="RdBu_r", center=0, vmin=-6, vmax=6, annot=True, fmt=".1f",
-                annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 std, last layer (0: std 1)"})
-    ax.invert_yaxis()
-    ax.set_xlabel("leak")
-    ax.set_ylabel("init_scale (x Kaiming)")
-    ax.set_title("Kaiming x init_scale: where activations neither vanish nor explode")
-    figures["depth_std_sweep"] = fig
-    return figures
+def signal_figure(profiles, predictions, title: str) -> Figure:
+    """Signal propagation (study/experiments/signal.py): per hidden layer, measured (markers: the
+    mean over seeds, bars: their range) against the mean-field prediction (lines), one colour per
+    (leak, sub): activation variance (log), activation mean, the correlation of image pairs'
+    pre-activations, and the gradient norm relative to the last hidden layer's."""
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    colours = _seaborn().color_palette("tab10", len(predictions))
+    panels = (("var", "activation variance", True), ("mean", "activation mean", False),
+              ("correlation", "correlation of two images' pre-activations", False))
+    for colour, prediction in zip(colours, predictions):
+        mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
+        label = f"leak {prediction.leak:g}, sub {prediction.sub:g}"
+        layers = np.arange(1, len(prediction.mean) + 1)
+        for ax, (key, _, _) in zip(axes, panels):
+            values = np.array([getattr(p, key) for p in mine])
+            centre = values.mean(0)
+            ax.errorbar(layers, centre, yerr=[centre - values.min(0), values.max(0) - centre], fmt="o",
+                        markersize=3, color=colour, elinewidth=0.8, label=label)
+            ax.plot(layers, getattr(prediction, key), color=colour, linewidth=1.2)
+        ratios = np.array([np.array(p.grad_norm) / p.grad_norm[-1] for p in mine])
+        centre = ratios.mean(0)
+        axes[3].errorbar(layers, centre, yerr=[centre - ratios.min(0), ratios.max(0) - centre], fmt="o",
+                         markersize=3, color=colour, elinewidth=0.8, label=label)
+    for ax, (_, name, log) in zip(axes, panels):
+        ax.set_title(name)
+        if log:
+            ax.set_yscale("log")
+    axes[3].axhline(1.0, color="grey", linestyle=":", label="mean-field (init_scale 1: by construction)")
+    axes[3].set_title("|dL/dz| per layer / the last hidden layer's")
+    for ax in axes:
+        ax.set_xlabel("hidden layer")
+    axes[0].legend(fontsize=8, title="markers: measured (range over seeds)\nlines: mean-field", title_fontsize=8)
+    axes[3].legend(fontsize=7)
+    fig.suptitle(f"Signal propagation at initialisation: {title}", fontsize=10)
+    return fig
 
 
 def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figure:

@@ -1,0 +1,200 @@
+"""Signal propagation at initialisation with GeneralRelu(leak, sub): measured in float64 against the
+mean-field prediction.
+
+An MLP of `depth` hidden layers of `width` units (Kaiming x init_scale weights, biases as
+`bias_init`) sees one batch of real FashionMNIST images, untrained; its parameters and every
+operation from the (float32-stored) input on are float64. Per hidden layer we measure the
+activation's mean and variance (over units and images), the correlation of the pre-activations of
+pairs of images, and the norm of the loss gradient with respect to the pre-activations.
+
+The mean-field prediction (infinite width, weights independent of the inputs). Write
+f(z) = leaky_relu(z, leak), a = f(z) - sub, g^2 = init_scale^2 * 2 / (1 + leak^2) (Kaiming's gain),
+b = 1 / (3 fan_in) the variance of PyTorch's default bias (0 for zero biases). For a pre-activation
+z ~ N(0, q):
+    E[a]   = (1 - leak) sqrt(q / 2 pi) - sub
+    E[a^2] = (1 + leak^2) q / 2 - 2 sub (1 - leak) sqrt(q / 2 pi) + sub^2
+and the next layer's pre-activation variance is q' = g^2 E[a^2] + b. The first layer's is
+q_1 = g^2 mean(x^2) + b per image x. For two images with pre-activation covariance q12 and
+correlation c = q12 / sqrt(q1 q2) = cos(theta) (Cho & Saul's arc-cosine kernel for the ReLU part):
+    E[f1 f2] = (1 - leak)^2 sqrt(q1 q2) (sin theta + (pi - theta) c) / (2 pi) + leak q12
+    E[a1 a2] = E[f1 f2] - sub (E[f1] + E[f2]) + sub^2,    q12' = g^2 E[a1 a2] + b.
+Backward (width constant, the gradient-independence assumption), the pre-activation gradient's
+variance is multiplied per layer towards the input by chi = g^2 E[f'(z)^2] = g^2 (1 + leak^2) / 2
+= init_scale^2, for every leak and sub.
+
+Relations that hold by construction (labelled here, never reported as findings):
+- With sub = 0 and init_scale 1, q' = q: Kaiming's gain is chosen to make it so.
+- chi = init_scale^2 whatever leak and sub: f' does not see sub, and the gain is chosen for leak.
+- Seed s draws the same standard normals for every setting (the weights differ by the gain only):
+  settings are paired on seeds.
+With sub > 0 and init_scale 1 the map q -> q' has the fixed point q* = pi sub^2 / (2 (1 - leak)^2)
+(zero biases), where E[a] = -sub / 2: derived from the formulas above, and tested by measurement.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from study.config import ModelConfig
+from study.model import activations, build_model, init_weights, weighted_layers
+
+SIGNAL_SETTINGS = ((0.0, 0.0), (0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9))  # ReLU and the lesson's
+PAIRS = 64  # image pairs whose correlation is followed
+
+
+@dataclass(frozen=True)
+class SignalNet:
+    """The network of one measurement."""
+
+    depth: int = 30
+    width: int = 512
+    init_scale: float = 1.0
+    bias_init: str = "default"
+
+
+@dataclass
+class SignalProfile:
+    """One setting, one seed: per hidden layer, input side first."""
+
+    leak: float
+    sub: float
+    seed: int
+    mean: list[float]  # of the activations a, over units and images
+    var: list[float]  # population variance of a over units and images
+    correlation: list[float]  # mean over PAIRS image pairs of cos(z_i, z_j), over units
+    grad_norm: list[float]  # ||dL/dz|| of the layer's pre-activations (L: mean cross-entropy)
+
+
+@dataclass
+class SignalPrediction:
+    """The mean-field values for the same images and network, per hidden layer."""
+
+    leak: float
+    sub: float
+    mean: list[float]
+    var: list[float]
+    correlation: list[float]
+
+
+def leaky_moments(q: np.ndarray, leak: float, sub: float) -> tuple[np.ndarray, np.ndarray]:
+    """(E[a], E[a^2]) for a = leaky_relu(z, leak) - sub, z ~ N(0, q)."""
+    first = (1 - leak) * np.sqrt(q / (2 * np.pi))
+    second = (1 + leak ** 2) * q / 2
+    return first - sub, second - 2 * sub * first + sub ** 2
+
+
+def pair_moment(q1: np.ndarray, q2: np.ndarray, q12: np.ndarray, leak: float, sub: float) -> np.ndarray:
+    """E[a(z1) a(z2)] for (z1, z2) centred Gaussian with variances q1, q2 and covariance q12."""
+    c = np.clip(q12 / np.sqrt(q1 * q2), -1.0, 1.0)
+    theta = np.arccos(c)
+    ff = (1 - leak) ** 2 * np.sqrt(q1 * q2) * (np.sin(theta) + (np.pi - theta) * c) / (2 * np.pi) + leak * q12
+    f1, f2 = ((1 - leak) * np.sqrt(q / (2 * np.pi)) for q in (q1, q2))
+    return ff - sub * (f1 + f2) + sub ** 2
+
+
+def fixed_point_variance(leak: float, sub: float) -> float:
+    """q* of the pre-activation variance for sub > 0, init_scale 1, zero biases (see the docstring)."""
+    return math.pi * sub ** 2 / (2 * (1 - leak) ** 2)
+
+
+def predict(x: torch.Tensor, leak: float, sub: float, net: SignalNet) -> SignalPrediction:
+    """The mean-field profile for images x (N, 1, 28, 28) through `net`."""
+    images = x.reshape(len(x), -1).double().numpy()
+    gain2 = net.init_scale ** 2 * 2 / (1 + leak ** 2)
+
+    def bias_var(fan_in: int) -> float:
+        return 1 / (3 * fan_in) if net.bias_init == "default" else 0.0
+
+    first, second = _pairs(len(images))
+    q = gain2 * (images ** 2).mean(1) + bias_var(images.shape[1])  # (N,)
+    q12 = gain2 * (images[first] * images[second]).mean(1) + bias_var(images.shape[1])  # (PAIRS,)
+    means, variances, correlations = [], [], []
+    for _ in range(net.depth):
+        mean, square = leaky_moments(q, leak, sub)
+        means.append(float(mean.mean()))
+        variances.append(float(square.mean() - mean.mean() ** 2))
+        correlations.append(float((q12 / np.sqrt(q[first] * q[second])).mean()))
+        q12 = gain2 * pair_moment(q[first], q[second], q12, leak, sub) + bias_var(net.width)
+        q = gain2 * square + bias_var(net.width)
+    return SignalPrediction(leak, sub, means, variances, correlations)
+
+
+def measure(x: torch.Tensor, y: torch.Tensor, leak: float, sub: float, seed: int, net: SignalNet) -> SignalProfile:
+    """The float64 network of `seed` on images x (N, 1, 28, 28) with labels y (N,)."""
+    config = ModelConfig(model="mlp", widths=(net.width,) * net.depth, leak=leak, sub=sub,
+                         init_scale=net.init_scale, bias_init=net.bias_init)
+    model = build_model(config).double()
+    init_weights(model, config, torch.Generator().manual_seed(seed))  # draws float64 numbers
+    layers = weighted_layers(model)
+    first, second = _pairs(len(x))
+    h = x.reshape(len(x), -1).double()
+    pre, acts = [], []
+    for layer, act in zip(layers[:-1], activations(model)):
+        z = layer(h)
+        z.retain_grad()
+        h = act(z)
+        pre.append(z)
+        acts.append(h.detach())
+    F.cross_entropy(layers[-1](h), y).backward()
+    unit = [z.detach() / z.detach().norm(dim=1, keepdim=True) for z in pre]
+    return SignalProfile(
+        leak, sub, seed,
+        mean=[a.mean().item() for a in acts],
+        var=[a.var(unbiased=False).item() for a in acts],
+        correlation=[(u[first] * u[second]).sum(1).mean().item() for u in unit],
+        grad_norm=[z.grad.norm().item() for z in pre],
+    )
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """PAIRS disjoint image pairs (0, 1), (2, 3), ... (fewer for small batches)."""
+    count = min(PAIRS, n // 2)
+    return np.arange(0, 2 * count, 2), np.arange(1, 2 * count, 2)
+
+
+def run_signal(x: torch.Tensor, y: torch.Tensor, out_dir: Path, settings=SIGNAL_SETTINGS,
+               seeds: tuple[int, ...] = (0, 1, 2), net: SignalNet = SignalNet(),
+               progress: bool = False) -> tuple[list[SignalProfile], list[SignalPrediction], dict[str, Path]]:
+    """Measure and predict every setting; write signal.csv and signal.png to out_dir."""
+    from study.plots import save_figures, signal_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [(leak, sub, seed) for leak, sub in settings for seed in seeds]
+    profiles = [measure(x, y, leak, sub, seed, net)
+                for leak, sub, seed in tqdm(runs, desc="signal propagation", disable=not progress, leave=False)]
+    predictions = [predict(x, leak, sub, net) for leak, sub in settings]
+    paths = {"signal_csv": out_dir / "signal.csv"}
+    with open(paths["signal_csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["leak", "sub", "seed", "layer", "mean", "var", "correlation", "grad_norm"])
+        for p in profiles:
+            for layer, values in enumerate(zip(p.mean, p.var, p.correlation, p.grad_norm), start=1):
+                writer.writerow([p.leak, p.sub, p.seed, layer, *values])
+        for p in predictions:  # seed "mean-field": the prediction
+            for layer, values in enumerate(zip(p.mean, p.var, p.correlation), start=1):
+                writer.writerow([p.leak, p.sub, "mean-field", layer, *values, ""])
+    title = (f"{net.depth} layers of width {net.width}, init_scale {net.init_scale:g}, {net.bias_init} biases, "
+             f"float64, {len(x)} FashionMNIST images, seeds {','.join(map(str, seeds))}")
+    figures = {"signal": signal_figure(profiles, predictions, title)}
+    paths.update(zip(figures, save_figures(figures, out_dir)))
+    return profiles, predictions, paths
+
+
+def agreement(profiles: list[SignalProfile], prediction: SignalPrediction) -> dict[str, float]:
+    """For one setting, over layers and seeds: the largest relative error of the measured variance,
+    the largest absolute error of the mean and of the correlation, against the prediction."""
+    mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
+    measured = {key: np.array([getattr(p, key) for p in mine]) for key in ("mean", "var", "correlation")}
+    return {
+        "var_rel_error": float(np.max(np.abs(measured["var"] / np.array(prediction.var) - 1))),
+        "mean_abs_error": float(np.max(np.abs(measured["mean"] - np.array(prediction.mean)))),
+        "correlation_abs_error": float(np.max(np.abs(measured["correlation"] - np.array(prediction.correlation)))),
+    }
