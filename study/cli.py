@@ -100,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     sharpness.add_argument("--json", action="store_true", help="print one JSON object per seed and step")
     sharpness.set_defaults(handler=run_sharpness)
 
-    findings = commands.add_parser("findings", help="run the findings studies and write docs/findings.md")
-    findings.add_argument("--out", default="docs", help="directory of findings.md and its figures (default: docs)")
+    findings = commands.add_parser("findings", help="run (or resume) the findings studies and write findings.md")
+    findings.add_argument("--quick", action="store_true",
+                          help="a small MLP and grid, minutes instead of about 90: for trying the command")
+    findings.add_argument("--out", help="directory of findings.md and its figures "
+                                        "(default: docs; studies/findings-quick with --quick)")
+    add_config_flags(findings, MachineConfig)
     findings.set_defaults(handler=run_findings)
 
     bench = commands.add_parser("bench", help="benchmarks: print a table of timings (benchmarks/)")
@@ -283,9 +287,17 @@ def run_sharpness(args: argparse.Namespace) -> int:
 
 
 def run_findings(args: argparse.Namespace) -> int:
-    from study.experiments.findings import write_findings
+    from study.experiments.findings import FULL, QUICK, write_findings
 
-    print(write_findings(Path(args.out), progress=sys.stderr.isatty()))
+    plan = QUICK if args.quick else FULL
+    out = Path(args.out or ("studies/findings-quick" if args.quick else "docs"))
+    machine = config_from_flags(MachineConfig, args)
+    try:
+        print(write_findings(plan, out, machine, progress=sys.stderr.isatty()))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

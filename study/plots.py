@@ -310,6 +310,45 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
     return fig
 
 
+def sharpness_figure(edges: pd.DataFrame, init: pd.DataFrame, along: pd.DataFrame, step: float,
+                     momentum: float) -> Figure:
+    """Left: per setting, the stability bound 2 (1 + momentum) / lambda_max at initialisation (median
+    and range over seeds) against the measured edge interval (the largest stable rung to the first
+    unstable one), log-log, with the diagonal. Right: lambda_max along the first steps, per seed.
+    edges: `results.edge_table`; init: leak, sub, seed, lambda_max; along: leak, sub, seed, step, lambda_max."""
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for r in edges.to_dict("records"):
+        values = init[(init["leak"] == r["leak"]) & (init["sub"] == r["sub"])]["lambda_max"]
+        bounds = 2 * (1 + momentum) / values
+        low = r["max_stable_lr"] if not np.isnan(r["max_stable_lr"]) else r["first_unstable_lr"] / step
+        high = r["first_unstable_lr"] if not np.isnan(r["first_unstable_lr"]) else r["max_stable_lr"] * step
+        centre = np.sqrt(low * high)
+        left.errorbar(centre, bounds.median(), xerr=[[centre - low], [high - centre]],
+                      yerr=[[bounds.median() - bounds.min()], [bounds.max() - bounds.median()]], fmt="o", ms=4,
+                      color="tab:red" if r["sub"] > 0 else "tab:blue", elinewidth=0.8)
+        left.annotate(f"({r['leak']:g}, {r['sub']:g})", (centre, bounds.median()), textcoords="offset points",
+                      xytext=(4, 3), fontsize=6)
+    span = [min(left.get_xlim()[0], left.get_ylim()[0]), max(left.get_xlim()[1], left.get_ylim()[1])]
+    left.plot(span, span, color="grey", linestyle=":", label="bound = edge")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("measured edge: largest stable lr to first unstable lr")
+    left.set_ylabel(f"2 (1 + {momentum:g}) / lambda_max at init")
+    left.scatter([], [], color="tab:blue", label="sub = 0")
+    left.scatter([], [], color="tab:red", label="sub > 0")
+    left.legend(fontsize=8)
+    left.set_title("The curvature bound at initialisation against the edge", fontsize=10)
+    for (leak, sub, seed), group in along.groupby(["leak", "sub", "seed"]):
+        right.plot(group["step"], group["lambda_max"], "o-", ms=3, label=f"({leak:g}, {sub:g}) seed {seed}")
+    right.set_yscale("log")
+    right.set_xlabel("optimiser step")
+    right.set_ylabel("lambda_max on the first batch")
+    right.legend(fontsize=7)
+    right.set_title("lambda_max along the first steps", fontsize=10)
+    return fig
+
+
 def seed_outcome_figure(seeds: pd.DataFrame, threshold: float) -> Figure:
     """Which seeds fail where: rows seeds, columns settings (most seeds trained first); a cell is
     trained, below the threshold, or diverged with the step it diverged at. seeds: `results.seed_frame`."""

@@ -1,55 +1,165 @@
-"""The findings document's verdicts and its studies' configuration."""
+"""The findings document: its rules and tests on made-up seeds, its studies the same as the command
+line's, and (slow) `findings --quick` end to end, each verdict recomputed from the stored trials."""
 
-import pandas as pd
+import re
 
+import optuna
+import pytest
+from scipy import stats
+
+from conftest import run_cli
 from study.cli import RUN_CONFIGS, build_parser
-from study.flags import config_from_flags
 from study.config import RunConfig
-from study.design import SEARCHED, StudyDesign, describe_space, study_config
-from study.experiments.findings import STUDIES, TEN_SEEDS, configs, verdicts
-from study.reliability import clopper_pearson
+from study.design import SEARCHED, StudyPlace, study_config
+from study.experiments.findings import FULL, QUICK, claims
+from study.flags import config_from_flags
+from study.ladder import EdgeDesign
+from study.results import seed_frame
 
 
-def table(rows):
-    columns = ["init_scale", "leak", "sub", "n_seeds", "mean", "worst", "best", "n_trained", "n_diverged"]
-    frame = pd.DataFrame([dict(zip(columns, r)) for r in rows])
-    bounds = [clopper_pearson(k, n) for k, n in zip(frame["n_trained"], frame["n_seeds"])]
-    return frame.assign(trained_low=[low for low, _ in bounds], trained_high=[high for _, high in bounds])
+def outcomes(name, trained, accs=None):
+    accs = accs or [0.8 if t else 0.1 for t in trained]
+    return claims.Outcomes(name, {seed: (t, a, None) for seed, (t, a) in enumerate(zip(trained, accs))})
 
 
-def test_verdicts_follow_the_numbers():
-    fragile_and_collapsed = table([(1.0, 0.2, 0.4, 10, 0.5, 0.1, 0.84, 6, 4), (1.0, 0.05, 0.9, 10, 0.1, 0.09, 0.11, 0, 10),
-                                   (1.0, 0.05, 0.4, 10, 0.84, 0.83, 0.85, 10, 0)])
-    lines = verdicts(fragile_and_collapsed)
-    assert lines[0].startswith("**(.2, .4) is seed-fragile: holds.** 6 of 10 seeds trained (exact 95% CI 0.26-0.88)")
-    assert lines[1].startswith("**(.05, .9) collapses: holds.** 0 of 10 seeds trained (exact 95% CI 0.00-0.31")
-    assert len(lines) == 2  # no "most reliable" without a test: the report's comparisons say that
-
-    robust = table([(1.0, 0.2, 0.4, 10, 0.84, 0.83, 0.85, 10, 0), (1.0, 0.05, 0.9, 10, 0.6, 0.2, 0.8, 7, 3)])
-    lines = verdicts(robust)
-    assert "seed-fragile: does not hold" in lines[0] and "collapses: does not hold" in lines[1]
+@pytest.mark.parametrize("k, n, verdict", [(20, 20, "holds"), (19, 20, "holds"), (15, 20, "not established with 20 seeds"),
+                                           (12, 20, "does not hold"), (6, 6, "not established with 6 seeds")])
+def test_trains_reliably_reads_the_exact_interval_against_the_edge_levels(k, n, verdict):
+    low, high = stats.binomtest(k, n).proportion_ci(method="exact")
+    assert claims.trains_reliably("s", outcomes("x", [True] * k + [False] * (n - k))).verdict == verdict
+    assert (verdict == "holds") == (low > 0.6) and (verdict == "does not hold") == (high < 0.9)
 
 
-def test_findings_studies_are_the_same_as_the_command_line_ones():
-    """So that a study started with `python -m study search` is continued, not refused, by findings."""
-    for entry in STUDIES:
-        args = build_parser().parse_args(["search", "--name", entry.name, "--leak", describe_space(entry.leak),
-                                          "--sub", describe_space(entry.sub), "--seeds", describe_space(TEN_SEEDS),
-                                          "--epochs", str(entry.epochs)])
-        cli_design = config_from_flags(StudyDesign, args)
-        cli_run = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
-        _, design, run = configs(entry)
-        assert study_config(design, run) == study_config(cli_design, cli_run)
+def test_more_reliable_is_mcnemars_exact_test_on_shared_seeds():
+    better = outcomes("a", [True] * 18 + [False] * 2)
+    worse = outcomes("b", [True] * 8 + [False] * 12)
+    v = claims.more_reliable("a beats b", better, worse)
+    assert v.p == pytest.approx(stats.binomtest(10, 10, 0.5).pvalue) and v.verdict == "holds"
+    v = claims.more_reliable("b beats a", worse, better)
+    assert v.verdict == "does not hold"
+    close = claims.more_reliable("a beats c", better, outcomes("c", [True] * 17 + [False] * 3))
+    assert close.verdict == "not established with 20 seeds"
 
 
-def test_epoch_comparison_reports_seed_counts_per_setting():
-    from study.experiments.findings import epoch_comparison
+def test_holm_turns_a_lone_small_p_into_not_established_when_many_are_tested():
+    better = outcomes("a", [True] * 14 + [False] * 6)
+    worse = outcomes("b", [True] * 8 + [False] * 12)
+    single = claims.more_reliable("a beats b", better, worse)
+    assert single.p < 0.05 and single.verdict == "holds"
+    adjusted = claims.with_holm([single] * 4)
+    assert all(v.verdict.startswith("not established with 20 seeds") for v in adjusted)
+    assert "Holm" in adjusted[0].test
 
-    def full(rows):
-        frame = table(rows)
-        return frame.assign(trained_mean=[0.84 if k else float("nan") for k in frame["n_trained"]])
 
-    one = full([(1.0, 0.2, 0.4, 10, 0.6, 0.07, 0.84, 7, 3), (1.0, 0.05, 0.9, 10, 0.1, 0.09, 0.11, 0, 10)])
-    three = full([(1.0, 0.2, 0.4, 10, 0.6, 0.07, 0.87, 8, 2)])
-    (line,) = epoch_comparison(one, three)
-    assert line.startswith("(0.2, 0.4): 7 of 10 trained after 1 epoch, 8 of 10 after 3 (+1 seeds)")
+def test_more_accurate_is_wilcoxon_on_the_seeds_both_trained():
+    a = outcomes("a", [True] * 10, [0.85 + 0.001 * i for i in range(10)])
+    b = outcomes("b", [True] * 9 + [False], [0.80 + 0.002 * i for i in range(10)])
+    v = claims.more_accurate("a above b", a, b)
+    assert v.n == 9
+    assert v.p == pytest.approx(stats.wilcoxon([0.05 - 0.001 * i for i in range(9)]).pvalue)
+
+
+def test_momentum_scalings_keep_only_the_invariants_the_intervals_allow():
+    # Edge halves from momentum 0 to 0.5 (as lr / (1 - mu) would have it), within one rung each.
+    rows = [{"momentum": 0.0, "max_stable_lr": 0.2, "first_unstable_lr": 0.28},
+            {"momentum": 0.5, "max_stable_lr": 0.1, "first_unstable_lr": 0.14}]
+    assert claims.momentum_scalings(rows) == {"lr": False, "lr / (1 - mu)": True, "lr / (1 + mu)": False}
+
+
+@pytest.mark.parametrize("plan", [FULL, QUICK], ids=["full", "quick"])
+def test_the_edge_studies_are_the_ones_the_edge_command_makes(plan):
+    """So `python -m study edge` started by hand on the same name is continued by findings, not refused."""
+    design = plan.edge_studies()["findings-edge"]
+    flags = ["edge", "--name", "findings-edge", "--storage", plan.storage,
+             "--leak", ",".join(map(str, plan.grid_leak)), "--sub", ",".join(map(str, plan.grid_sub)),
+             "--lr", f"{design.lr.low}:{design.lr.high}:log", "--lr-step", repr(plan.lr_step),
+             "--max-seeds", str(plan.max_seeds), "--reliability", str(plan.reliability),
+             "--unreliability", str(plan.unreliability), "--n-val", "0", "--model", plan.run.model.model,
+             "--widths", ",".join(map(str, plan.run.model.widths))]
+    if plan.run.train.max_steps:
+        flags += ["--max-steps", str(plan.run.train.max_steps)]
+    args = build_parser().parse_args(flags)
+    cli_design = config_from_flags(EdgeDesign, args)
+    cli_run = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+    assert study_config(design, plan.run) == study_config(cli_design, cli_run)
+    assert config_from_flags(StudyPlace, args) == plan.place("findings-edge")
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| statement")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def _holm(ps):
+    order = sorted(range(len(ps)), key=ps.__getitem__)
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@pytest.mark.slow
+def test_findings_quick_writes_verdicts_that_a_recomputation_from_the_stored_trials_confirms(tmp_path):
+    proc = run_cli("findings", "--quick", "--out", "out", "--workers", "1", cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "findings.md").read_text()
+    for figure in ("edge_heatmap", "edge_curves", "sharpness", "signal"):
+        assert f"findings/{figure}.png" in text and (tmp_path / "out" / "findings" / f"{figure}.png").stat().st_size
+    storage = f"sqlite:///{tmp_path / 'studies' / 'findings-quick.db'}"
+
+    def seeds(variant, setting):
+        name = f"findings-{variant}-{setting[0]:g}-{setting[1]:g}"
+        frame = seed_frame(optuna.load_study(study_name=name, storage=storage))
+        return dict(zip(frame["seed"], frame["val_acc"] > 0.5)), dict(zip(frame["seed"], frame["val_acc"]))
+
+    for heading, variant_of in (("## 2.", lambda name: "lesson"),
+                                ("## 6.", lambda name: "zero-bias" if "zero biases" in name else "split-50k")):
+        rows = _table(text, heading)
+        assert rows
+        recomputed = []  # (row, verdict rule or p)
+        for statement, evidence, verdict, test in rows:
+            names = [tuple(float(x) for x in m) for m in re.findall(r"\((\d[\d.]*), (\d[\d.]*)\)", evidence)]
+            first = seeds("lesson", names[0])
+            if test.startswith("exact interval against 0.6"):
+                k, n = sum(first[0].values()), len(first[0])
+                assert f"{k}/{n} trained" in evidence
+                low, high = stats.binomtest(k, n).proportion_ci(method="exact")
+                assert verdict.strip("*") == ("does not hold" if high < 0.9 else "holds" if low > 0.6
+                                              else f"not established with {n} seeds")
+            elif test.startswith("exact interval against 0.5"):
+                k, n = sum(first[0].values()), len(first[0])
+                low, high = stats.binomtest(k, n).proportion_ci(method="exact")
+                assert verdict.strip("*") == ("holds" if high < 0.5 else "does not hold" if low > 0.5
+                                              else f"not established with {n} seeds")
+            elif test.startswith("count of failed"):
+                assert verdict.strip("*") == ("holds" if not all(first[0].values()) else "does not hold")
+            else:
+                second = seeds(variant_of(statement) if heading == "## 6." else "lesson", names[1])
+                if test.startswith("McNemar"):
+                    only_a = sum(first[0][s] and not second[0][s] for s in first[0])
+                    only_b = sum(second[0][s] and not first[0][s] for s in first[0])
+                    p = 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b).pvalue
+                    recomputed.append((verdict, p, only_a - only_b, len(first[0]), test))
+                elif "too few" not in test:
+                    both = [s for s in first[0] if first[0][s] and second[0][s]]
+                    differences = [first[1][s] - second[1][s] for s in both]
+                    p = stats.wilcoxon(differences).pvalue
+                    recomputed.append((verdict, p, sorted(differences)[len(differences) // 2] if differences else 0,
+                                       len(both), test))
+        adjusted = _holm([p for _, p, _, _, _ in recomputed])
+        for (verdict, p, direction, n, test), p_holm in zip(recomputed, adjusted):
+            assert f"p = {p:.2g}" in test and f"Holm {p_holm:.2g}" in test
+            expected = (f"not established with {n} seeds" if p >= 0.05 else None)
+            if p < 0.05 <= p_holm:
+                expected = f"not established with {n} seeds (after Holm's correction)"
+            elif p_holm < 0.05:
+                expected = "holds" if direction > 0 else "does not hold"
+            assert verdict.strip("*") == expected, (test, verdict)
+
+    # A second run trains nothing: every study is complete, the sharpness values are cached.
+    trials = {s.study_name: len(s.trials) for s in optuna.get_all_study_summaries(storage)}
+    again = run_cli("findings", "--quick", "--out", "out", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {s.study_name: len(s.trials) for s in optuna.get_all_study_summaries(storage)} == trials

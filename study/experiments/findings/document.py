@@ -1,0 +1,376 @@
+"""Run (or resume) the plan's studies and write findings.md with its figures.
+
+Every number in the document is read from the stored studies (or, for the untrained experiments,
+computed here); every verdict comes from `claims`. A second run trains nothing: the studies are
+complete and the sharpness values are cached beside the database.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from study.design import MachineConfig
+from study.data import load_fashion_mnist
+from study.experiments.findings import claims
+from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_RELU, RELU, FindingsPlan
+from study.experiments.sharpness import TOLERANCE, sharpness
+from study.experiments.signal import agreement, fixed_point_variance, run_signal
+from study.plots import edge_curves_figure, edge_heatmap_figure, save_figures, sharpness_figure
+from study.results import edge_table, probe_frame, seed_frame, study_threshold, wall_time
+from study.runner import run_study
+from study.storage import sqlite_path
+from study.training import device_name
+
+COMMAND = "python -m study findings"
+
+
+def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = MachineConfig(),
+                   progress: bool = False) -> Path:
+    """Run or resume every study of `plan`, then write out_dir/findings.md and out_dir/findings/*.png."""
+    started = time.perf_counter()
+    figures_dir = out_dir / "findings"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    edges = {name: (design, run_study(plan.place(name), design, plan.run, machine, progress))
+             for name, design in plan.edge_studies().items()}
+    lesson = {name: run_study(plan.place(name), design, run, machine, progress)
+              for name, (design, run) in plan.lesson_studies().items()}
+    outcomes = {name: _outcomes(study) for name, study in lesson.items()}
+
+    grid_design, grid_study = edges["findings-edge"]
+    grid = edge_table(grid_study, grid_design)
+    step = grid_design.ladder()[1] / grid_design.ladder()[0]
+    sharp = _sharpness(plan, grid, outcomes, progress)
+    pictures = save_figures({
+        "edge_heatmap": edge_heatmap_figure(grid, grid_design.ladder()),
+        "edge_curves": edge_curves_figure(probe_frame(grid_study), grid),
+        "sharpness": sharpness_figure(grid, sharp["init"], sharp["steps"], step, plan.run.optim.momentum),
+    }, figures_dir)
+    data = load_fashion_mnist(plan.run.data)
+    profiles, predictions, signal_paths = run_signal(
+        data.x_train[:plan.signal_images], data.y_train[:plan.signal_images], figures_dir, seeds=plan.signal_seeds,
+        net=plan.signal, progress=progress)
+
+    sections = [
+        _header(plan, list(lesson.values()) + [s for _, s in edges.values()], time.perf_counter() - started),
+        _setup_section(plan),
+        _edge_section(grid, probe_frame(grid_study), grid_design, pictures),
+        _lesson_section(plan, outcomes),
+        _shift_section(plan, edges),
+        _sharpness_section(plan, grid, sharp, outcomes, step, pictures),
+        _signal_section(plan, profiles, predictions, signal_paths),
+        _setup_change_section(plan, outcomes),
+    ]
+    path = out_dir / "findings.md"
+    path.write_text("\n\n".join(sections) + "\n")
+    return path
+
+
+def _outcomes(study) -> claims.Outcomes:
+    frame = seed_frame(study)
+    row = frame.iloc[0]
+    return claims.Outcomes.of(f"({row['leak']:g}, {row['sub']:g})", frame, study_threshold(study))
+
+
+def _lesson(outcomes: dict, variant: str, setting: tuple[float, float]) -> claims.Outcomes:
+    return outcomes[f"findings-{variant}-{setting[0]:g}-{setting[1]:g}"]
+
+
+# -- sharpness ---------------------------------------------------------------------------------------
+
+def _sharpness(plan: FindingsPlan, grid: pd.DataFrame, outcomes: dict, progress: bool) -> dict:
+    """lambda_max at init per grid setting and seed, per seed of the mixed lesson settings, and
+    along the first steps for the shifted settings; cached beside the database by configuration."""
+    cache_path = Path(str(sqlite_path(plan.storage)).replace(".db", ".sharpness.json"))
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    jobs = [(leak, sub, seed, 0) for leak, sub in zip(grid["leak"], grid["sub"]) for seed in range(plan.sharpness_seeds)]
+    jobs += [(leak, sub, seed, 0) for (leak, sub) in plan.lesson_settings
+             for seed in _lesson(outcomes, "lesson", (leak, sub)).seeds
+             if 0 < _lesson(outcomes, "lesson", (leak, sub)).k < _lesson(outcomes, "lesson", (leak, sub)).n]
+    jobs += [(leak, sub, seed, plan.sharpness_steps) for leak, sub in plan.shifted for seed in range(2)]
+    run_key = json.dumps(plan.run.to_dict(), sort_keys=True)
+    results = {}
+    for leak, sub, seed, steps in tqdm(sorted(set(jobs)), desc="sharpness", disable=not progress, leave=False):
+        key = f"{run_key}|{leak:g}|{sub:g}|{seed}|{steps}"
+        if key not in cache:
+            config = replace(plan.run, model=replace(plan.run.model, leak=leak, sub=sub),
+                             train=replace(plan.run.train, seed=seed))
+            cache[key] = [p.to_dict() for p in sharpness(config, steps)]
+            cache_path.write_text(json.dumps(cache))
+        results[(leak, sub, seed, steps)] = cache[key]
+    init = pd.DataFrame([{"leak": leak, "sub": sub, "seed": seed, "lambda_max": points[0]["lambda_max"]}
+                         for (leak, sub, seed, steps), points in results.items() if steps == 0])
+    along = pd.DataFrame([{"leak": leak, "sub": sub, "seed": seed, **point}
+                          for (leak, sub, seed, steps), points in results.items() if steps > 0 for point in points])
+    return {"init": init, "steps": along}
+
+
+# -- sections ----------------------------------------------------------------------------------------
+
+def _header(plan: FindingsPlan, studies: list, seconds: float) -> str:
+    gpu = device_name(torch.device("cuda")) if torch.cuda.is_available() else "no GPU"
+    trained = sum(wall_time(s)[1] if wall_time(s) else 0.0 for s in studies)
+    edition = "" if plan.edition == "full" else (
+        " **Quick edition** (`--quick`): a small MLP on a small grid with few seeds, for trying the "
+        "command; its numbers are not the lesson's and are not findings.")
+    return "\n".join([
+        "# Findings: where GeneralRelu settings train, how reliably across seeds, and why",
+        "",
+        f"Produced by `{COMMAND}{' --quick' if plan.edition == 'quick' else ''}` on {datetime.date.today().isoformat()}, "
+        f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}. "
+        f"This run took {seconds / 60:.0f} min; the studies it read hold {trained:.0f} min of wall time "
+        f"(each study's first start to its last finish, summed; a resumed run reads them without training). "
+        f"Studies: `{plan.storage}`.{edition}",
+        "",
+        "Statistics: a seed *trained* when its validation accuracy exceeds the study's threshold (0.5; chance is "
+        "0.1). A share of seeds is k/n with its exact (Clopper-Pearson) 95% interval. A claim that a setting trains "
+        f"reliably holds when that interval lies above {claims.UNRELIABLE:g}, does not hold when it lies below "
+        f"{claims.RELIABLE:g}, and is *not established* otherwise. Comparisons use McNemar's exact test on shared "
+        "seeds (trained or not) and Wilcoxon's signed-rank test on the seeds both settings trained (accuracy), "
+        "with Holm's correction over each table; \"not established with n seeds\" is a verdict.",
+    ])
+
+
+def _setup_section(plan: FindingsPlan) -> str:
+    run = plan.run
+    model = ("the lesson CNN (3x3 stride-2 convolutions 1-8-16-32-64, then to 10)" if run.model.model == "cnn"
+             else f"an MLP 784-{'-'.join(map(str, run.model.widths))}-10")
+    biases = ("PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the lesson" if run.model.bias_init == "default"
+              else "zero, unlike the lesson")
+    data = ("all 60,000 training images, validated on the test file: the lesson's split, 59 steps per epoch"
+            if run.data.n_val == 0 else f"{60_000 - run.data.n_val:,} training images, unlike the lesson's 60,000")
+    steps = "" if run.train.max_steps is None else f", at most {run.train.max_steps} steps"
+    return "\n".join([
+        "## The set-up, and where it differs from the lesson",
+        "",
+        f"- Model: {model}, GeneralRelu(leak, sub) after every hidden layer, Kaiming normal (a = leak) times init_scale.",
+        f"- Biases: {biases}.",
+        f"- Data: {data}; batch {run.optim.batch_size}, {run.optim.epochs} epoch(s){steps}.",
+        "- Optimiser: SGD with momentum (the lesson's MomentumLearner), constant learning rate.",
+        "- Differences that remain: a seed here sets the initial weights and the data order through two "
+        "generators (`2 seed`, `2 seed + 1`), so our seed 1 is not the lesson's; a run stops as *diverged* once its "
+        "training loss exceeds 100 or is not finite (a diverged run cannot recover, so later epochs cannot rescue "
+        "it: that holds by construction and is not a finding); the lesson's \"dead\" chart divides the lowest "
+        "histogram bin by all elements, ours by the histogram's total (the same where no value falls outside "
+        "the histogram's range).",
+        "- What the project's earlier set-up (zero biases; a 50,000-image split, 49 steps) changes is measured "
+        "in the last section.",
+    ])
+
+
+def _edge_section(grid: pd.DataFrame, probes: pd.DataFrame, design, pictures: list[Path]) -> str:
+    stable_at_lesson_lr = [r for r in grid.to_dict("records") if r["max_stable_lr"] >= LESSON_LR]
+    above = [r for r in grid.to_dict("records") if not r["max_stable_lr"] >= LESSON_LR]  # NaN: nothing stable
+    accuracy = []
+    for r in grid.to_dict("records"):
+        at_edge = probes[(probes["leak"] == r["leak"]) & (probes["sub"] == r["sub"]) & (probes["lr"] == r["max_stable_lr"])]
+        accuracy.append(float(at_edge["trained_acc_mean"].iloc[0]) if len(at_edge) else math.nan)
+    shown = grid.drop(columns=["done", "init_scale", "momentum"]).assign(
+        **{"acc of trained seeds at max_stable_lr": accuracy})
+    return "\n".join([
+        f"## 1. The edge of the lesson grid (momentum {LESSON_MOMENTUM:g})",
+        "",
+        f"The largest learning rate on the ladder {', '.join(f'{lr:.3g}' for lr in design.ladder())} at which each "
+        f"setting trains reliably, by bisection; each probe adds seeds until {design.test().describe()}. "
+        "An edge is an interval: the largest stable rung and the first unstable one (its verdict beside it).",
+        "",
+        f"The lesson's lr {LESSON_LR:g} is at or below the largest stable rung for {len(stable_at_lesson_lr)} of "
+        f"{len(grid)} settings; above it (or undecided there) for {len(above)}: "
+        f"{', '.join(_name(r) for r in above) or 'none'}.",
+        "",
+        _markdown(shown),
+        "",
+        *[f"![{p.stem}](findings/{p.name})" for p in pictures if p.stem in ("edge_heatmap", "edge_curves")],
+    ])
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """A frame as a Markdown table: numbers to 3 significant digits, "-" for a missing value."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.3g}"
+        return str(value)
+
+    rows = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    rows += ["| " + " | ".join(cell(v) for v in record) + " |" for record in frame.itertuples(index=False)]
+    return "\n".join(rows)
+
+
+def _name(row: dict) -> str:
+    return f"({row['leak']:g}, {row['sub']:g})"
+
+
+def _lesson_section(plan: FindingsPlan, outcomes: dict) -> str:
+    def at(setting):
+        return _lesson(outcomes, "lesson", setting)
+
+    relu, general = at(RELU), at(LESSON_RELU)
+    verdicts = [claims.trains_reliably(f"GeneralRelu{LESSON_RELU}, the lesson's choice, trains reliably at lr {LESSON_LR:g}", general)]
+    if (0.2, 0.4) in plan.lesson_settings:
+        verdicts += [claims.fails_for_some("(.2, .4) fails for some seed (the lesson: for seed 1)", at((0.2, 0.4))),
+                     claims.more_reliable("(.1, .4) trains for more seeds than (.2, .4)", general, at((0.2, 0.4)))]
+    if (0.5, 0.7) in plan.lesson_settings:
+        verdicts += [claims.trains_reliably("(.5, .7) works well: trains reliably", at((0.5, 0.7))),
+                     claims.more_accurate("(.5, .7) trains to a higher accuracy than (.1, .4)", at((0.5, 0.7)), general)]
+    if (0.05, 0.9) in plan.lesson_settings:
+        verdicts.append(claims.fails_for_most("(.05, .9) collapses: fails for most seeds", at((0.05, 0.9))))
+    verdicts += [claims.more_accurate("GeneralRelu(.1, .4) trains to a higher accuracy than ReLU", general, relu),
+                 claims.more_reliable("GeneralRelu(.1, .4) trains for more seeds than ReLU", general, relu)]
+    verdicts = claims.with_holm(verdicts)
+    rows = ["| statement | evidence | verdict | test |", "|---|---|---|---|"]
+    rows += [f"| {v.statement} | {v.evidence} | **{v.verdict}** | {v.test} |" for v in verdicts]
+    return "\n".join([f"## 2. The lesson's settings at lr {LESSON_LR:g}", "",
+                      f"{plan.seeds} seeds per setting, the same seeds for every setting (paired), momentum {LESSON_MOMENTUM:g}.",
+                      "", *rows])
+
+
+def _shift_section(plan: FindingsPlan, edges: dict) -> str:
+    lines = ["## 3. Momentum and init scale move the edge", ""]
+    for leak, sub in plan.shifted:
+        grid_design, grid_study = edges["findings-edge"]
+        base = edge_table(grid_study, grid_design)
+        base = base[(base["leak"] == leak) & (base["sub"] == sub)]
+        design, study = edges[f"findings-edge-momentum-{leak:g}-{sub:g}"]
+        by_momentum = pd.concat([edge_table(study, design), base]).sort_values("momentum")
+        design, study = edges[f"findings-edge-scale-{leak:g}-{sub:g}"]
+        by_scale = pd.concat([edge_table(study, design), base]).sort_values("init_scale")
+        consistent = claims.momentum_scalings(by_momentum.to_dict("records"))
+        kept = ", ".join(name for name, ok in consistent.items() if ok) or "none of them"
+        ruled_out = ", ".join(name for name, ok in consistent.items() if not ok) or "none of them"
+        columns = ["momentum", "init_scale", "max_stable_lr", "first_unstable_lr", "first_unstable_verdict", "trainings"]
+        lines += [f"### ({leak:g}, {sub:g})", "", _markdown(by_momentum[columns]), "",
+                  f"Constant across momenta within the rung intervals: {kept}; ruled out by them: {ruled_out}. "
+                  "(Each interval rests on sequential-test verdicts with 5% error each way.)", "",
+                  _markdown(by_scale[columns]), ""]
+    return "\n".join(lines).rstrip()
+
+
+def _sharpness_section(plan: FindingsPlan, grid: pd.DataFrame, sharp: dict, outcomes: dict, step: float,
+                       pictures: list[Path]) -> str:
+    init = sharp["init"]
+    momentum = plan.run.optim.momentum
+    rows = []
+    for r in grid.to_dict("records"):
+        values = init[(init["leak"] == r["leak"]) & (init["sub"] == r["sub"]) & (init["seed"] < plan.sharpness_seeds)]
+        rows.append({"leak": r["leak"], "sub": r["sub"], "lambda_max (median)": float(values["lambda_max"].median()),
+                     "bound 2(1+mu)/lambda": 2 * (1 + momentum) / float(values["lambda_max"].median()),
+                     "largest stable lr": r["max_stable_lr"], "first unstable lr": r["first_unstable_lr"],
+                     "edge (middle)": claims.edge_point(r, step)})
+    table = pd.DataFrame(rows)
+    bound, low, high = table["bound 2(1+mu)/lambda"], table["largest stable lr"], table["first unstable lr"]
+    rho, p = claims.rank_agreement(list(bound), list(table["edge (middle)"]))
+    within = int(((bound >= low.fillna(0)) & (bound <= high.fillna(math.inf))).sum())
+    seed_lines = []
+    for leak, sub in plan.lesson_settings:
+        mine = _lesson(outcomes, "lesson", (leak, sub))
+        if not 0 < mine.k < mine.n:
+            continue
+        values = init[(init["leak"] == leak) & (init["sub"] == sub)].set_index("seed")["lambda_max"]
+        failed = [values[s] for s, (ok, _, _) in mine.seeds.items() if not ok and s in values]
+        trained = [values[s] for s, (ok, _, _) in mine.seeds.items() if ok and s in values]
+        p_seed, verdict = claims.sharper_seeds_diverge(failed, trained)
+        seed_lines.append(f"- ({leak:g}, {sub:g}) at lr {LESSON_LR:g}: lambda_max at init of the {len(failed)} failed seeds "
+                          f"median {np.median(failed):.3g}, of the {len(trained)} trained {np.median(trained):.3g}: "
+                          f"{verdict} (one-sided Mann-Whitney U, p = {p_seed:.2g}).")
+    along = sharp["steps"]
+    step_lines = []
+    for (leak, sub), group in along.groupby(["leak", "sub"]):
+        first, last = group[group["step"] == 0]["lambda_max"], group[group["step"] == group["step"].max()]["lambda_max"]
+        step_lines.append(f"- ({leak:g}, {sub:g}): lambda_max {first.median():.3g} at init, {last.median():.3g} after "
+                          f"{int(group['step'].max())} steps at lr {plan.run.optim.lr:g} (median of {group['seed'].nunique()} seeds).")
+    if math.isnan(rho):
+        agreement_word = "cannot be ranked against the edge: the measured edge is the same for every setting"
+    else:
+        agreement_word = ("orders the settings as the edge does" if p < claims.ALPHA and rho > 0 else
+                          "orders them against the edge" if p < claims.ALPHA else
+                          f"does not order them the way the edge does (not established with {len(table)} settings)")
+    return "\n".join([
+        "## 4. Why: sharpness at initialisation",
+        "",
+        f"`python -m study sharpness`: the largest eigenvalue lambda_max of the training loss's Hessian on the seed's "
+        f"first batch (power iteration on Hessian-vector products, residual within {TOLERANCE:.0%}). Heavy-ball "
+        f"SGD on a quadratic is stable for lr < 2 (1 + momentum) / lambda_max: the bound below "
+        f"(momentum {momentum:g}, median lambda_max of {plan.sharpness_seeds} seeds).",
+        "",
+        _markdown(table),
+        "",
+        f"The bound at initialisation {agreement_word}: Spearman's rank correlation with the measured edge "
+        f"rho = {rho:.2f}, p = {p:.2g} over {len(table)} settings; it falls inside the measured edge interval for "
+        f"{within} of {len(table)}.",
+        "",
+        "Across seeds of one setting:",
+        *(seed_lines or ["- no lesson setting had both trained and failed seeds."]),
+        "",
+        "What the first steps do to lambda_max:",
+        *step_lines,
+        "",
+        *[f"![{p.stem}](findings/{p.name})" for p in pictures if p.stem == "sharpness"],
+    ])
+
+
+def _signal_section(plan: FindingsPlan, profiles, predictions, paths: dict) -> str:
+    net = plan.signal
+    rows = ["| setting | layer-%d variance, measured / mean-field | mean | pair correlation, layer 1 -> %d | "
+            "largest variance error | q* (sub > 0) |" % (net.depth, net.depth), "|---|---|---|---|---|---|"]
+    for prediction in predictions:
+        mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
+        errors = agreement(profiles, prediction)
+        var = np.mean([p.var[-1] for p in mine])
+        mean = np.mean([p.mean[-1] for p in mine])
+        corr = (np.mean([p.correlation[0] for p in mine]), np.mean([p.correlation[-1] for p in mine]))
+        fixed = f"{fixed_point_variance(prediction.leak, prediction.sub):.3g}" if prediction.sub > 0 else "-"
+        rows.append(f"| ({prediction.leak:g}, {prediction.sub:g}) | {var:.3g} / {prediction.var[-1]:.3g} | "
+                    f"{mean:.3f} / {prediction.mean[-1]:.3f} | {corr[0]:.2f} -> {corr[1]:.2f} "
+                    f"(mean-field {prediction.correlation[-1]:.2f}) | {errors['var_rel_error']:.0%} | {fixed} |")
+    return "\n".join([
+        "## 5. Signal propagation with sub > 0, untrained",
+        "",
+        f"An MLP of {net.depth} hidden layers of {net.width} units, {net.bias_init} biases, in float64 from the "
+        f"input on, on {plan.signal_images} FashionMNIST images, seeds {', '.join(map(str, plan.signal_seeds))}; "
+        "measured against the mean-field prediction. For a pre-activation of variance q: "
+        "E[a] = (1 - leak) sqrt(q / 2 pi) - sub, E[a^2] = (1 + leak^2) q / 2 - 2 sub (1 - leak) sqrt(q / 2 pi) + sub^2, "
+        "and q' = g^2 E[a^2] + b with g^2 = 2 / (1 + leak^2) (Kaiming) and b = 1 / (3 fan_in) for PyTorch's biases; "
+        "pairs of images follow the arc-cosine kernel (study/experiments/signal.py states it).",
+        "",
+        "By construction, not findings: with sub = 0 Kaiming's gain makes q' = q; the backward gain per layer is "
+        "init_scale^2 = 1 whatever leak and sub (the grey line in the last panel); seed s draws the same standard "
+        "normals for every setting (settings are paired on seeds). Derived from the formulas (and measured below): "
+        "with sub > 0 the variance has the fixed point q* = pi sub^2 / (2 (1 - leak)^2) (zero biases), where the "
+        "mean activation is -sub / 2.",
+        "",
+        *rows,
+        "",
+        f"![signal](findings/{paths['signal'].name}) Numbers: `findings/{paths['signal_csv'].name}`.",
+    ])
+
+
+def _setup_change_section(plan: FindingsPlan, outcomes: dict) -> str:
+    verdicts = []
+    for variant, text in (("zero-bias", "zero biases"), ("split-50k", "the 50,000-image split (49 steps)")):
+        for setting in plan.setup_settings:
+            ours, theirs = _lesson(outcomes, "lesson", setting), _lesson(outcomes, variant, setting)
+            theirs = claims.Outcomes(f"{theirs.name} with {text}", theirs.seeds)
+            verdicts += [claims.more_reliable(f"{ours.name}: the lesson's set-up trains for more seeds than {text}",
+                                              ours, theirs),
+                         claims.more_accurate(f"{ours.name}: the lesson's set-up trains to a higher accuracy than {text}",
+                                              ours, theirs)]
+    verdicts = claims.with_holm(verdicts)
+    rows = ["| statement | evidence | verdict | test |", "|---|---|---|---|"]
+    rows += [f"| {v.statement} | {v.evidence} | **{v.verdict}** | {v.test} |" for v in verdicts]
+    return "\n".join([
+        "## 6. What the project's earlier set-up changes",
+        "",
+        f"The same seeds at lr {LESSON_LR:g}, one difference at a time. Zero biases keep every weight of a seed "
+        "(the weights are drawn before the biases); the 50,000-image split changes the data order and the steps.",
+        "",
+        *rows,
+    ])
