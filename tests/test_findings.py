@@ -159,7 +159,7 @@ def test_findings_quick_writes_verdicts_that_a_recomputation_from_the_stored_tri
             assert verdict.strip("*") == expected, (test, verdict)
 
     # A second run trains nothing: every study is complete, the sharpness values are cached.
-    trials = {s.study_name: len(s.trials) for s in optuna.get_all_study_summaries(storage)}
+    trials = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     again = run_cli("findings", "--quick", "--out", "out", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert {s.study_name: len(s.trials) for s in optuna.get_all_study_summaries(storage)} == trials
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == trials

@@ -106,7 +106,8 @@ def more_accurate(statement: str, better: Outcomes, worse: Outcomes) -> Verdict:
     both = sorted(s for s in set(better.seeds) & set(worse.seeds) if better.seeds[s][0] and worse.seeds[s][0])
     differences = np.array([better.seeds[s][1] - worse.seeds[s][1] for s in both])
     if len(both) < 2 or not differences.any():
-        return Verdict(statement, f"{len(both)} seeds trained with both", not_established(len(both)),
+        return Verdict(statement, f"{better.name} and {worse.name}: {len(both)} seeds trained with both",
+                       not_established(len(both)),
                        "Wilcoxon signed-rank: too few seeds trained with both")
     p = float(stats.wilcoxon(differences).pvalue)
     evidence = (f"on the {len(both)} seeds both trained: {better.name} {np.mean([better.seeds[s][1] for s in both]):.3f}, "
