@@ -370,7 +370,9 @@ def _setup_change_section(plan: FindingsPlan, outcomes: dict) -> str:
         "## 6. What the project's earlier set-up changes",
         "",
         f"The same seeds at lr {LESSON_LR:g}, one difference at a time. Zero biases keep every weight of a seed "
-        "(the weights are drawn before the biases); the 50,000-image split changes the data order and the steps.",
+        "(the weights are drawn before the biases); the 50,000-image split changes the data order and the steps, "
+        "and also which images validate (10,000 held out of the training file instead of the test file), so an "
+        "accuracy difference under the split mixes the two.",
         "",
         *rows,
     ])
