@@ -7,61 +7,65 @@ For each model g (G >= 1) of a batch of models:
 
 and, reduced from the tile while it is still in registers (y is never re-read from memory):
 
-    sum[g]      = sum of y[g]                                float32
-    sumsq[g]    = sum of y[g]**2                             float32
+    mean[g], var[g] = mean and population variance of the M x N elements of y[g]     float64
     hist[g]     = counts of |y[g]| in hist_bins equal bins over [0, hist_max], as
                   torch.histc(y[g].abs(), hist_bins, 0, hist_max) counts them (above hist_max: not counted)
     unit_pos[g] = for each output unit n, the number of rows m with z[g, m, n] > 0 (0: a dead unit)
 
 x is (M, K) shared by all models (a first layer) or (G, M, K); weight (G, N, K); bias (G, N);
 leak, sub, maxv floats or (G,) tensors. The single-model form x (M, K), weight (N, K), bias (N,)
-returns y (M, N) and statistics without the G dimension.
+returns y (M, N) and statistics without the G dimension. Statistics are of y as stored: for
+bfloat16 and float16 outputs, of the rounded values.
 
-One op, one file (over 300 lines on purpose): the Triton kernels, their launcher, the autograd
-Function and the float64-checked PyTorch reference are read and changed together.
+One op, one file (over 300 lines on purpose): the Triton kernels, their launchers, the registered
+op with its autograd formula, and the float64-checked PyTorch reference are read and changed together.
+kernels/README.md explains the design.
 
-Tiling: one program per (BLOCK_M x BLOCK_N) tile of y and per model (grid axis 1). The K loop
-accumulates in float32 with `tl.dot` (inputs float32 or bfloat16; float32 uses IEEE precision unless
-`allow_tf32=True`, which lets tensor cores round inputs to TF32: ~1e-3 relative error, several
-times the throughput). The epilogue adds the bias, applies GeneralRelu, stores y, and reduces the
-statistics of the tile.
+Forward: ONE launch. Grid (tiles of y, G), tiles visited in GROUP_M-swizzled order (neighbouring
+programs share x rows and weight columns in L2). The K loop accumulates `tl.dot` in float32 at the
+precision `torch.get_float32_matmul_precision()` asks for ("highest": IEEE, "high"/"medium": TF32)
+unless `precision` names one. The epilogue adds the bias, applies GeneralRelu, stores y and a one-byte
+slope code, then writes the tile's partial statistics (mean, M2 about the tile's own mean, histogram,
+positive counts per unit) to the tile's own slot. The last program of each model to finish (an atomic
+ticket, used for ordering only) merges the slots in tile order, the float ones in float64 with the
+parallel-variance formula (Chan et al.), so the statistics are bitwise the same run after run and
+stable when |mean| >> std. It resets the ticket, so the next launch finds it at zero.
 
-Determinism: every tile writes its partial statistics (sum, sumsq: one float each; hist: hist_bins
-int32 counts; unit_pos: BLOCK_N int32 counts) to its own slot of a buffer, and a second stage
-reduces the buffers in a fixed order (float64 for the sums). No atomics: the same input gives
-bitwise the same statistics. Cost: (2 + hist_bins) x 4 bytes per tile plus N x 4 bytes per row of
-tiles, e.g. 10.8 KB + 16 KB for M=1024, N=256 with 64x64 tiles, against 1 MB for y itself; the
-second stage is four tiny reductions (four launches).
+Backward: at most TWO launches. dz = dy * slope is formed from the code in the prologue of both GEMMs
+(never stored): one kernel gives dx = dz @ weight (for a shared x, summed over models and units in
+one reduction, no (G, M, K) temporary), the other dweight = dz.T @ x with dbias = sum over rows of dz
+accumulated in the same loop.
 
-Backward (autograd): gradients for x, weight and bias (not for leak, sub, maxv). The forward saves
-x, weight and a one-byte code per element of y (0: z <= 0, slope leak; 1: z > 0, slope 1; 2:
-clamped by maxv, slope 0), M x N bytes, a quarter of y in float32. A Triton kernel turns dy and the
-code into dz = dy * slope; the three products dx = dz @ weight, dweight = dz.T @ x, dbias = sum dz
-are batched GEMMs (cuBLAS on CUDA).
-
-On the CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1 set before triton is
-imported), in float32. `reference_linear_act` is the same computation in plain PyTorch, any dtype.
+Tile sizes: `@triton.autotune` over a small set (32x64 to 128x128, BLOCK_K 32/64) keyed on the shape
+and G, its choice cached on disk (`cache_results`), so one shape keeps one tiling and hence bitwise
+the same statistics across runs. Under Triton's interpreter (TRITON_INTERPRET=1, set before triton
+is imported) the set is pruned to one tile as large as the problem, because there cost grows with
+programs x K-steps. `reference_linear_act` is the same computation in plain PyTorch, any dtype.
 """
 
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+MERGE_TILES = tl.constexpr(32)  # slots the merging program reads per step
 
 
 class LinearActStats(NamedTuple):
-    """Statistics of y. Shapes: sum, sumsq (G,); hist (G, bins); unit_pos (G, N); no G when single."""
+    """Statistics of y. Shapes: mean, var (G,) float64; hist (G, bins) and unit_pos (G, N) int64
+    counts; no G dimension in the single-model form."""
 
-    sum: torch.Tensor  # float32
-    sumsq: torch.Tensor  # float32
-    hist: torch.Tensor  # int64 counts
-    unit_pos: torch.Tensor  # int64 counts
+    mean: torch.Tensor
+    var: torch.Tensor  # population variance (divided by count)
+    hist: torch.Tensor
+    unit_pos: torch.Tensor
     count: int  # elements of y per model: M * N
 
 
@@ -71,48 +75,111 @@ def interpreting() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# Tile configurations
+
+
+def _configs() -> list[triton.Config]:
+    shapes = [(32, 64, 32, 4, 4), (64, 64, 32, 4, 4), (64, 64, 64, 4, 3), (128, 64, 32, 4, 4),
+              (64, 128, 32, 4, 4), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3)]
+    return [triton.Config({"BLOCK_R": r, "BLOCK_C": c, "BLOCK_K": k, "GROUP_R": 8}, num_warps=w, num_stages=s)
+            for r, c, k, w, s in shapes]
+
+
+CONFIGS = _configs()
+SMALLEST_TILE = (min(c.kwargs["BLOCK_R"] for c in CONFIGS), min(c.kwargs["BLOCK_C"] for c in CONFIGS))
+
+
+def _pruner(rows: str, cols: str, reduced: str):
+    """early_config_prune for a GEMM whose output is (rows x cols) and which reduces over `reduced`
+    (argument names): under the interpreter one config as large as the problem; on a GPU the set
+    without tiles wider than the output needs (tl.dot needs every dimension >= 16)."""
+    def fit(size: int, cap: int) -> int:
+        return max(16, min(cap, triton.next_power_of_2(size)))
+
+    def prune(configs, named_args, **kwargs):
+        R, C, K = named_args[rows], named_args[cols], named_args[reduced]
+        if interpreting():
+            return [triton.Config({"BLOCK_R": fit(R, 512), "BLOCK_C": fit(C, 256), "BLOCK_K": fit(K, 256),
+                                   "GROUP_R": 8})]
+        kept = [c for c in configs if c.kwargs["BLOCK_C"] <= fit(C, 128) and c.kwargs["BLOCK_R"] <= fit(R, 128)]
+        return kept or configs[:1]
+    return prune
+
+
+def _autotune(rows: str, cols: str, reduced: str):
+    return triton.autotune(CONFIGS, key=["G", rows, cols, reduced], cache_results=True,
+                           prune_configs_by={"early_config_prune": _pruner(rows, cols, reduced)})
+
+
+def matmul_precision(precision: str | None, dtype: torch.dtype) -> str:
+    """tl.dot's input_precision: as asked, else as torch's float32 matmul precision says."""
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        return precision
+    if dtype != torch.float32:
+        return "ieee"  # half inputs take the tensor cores' own path; the argument is ignored
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+# ----------------------------------------------------------------------------------------------
 # Kernels
 
 
 @triton.jit
-def _fused_linear_act_fwd(
-    # tensors
+def _tile(pid, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_R: tl.constexpr):
+    """(row tile, column tile) of program `pid`, GROUP_R row tiles at a time along the columns."""
+    tiles_r = tl.cdiv(R, BLOCK_R)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    in_group = GROUP_R * tiles_c
+    first_r = (pid // in_group) * GROUP_R
+    group_rows = tl.minimum(tiles_r - first_r, GROUP_R)
+    return first_r + (pid % in_group) % group_rows, (pid % in_group) // group_rows
+
+
+@triton.jit
+def _activation(g, value, value_ptr, PER_MODEL: tl.constexpr):
+    if PER_MODEL:
+        return tl.load(value_ptr + g)
+    return value
+
+
+@triton.jit
+def _slope(code, leak):
+    """The derivative of GeneralRelu from the forward's code: 0 -> leak, 1 -> 1, 2 (clamped) -> 0."""
+    return tl.where(code == 1, 1.0, tl.where(code == 0, leak, 0.0))
+
+
+@_autotune("M", "N", "K")
+@triton.jit
+def _forward_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, code_ptr,
-    leak_ptr, sub_ptr, maxv_ptr,  # (G,) float32: each model's activation
-    sum_ptr, sumsq_ptr, hist_ptr, pos_ptr,  # per-tile partial statistics
-    # sizes
-    M, N, K,
-    # strides (x's model stride is 0 when the models share x)
-    stride_xg, stride_xm, stride_xk,
+    leak_ptr, sub_ptr, maxv_ptr, leak, sub, maxv,  # per-model (G,) float32 tensors, or the scalars
+    part_ptr, part_hist_ptr, part_pos_ptr, ticket_ptr,  # per-tile slots; per-model tickets (zero)
+    mean_ptr, var_ptr, hist_ptr, pos_ptr,  # the merged statistics
+    G, M, N, K,
+    stride_xg, stride_xm, stride_xk,  # x's model stride is 0 when the models share x
     stride_wg, stride_wn, stride_wk,
     stride_bg, stride_bn,
-    hist_scale,  # hist_bins / hist_max
-    hist_max,
-    # meta-parameters
-    HAS_MAXV: tl.constexpr, SAVE_CODE: tl.constexpr, HIST_BINS: tl.constexpr,
-    HIST_BINS_POW2: tl.constexpr,  # Triton shapes are powers of two: the histogram is padded to this
+    hist_scale, hist_max,  # hist_scale = hist_bins / hist_max
+    LEAK_PER_MODEL: tl.constexpr, SUB_PER_MODEL: tl.constexpr, MAXV_PER_MODEL: tl.constexpr,
+    HAS_MAXV: tl.constexpr, SAVE_CODE: tl.constexpr, STATS: tl.constexpr,
+    HIST_BINS: tl.constexpr, HIST_BINS_POW2: tl.constexpr,  # Triton shapes are powers of two
     INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
 ):
-    # Map program ids to the tile (pid_m, pid_n) of model g.
     g = tl.program_id(1)
-    pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
-    pid_m = pid // tiles_n
-    pid_n = pid % tiles_n
-
-    # Pointers to the first K-block of x (BLOCK_M, BLOCK_K) and of weight.T (BLOCK_K, BLOCK_N).
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    g64 = g.to(tl.int64)
+    pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_R, BLOCK_C, GROUP_R)
+    offs_m = pid_m * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_n = pid_n * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + g * stride_xg + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_ptr + g * stride_wg + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
     in_m = offs_m < M
     in_n = offs_n < N
+    x_ptrs = x_ptr + g64 * stride_xg + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + g64 * stride_wg + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
 
-    # The K loop, accumulating in float32.
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         in_k = offs_k < K - k * BLOCK_K
         a = tl.load(x_ptrs, mask=in_m[:, None] & in_k[None, :], other=0.0)
@@ -121,86 +188,316 @@ def _fused_linear_act_fwd(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    # Epilogue: bias, GeneralRelu, store y (and the slope code for backward).
-    bias = tl.load(b_ptr + g * stride_bg + offs_n * stride_bn, mask=in_n, other=0.0).to(tl.float32)
+    # Epilogue: bias, GeneralRelu, y and the slope code.
+    bias = tl.load(b_ptr + g64 * stride_bg + offs_n * stride_bn, mask=in_n, other=0.0).to(tl.float32)
     z = acc + bias[None, :]
-    leak = tl.load(leak_ptr + g)
-    sub = tl.load(sub_ptr + g)
-    y = tl.where(z > 0, z, z * leak) - sub
+    y = tl.where(z > 0, z, z * _activation(g, leak, leak_ptr, LEAK_PER_MODEL)) \
+        - _activation(g, sub, sub_ptr, SUB_PER_MODEL)
     code = tl.where(z > 0, 1, 0)
     if HAS_MAXV:
-        maxv = tl.load(maxv_ptr + g)
-        clamped = y > maxv
-        y = tl.where(clamped, maxv, y)
+        ceiling = _activation(g, maxv, maxv_ptr, MAXV_PER_MODEL)
+        clamped = y >= ceiling  # clamp_max's gradient is 0 at the tie, so the code is too
+        y = tl.where(clamped, ceiling, y)
         code = tl.where(clamped, 2, code)
     valid = in_m[:, None] & in_n[None, :]
-    out = g * M * N + offs_m[:, None] * N + offs_n[None, :]
-    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=valid)
+    out = g64 * M * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    y_stored = y.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + out, y_stored, mask=valid)
     if SAVE_CODE:
         tl.store(code_ptr + out, code.to(tl.int8), mask=valid)
 
-    # Statistics of the tile, from registers, each into the tile's own slot.
-    slot = g * tiles + pid
-    y_valid = tl.where(valid, y, 0.0)
-    tl.store(sum_ptr + slot, tl.sum(tl.sum(y_valid, axis=1), axis=0))
-    tl.store(sumsq_ptr + slot, tl.sum(tl.sum(y_valid * y_valid, axis=1), axis=0))
-    magnitude = tl.abs(y)
-    # histc's rule: bin floor(|y| * bins / max); |y| == max belongs to the last bin; above max: none.
-    bins = tl.minimum((magnitude * hist_scale).to(tl.int32), HIST_BINS - 1)
-    counted = valid & (magnitude <= hist_max)
-    hist = tl.histogram(tl.reshape(bins, (BLOCK_M * BLOCK_N,)), HIST_BINS_POW2,
-                        mask=tl.reshape(counted, (BLOCK_M * BLOCK_N,)))
-    offs_bin = tl.arange(0, HIST_BINS_POW2)
-    tl.store(hist_ptr + slot * HIST_BINS + offs_bin, hist, mask=offs_bin < HIST_BINS)
-    positive = tl.sum(tl.where(valid & (z > 0), 1, 0), axis=0)  # (BLOCK_N,)
-    tl.store(pos_ptr + (g * tl.cdiv(M, BLOCK_M) + pid_m) * N + offs_n, positive, mask=in_n)
+    if STATS:
+        tiles_n = tl.cdiv(N, BLOCK_C)
+        tiles = tl.cdiv(M, BLOCK_R) * tiles_n
+        slot = g64 * tiles + pid_m * tiles_n + pid_n  # in tile order, whatever order programs run in
+        y = y_stored.to(tl.float32)  # the statistics of y as stored
+        count = tl.minimum(M - pid_m * BLOCK_R, BLOCK_R) * tl.minimum(N - pid_n * BLOCK_C, BLOCK_C)
+        # The tile's mean in float32 is off by up to ~1e-7 |mean|; the deviations from it sum to the
+        # correction, which the merge adds in float64, so the mean keeps ~1e-7 std, not ~1e-7 |mean|.
+        tile_mean = tl.sum(tl.sum(tl.where(valid, y, 0.0), axis=1), axis=0) / count
+        deviation = tl.where(valid, y - tile_mean, 0.0)
+        tl.store(part_ptr + 3 * slot, tile_mean)
+        tl.store(part_ptr + 3 * slot + 1, tl.sum(tl.sum(deviation, axis=1), axis=0))
+        tl.store(part_ptr + 3 * slot + 2, tl.sum(tl.sum(deviation * deviation, axis=1), axis=0))
+        magnitude = tl.abs(y)
+        # histc's rule: bin floor(|y| * bins / max); |y| == max belongs to the last bin; above max: none.
+        bins = tl.minimum((magnitude * hist_scale).to(tl.int32), HIST_BINS - 1)
+        counted = valid & (magnitude <= hist_max)
+        hist = tl.histogram(tl.reshape(bins, (BLOCK_R * BLOCK_C,)), HIST_BINS_POW2,
+                            mask=tl.reshape(counted, (BLOCK_R * BLOCK_C,)))
+        offs_bin = tl.arange(0, HIST_BINS_POW2)
+        tl.store(part_hist_ptr + slot * HIST_BINS_POW2 + offs_bin, hist)
+        positive = tl.sum(tl.where(valid & (z > 0), 1, 0), axis=0)  # (BLOCK_C,)
+        tl.store(part_pos_ptr + (g64 * tl.cdiv(M, BLOCK_R) + pid_m) * N + offs_n, positive, mask=in_n)
+
+        # Every thread's slot stores are issued before the ticket (acquire-release, GPU scope) is taken.
+        tl.debug_barrier()
+        if tl.atomic_add(ticket_ptr + g, 1) == tiles - 1:
+            _merge(g64, M, N, part_ptr, part_hist_ptr, part_pos_ptr, mean_ptr, var_ptr, hist_ptr, pos_ptr,
+                   HIST_BINS, HIST_BINS_POW2, BLOCK_R, BLOCK_C)
+            tl.atomic_xchg(ticket_ptr + g, 0)
 
 
 @triton.jit
-def _act_grad(
-    dy_ptr, code_ptr, leak_ptr, dz_ptr,
-    MN,  # elements of y per model
-    BLOCK: tl.constexpr,
+def _merge(g, M, N, part_ptr, part_hist_ptr, part_pos_ptr, mean_ptr, var_ptr, hist_ptr, pos_ptr,
+           HIST_BINS: tl.constexpr, HIST_BINS_POW2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Model g's slots, in tile order: mean and M2 in float64 by the parallel-variance formula
+    (M2 = sum M2_t + sum n_t (mean_t - mean)^2), the counts exactly. `.cg` loads skip L1: the
+    other programs wrote the slots from other SMs."""
+    tiles_m = tl.cdiv(M, BLOCK_R)
+    tiles_n = tl.cdiv(N, BLOCK_C)
+    tiles = tiles_m * tiles_n
+    first = g * tiles
+    offs = tl.arange(0, MERGE_TILES)
+
+    counted = tl.zeros((MERGE_TILES,), dtype=tl.float64)
+    weighted = tl.zeros((MERGE_TILES,), dtype=tl.float64)
+    for start in range(0, tiles, MERGE_TILES):
+        count, tile_mean, _ = _slots(part_ptr, first, start + offs, tiles, tiles_n, M, N, BLOCK_R, BLOCK_C)
+        counted += count
+        weighted += count * tile_mean
+    total = tl.sum(counted, axis=0)  # M * N, as a float64
+    mean = tl.sum(weighted, axis=0) / total
+    m2 = tl.zeros((MERGE_TILES,), dtype=tl.float64)
+    for start in range(0, tiles, MERGE_TILES):
+        count, tile_mean, tile_m2 = _slots(part_ptr, first, start + offs, tiles, tiles_n, M, N, BLOCK_R, BLOCK_C)
+        m2 += tile_m2 + count * (tile_mean - mean) * (tile_mean - mean)
+    tl.store(mean_ptr + g, mean)
+    tl.store(var_ptr + g, tl.sum(m2, axis=0) / total)
+
+    offs_bin = tl.arange(0, HIST_BINS_POW2)
+    hist = tl.zeros((HIST_BINS_POW2,), dtype=tl.int64)
+    for start in range(0, tiles, MERGE_TILES):
+        t = start + offs
+        block = tl.load(part_hist_ptr + (first + t)[:, None] * HIST_BINS_POW2 + offs_bin[None, :],
+                        mask=(t < tiles)[:, None], other=0, cache_modifier=".cg")
+        hist += tl.sum(block.to(tl.int64), axis=0)
+    tl.store(hist_ptr + g * HIST_BINS + offs_bin, hist, mask=offs_bin < HIST_BINS)
+
+    offs_n = tl.arange(0, BLOCK_C)
+    for n0 in range(0, N, BLOCK_C):
+        positive = tl.zeros((BLOCK_C,), dtype=tl.int64)
+        for start in range(0, tiles_m, MERGE_TILES):
+            r = start + offs
+            block = tl.load(part_pos_ptr + (g * tiles_m + r)[:, None] * N + n0 + offs_n[None, :],
+                            mask=(r < tiles_m)[:, None] & (n0 + offs_n < N)[None, :], other=0,
+                            cache_modifier=".cg")
+            positive += tl.sum(block.to(tl.int64), axis=0)
+        tl.store(pos_ptr + g * N + n0 + offs_n, positive, mask=n0 + offs_n < N)
+
+
+@triton.jit
+def _slots(part_ptr, first, t, tiles, tiles_n, M, N, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Elements, mean and M2 of tiles t (0 past the last tile), in float64, with the float32 mean's
+    correction (the deviations' sum) added and its effect on M2 taken out."""
+    count = (tl.minimum(M - (t // tiles_n) * BLOCK_R, BLOCK_R)
+             * tl.minimum(N - (t % tiles_n) * BLOCK_C, BLOCK_C)).to(tl.float64)
+    count = tl.where(t < tiles, count, 0.0)
+    slot = 3 * (first + t)
+    mean = tl.load(part_ptr + slot, mask=t < tiles, other=0.0, cache_modifier=".cg").to(tl.float64)
+    shift = tl.load(part_ptr + slot + 1, mask=t < tiles, other=0.0, cache_modifier=".cg").to(tl.float64)
+    m2 = tl.load(part_ptr + slot + 2, mask=t < tiles, other=0.0, cache_modifier=".cg").to(tl.float64)
+    shift = shift / tl.maximum(count, 1.0)
+    return count, mean + shift, m2 - count * shift * shift
+
+
+@_autotune("M", "K", "N")
+@triton.jit
+def _dx_kernel(
+    dy_ptr, code_ptr, w_ptr, dx_ptr, leak_ptr, leak,
+    G, M, N, K,
+    stride_dyg, stride_dym, stride_dyn,
+    stride_wg, stride_wn, stride_wk,
+    SHARED_X: tl.constexpr, LEAK_PER_MODEL: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
 ):
-    """dz = dy * slope, slope from the forward's code: 0 -> leak, 1 -> 1, 2 (clamped) -> 0."""
+    """dx[g] = dz[g] @ weight[g], tiles (BLOCK_R rows of M) x (BLOCK_C columns of K), reducing over
+    units n in BLOCK_K steps; with a shared x, over models and units: dx = sum_g dz[g] @ weight[g]."""
+    pid_m, pid_k = _tile(tl.program_id(0), M, K, BLOCK_R, BLOCK_C, GROUP_R)
+    offs_m = pid_m * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_k = pid_k * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_n = tl.arange(0, BLOCK_K)
+    in_m = offs_m < M
+    in_k = offs_k < K
+    if SHARED_X:
+        g_first = 0
+        g_last = G
+    else:
+        g_first = tl.program_id(1)
+        g_last = g_first + 1
+
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for g in range(g_first, g_last):
+        g64 = tl.cast(g, tl.int64)
+        slope_of_leak = _activation(g, leak, leak_ptr, LEAK_PER_MODEL)
+        for n0 in range(0, N, BLOCK_K):
+            in_n = n0 + offs_n < N
+            tile = in_m[:, None] & in_n[None, :]
+            dy = tl.load(dy_ptr + g64 * stride_dyg + offs_m[:, None] * stride_dym + (n0 + offs_n[None, :]) * stride_dyn,
+                         mask=tile, other=0.0)
+            code = tl.load(code_ptr + g64 * M * N + offs_m[:, None].to(tl.int64) * N + n0 + offs_n[None, :],
+                           mask=tile, other=0)
+            dz = (dy.to(tl.float32) * _slope(code, slope_of_leak)).to(w_ptr.dtype.element_ty)
+            w = tl.load(w_ptr + g64 * stride_wg + (n0 + offs_n[:, None]) * stride_wn + offs_k[None, :] * stride_wk,
+                        mask=in_n[:, None] & in_k[None, :], other=0.0)
+            acc = tl.dot(dz, w, acc, input_precision=INPUT_PRECISION)
+    out = tl.program_id(1).to(tl.int64) * M * K + offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
+    tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=in_m[:, None] & in_k[None, :])
+
+
+@_autotune("N", "K", "M")
+@triton.jit
+def _dweight_kernel(
+    dy_ptr, code_ptr, x_ptr, dw_ptr, db_ptr, leak_ptr, leak,
+    G, M, N, K,
+    stride_dyg, stride_dym, stride_dyn,
+    stride_xg, stride_xm, stride_xk,
+    LEAK_PER_MODEL: tl.constexpr, WITH_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
+):
+    """dweight[g] = dz[g].T @ x[g], tiles (BLOCK_R units) x (BLOCK_C columns of K), reducing over rows
+    m in BLOCK_K steps; the programs of the first column tile also sum dz over rows: dbias[g]."""
     g = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    dy = tl.load(dy_ptr + g * MN + offs, mask=mask, other=0.0).to(tl.float32)
-    code = tl.load(code_ptr + g * MN + offs, mask=mask, other=0)
-    leak = tl.load(leak_ptr + g)
-    slope = tl.where(code == 1, 1.0, tl.where(code == 0, leak, 0.0))
-    tl.store(dz_ptr + g * MN + offs, (dy * slope).to(dz_ptr.dtype.element_ty), mask=mask)
+    g64 = g.to(tl.int64)
+    pid_n, pid_k = _tile(tl.program_id(0), N, K, BLOCK_R, BLOCK_C, GROUP_R)
+    offs_n = pid_n * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_k = pid_k * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_m = tl.arange(0, BLOCK_K)
+    in_n = offs_n < N
+    in_k = offs_k < K
+    slope_of_leak = _activation(g, leak, leak_ptr, LEAK_PER_MODEL)
+
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_K):
+        in_m = m0 + offs_m < M
+        tile = in_n[:, None] & in_m[None, :]  # dz.T: (units, rows)
+        dy = tl.load(dy_ptr + g64 * stride_dyg + (m0 + offs_m[None, :]) * stride_dym + offs_n[:, None] * stride_dyn,
+                     mask=tile, other=0.0)
+        code = tl.load(code_ptr + g64 * M * N + (m0 + offs_m[None, :]).to(tl.int64) * N + offs_n[:, None],
+                       mask=tile, other=0)
+        dz = dy.to(tl.float32) * _slope(code, slope_of_leak)
+        if WITH_BIAS:
+            bias_acc += tl.sum(dz, axis=1)
+        x = tl.load(x_ptr + g64 * stride_xg + (m0 + offs_m[:, None]) * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=in_m[:, None] & in_k[None, :], other=0.0)
+        acc = tl.dot(dz.to(x_ptr.dtype.element_ty), x, acc, input_precision=INPUT_PRECISION)
+    out = g64 * N * K + offs_n[:, None].to(tl.int64) * K + offs_k[None, :]
+    tl.store(dw_ptr + out, acc.to(dw_ptr.dtype.element_ty), mask=in_n[:, None] & in_k[None, :])
+    if WITH_BIAS:
+        if pid_k == 0:
+            tl.store(db_ptr + g64 * N + offs_n, bias_acc.to(db_ptr.dtype.element_ty), mask=in_n)
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers
+# The registered ops (torch.compile and CUDA graphs see one op each) and their launchers
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
 
 
-def _tiles(M: int, N: int, K: int) -> dict:
-    """Tile sizes and launch options.
-
-    Interpreter: cost grows with programs x K-steps, so tiles as large as the problem (up to 512 rows,
-    128 columns and K).
-    CUDA: 64x64 tiles with 32-wide K-steps, 4 warps, 3 pipeline stages, the common choice for
-    fp32/bf16 GEMMs of these sizes (N <= 256, K <= 784); tl.dot needs every dimension >= 16.
-    Not tuned on a GPU (none was available): see kernels/README.md.
-    """
-    def fit(size: int, cap: int) -> int:
-        return max(16, min(cap, triton.next_power_of_2(size)))
-
-    if interpreting():
-        return {"BLOCK_M": fit(M, 512), "BLOCK_N": fit(N, 128), "BLOCK_K": fit(K, 128)}
-    return {"BLOCK_M": 64, "BLOCK_N": fit(N, 64), "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+def _tickets(device: torch.device, models: int) -> torch.Tensor:
+    """Per-model tickets of the forward, zero between launches (each launch's last program resets
+    its own): zeroed once per device, so a launch costs no memset. Launches on one stream only."""
+    tickets = _TICKETS.get(device)
+    if tickets is None or tickets.numel() < models:
+        tickets = _TICKETS[device] = torch.zeros(max(models, 64), dtype=torch.int32, device=device)
+    return tickets
 
 
-def _per_model(value, G: int, name: str, device: torch.device) -> torch.Tensor:
-    """A float or (G,) tensor as a contiguous (G,) float32 tensor on `device`."""
-    if isinstance(value, torch.Tensor):
-        if value.shape not in ((G,), ()):
-            raise ValueError(f"{name} must be a float or a ({G},) tensor, got shape {tuple(value.shape)}")
-        return value.to(device=device, dtype=torch.float32).expand(G).contiguous()
-    return torch.full((G,), float(value), dtype=torch.float32, device=device)
+@triton_op("initstudy::fused_linear_act", mutates_args=())
+def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                leak: float, sub: float, maxv: Optional[float],
+                leak_g: Optional[torch.Tensor], sub_g: Optional[torch.Tensor], maxv_g: Optional[torch.Tensor],
+                hist_bins: int, hist_max: float, stats: bool, save_code: bool, precision: str
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns y (G, M, N), code (G, M, N) int8 (empty unless save_code), mean, var (G,) float64,
+    hist (G, hist_bins), unit_pos (G, N) int64 (empty unless stats)."""
+    G, N, K = weight.shape
+    M = x.shape[-2]
+    device = x.device
+    y = torch.empty((G, M, N), device=device, dtype=x.dtype)
+    code = torch.empty((G, M, N) if save_code else (0,), device=device, dtype=torch.int8)
+    rows = G if stats else 0
+    max_tiles_m = triton.cdiv(M, SMALLEST_TILE[0])
+    max_tiles = max_tiles_m * triton.cdiv(N, SMALLEST_TILE[1])
+    hist_pow2 = triton.next_power_of_2(hist_bins)
+    part = torch.empty((rows, max_tiles, 3), device=device, dtype=torch.float32)
+    part_hist = torch.empty((rows, max_tiles, hist_pow2), device=device, dtype=torch.int32)
+    part_pos = torch.empty((rows, max_tiles_m, N), device=device, dtype=torch.int32)
+    mean = torch.empty(rows, device=device, dtype=torch.float64)
+    var = torch.empty_like(mean)
+    hist = torch.empty((rows, hist_bins), device=device, dtype=torch.int64)
+    unit_pos = torch.empty((rows, N), device=device, dtype=torch.int64)
+    tickets = _tickets(device, G) if stats else mean
+
+    x_strides = (0, *x.stride()) if x.dim() == 2 else x.stride()
+    wrap_triton(_forward_kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_R"]) * triton.cdiv(N, meta["BLOCK_C"]), G)](
+        x, weight, bias, y, code,
+        leak_g if leak_g is not None else bias, sub_g if sub_g is not None else bias,
+        maxv_g if maxv_g is not None else bias, leak, sub, 0.0 if maxv is None else maxv,
+        part, part_hist, part_pos, tickets, mean, var, hist, unit_pos,
+        G, M, N, K, *x_strides, *weight.stride(), *bias.stride(), hist_bins / hist_max, hist_max,
+        LEAK_PER_MODEL=leak_g is not None, SUB_PER_MODEL=sub_g is not None, MAXV_PER_MODEL=maxv_g is not None,
+        HAS_MAXV=maxv is not None or maxv_g is not None, SAVE_CODE=save_code, STATS=stats,
+        HIST_BINS=hist_bins, HIST_BINS_POW2=hist_pow2, INPUT_PRECISION=precision,
+    )
+    return y, code, mean, var, hist, unit_pos
+
+
+@triton_op("initstudy::fused_linear_act_backward", mutates_args=())
+def _backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, code: torch.Tensor,
+                 leak: float, leak_g: Optional[torch.Tensor], need_dx: bool, need_dweight: bool, need_dbias: bool,
+                 precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dx (like x), dweight (G, N, K), dbias (G, N); each empty when not needed."""
+    G, N, K = weight.shape
+    M = x.shape[-2]
+    shared = x.dim() == 2
+    leak_ptr = leak_g if leak_g is not None else code
+    empty = weight.new_empty(0)
+    dx = dweight = dbias = empty
+    if need_dx:
+        dx = torch.empty((1 if shared else G, M, K), device=x.device, dtype=x.dtype)
+        wrap_triton(_dx_kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_R"]) * triton.cdiv(K, meta["BLOCK_C"]),
+                                              1 if shared else G)](
+            dy, code, weight, dx, leak_ptr, leak, G, M, N, K, *dy.stride(), *weight.stride(),
+            SHARED_X=shared, LEAK_PER_MODEL=leak_g is not None, INPUT_PRECISION=precision)
+        dx = dx[0] if shared else dx
+    if need_dweight or need_dbias:
+        dweight = torch.empty((G, N, K), device=x.device, dtype=weight.dtype)
+        dbias = torch.empty((G, N), device=x.device, dtype=weight.dtype) if need_dbias else empty
+        x_strides = (0, *x.stride()) if shared else x.stride()
+        wrap_triton(_dweight_kernel)[lambda meta: (triton.cdiv(N, meta["BLOCK_R"]) * triton.cdiv(K, meta["BLOCK_C"]),
+                                                   G)](
+            dy, code, x, dweight, dbias, leak_ptr, leak, G, M, N, K, *dy.stride(), *x_strides,
+            LEAK_PER_MODEL=leak_g is not None, WITH_BIAS=need_dbias, INPUT_PRECISION=precision)
+        dweight = dweight if need_dweight else empty
+    return dx, dweight, dbias
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _, leak, _, _, leak_g, *_, precision = inputs
+    ctx.save_for_backward(x, weight, output[1], leak_g)
+    ctx.leak, ctx.precision = leak, precision
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero gradients made for the statistics
+
+
+def _backward(ctx, dy, *unused_grads):
+    if dy is None:
+        return (None,) * 14
+    x, weight, code, leak_g = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx, dweight, dbias = _backward_op(dy, x, weight, code, ctx.leak, leak_g, need[0], need[1], need[2],
+                                      ctx.precision)
+    return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None,
+            *([None] * 11))
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# The public functions
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -211,7 +508,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
                          "(set TRITON_INTERPRET=1 before triton is imported); reference_linear_act runs anywhere")
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} is {t.dtype}: fused_linear_act takes float32 or bfloat16")
+            raise ValueError(f"{name} is {t.dtype}: fused_linear_act takes float32, bfloat16 or float16")
     if x.dtype != weight.dtype:
         raise ValueError(f"x ({x.dtype}) and weight ({weight.dtype}) must have one dtype")
 
@@ -231,81 +528,24 @@ def _shapes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[
     return G, M, N, K
 
 
-def _forward(x, weight, bias, leak, sub, maxv, hist_bins, hist_max, allow_tf32, save_code):
-    G, M, N, K = _shapes(x, weight, bias)
-    tiles = _tiles(M, N, K)
-    tiles_m, tiles_n = triton.cdiv(M, tiles["BLOCK_M"]), triton.cdiv(N, tiles["BLOCK_N"])
-    device = x.device
-
-    y = torch.empty((G, M, N), device=device, dtype=x.dtype)
-    code = torch.empty((G, M, N), device=device, dtype=torch.int8) if save_code else y
-    part_sum = torch.empty((G, tiles_m * tiles_n), device=device, dtype=torch.float32)
-    part_sumsq = torch.empty_like(part_sum)
-    part_hist = torch.empty((G, tiles_m * tiles_n, hist_bins), device=device, dtype=torch.int32)
-    part_pos = torch.empty((G, tiles_m, N), device=device, dtype=torch.int32)
-
-    x_strides = (0, *x.stride()) if x.dim() == 2 else x.stride()
-    _fused_linear_act_fwd[(tiles_m * tiles_n, G)](
-        x, weight, bias, y, code, leak, sub, maxv if maxv is not None else leak,
-        part_sum, part_sumsq, part_hist, part_pos,
-        M, N, K,
-        *x_strides, *weight.stride(), *bias.stride(),
-        hist_bins / hist_max, hist_max,
-        HAS_MAXV=maxv is not None, SAVE_CODE=save_code, HIST_BINS=hist_bins,
-        HIST_BINS_POW2=triton.next_power_of_2(hist_bins),
-        INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
-        **tiles,
-    )
-    # Second stage: fixed-order reductions of the per-tile partials.
-    stats = (part_sum.double().sum(1).float(), part_sumsq.double().sum(1).float(),
-             part_hist.sum(1, dtype=torch.int64), part_pos.sum(1, dtype=torch.int64))
-    return y, (code if save_code else None), stats
-
-
-def _act_grad_launch(dy: torch.Tensor, code: torch.Tensor, leak: torch.Tensor) -> torch.Tensor:
-    G, M, N = dy.shape
-    dy = dy.contiguous()
-    dz = torch.empty_like(dy)
-    block = triton.next_power_of_2(M * N) if interpreting() else 1024
-    block = min(block, 1 << 16)
-    _act_grad[(triton.cdiv(M * N, block), G)](dy, code, leak, dz, M * N, BLOCK=block)
-    return dz
-
-
-class FusedLinearActFunction(torch.autograd.Function):
-    """Batched form: x (M, K) or (G, M, K), weight (G, N, K), bias (G, N), leak/sub/maxv (G,)
-    float32 (maxv may be None). Returns y (G, M, N) and the statistics (not differentiable)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, leak, sub, maxv, hist_bins, hist_max, allow_tf32):
-        save_code = any(ctx.needs_input_grad[:3])
-        y, code, stats = _forward(x, weight, bias, leak, sub, maxv, hist_bins, hist_max, allow_tf32, save_code)
-        ctx.save_for_backward(x, weight, code, leak)
-        ctx.mark_non_differentiable(*stats)
-        return (y, *stats)
-
-    @staticmethod
-    def backward(ctx, dy, *unused_stat_grads):
-        x, weight, code, leak = ctx.saved_tensors
-        dz = _act_grad_launch(dy, code, leak)  # (G, M, N)
-        dx = dweight = dbias = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.bmm(dz, weight)  # (G, M, K)
-            if x.dim() == 2:
-                dx = dx.sum(0)  # x was shared by the G models
-        if ctx.needs_input_grad[1]:
-            xs = x.expand(dz.shape[0], *x.shape) if x.dim() == 2 else x
-            dweight = torch.bmm(dz.transpose(1, 2), xs)  # (G, N, K)
-        if ctx.needs_input_grad[2]:
-            dbias = dz.sum(1)  # (G, N)
-        return dx, dweight, dbias, None, None, None, None, None, None
+def _per_model(value, G: int, name: str, device: torch.device) -> tuple[float, torch.Tensor | None]:
+    """A float as itself, a tensor as a contiguous (G,) float32 tensor on `device` (no copy when it is one)."""
+    if isinstance(value, torch.Tensor):
+        if value.shape not in ((G,), ()):
+            raise ValueError(f"{name} must be a float or a ({G},) tensor, got shape {tuple(value.shape)}")
+        if value.device != device or value.dtype != torch.float32:
+            value = value.to(device=device, dtype=torch.float32)
+        return 0.0, value if value.shape == (G,) and value.is_contiguous() else value.expand(G).contiguous()
+    return float(value), None
 
 
 def fused_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, leak, sub, maxv=None, *,
-                     hist_bins: int = 40, hist_max: float = 10.0,
-                     allow_tf32: bool = False) -> tuple[torch.Tensor, LinearActStats]:
-    """y = clamp_max(leaky_relu(x @ weight.T + bias, leak) - sub, maxv) and its statistics, in one
-    kernel launch for all G models. See the module docstring for shapes and semantics."""
+                     hist_bins: int = 40, hist_max: float = 10.0, stats: bool = True,
+                     precision: str | None = None) -> tuple[torch.Tensor, LinearActStats | None]:
+    """y = clamp_max(leaky_relu(x @ weight.T + bias, leak) - sub, maxv) and its statistics (None when
+    `stats` is False: the kernel then skips them), in one kernel launch for all G models. See the
+    module docstring for shapes and semantics; `precision`: tl.dot's ("ieee", "tf32", "tf32x3"),
+    by default what torch.get_float32_matmul_precision() says."""
     single = weight.dim() == 2
     if single:
         if x.dim() != 2 or bias.dim() != 1:
@@ -316,22 +556,24 @@ def fused_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     G, M, N, _ = _shapes(x, weight, bias)
     if not (hist_bins >= 1 and hist_max > 0):
         raise ValueError(f"need hist_bins >= 1 and hist_max > 0, got {hist_bins}, {hist_max}")
-    leak_t = _per_model(leak, G, "leak", x.device)
-    sub_t = _per_model(sub, G, "sub", x.device)
-    maxv_t = None if maxv is None else _per_model(maxv, G, "maxv", x.device)
-    y, total, total_sq, hist, unit_pos = FusedLinearActFunction.apply(
-        x, weight, bias, leak_t, sub_t, maxv_t, hist_bins, hist_max, allow_tf32)
-    stats = LinearActStats(total, total_sq, hist, unit_pos, M * N)
+    leak_s, leak_g = _per_model(leak, G, "leak", x.device)
+    sub_s, sub_g = _per_model(sub, G, "sub", x.device)
+    maxv_s, maxv_g = (None, None) if maxv is None else _per_model(maxv, G, "maxv", x.device)
+    save_code = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
+    y, _, mean, var, hist, unit_pos = _forward_op(
+        x, weight, bias, leak_s, sub_s, maxv_s if maxv_g is None else None, leak_g, sub_g, maxv_g,
+        hist_bins, float(hist_max), stats, save_code, matmul_precision(precision, x.dtype))
+    if not stats:
+        return (y[0] if single else y), None
     if single:
-        return y[0], LinearActStats(*(t[0] for t in stats[:4]), M * N)
-    return y, stats
+        return y[0], LinearActStats(mean[0], var[0], hist[0], unit_pos[0], M * N)
+    return y, LinearActStats(mean, var, hist, unit_pos, M * N)
 
 
 def reference_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, leak, sub, maxv=None, *,
-                         hist_bins: int = 40, hist_max: float = 10.0,
-                         allow_tf32: bool = False) -> tuple[torch.Tensor, LinearActStats]:
-    """The same computation in plain PyTorch, any dtype and device (float64 for checking).
-    Differentiable through autograd; `allow_tf32` is accepted for a like-for-like call and ignored."""
+                         hist_bins: int = 40, hist_max: float = 10.0) -> tuple[torch.Tensor, LinearActStats]:
+    """The same computation in plain PyTorch, any dtype and device (float64 for checking),
+    differentiable through autograd; its statistics are taken in float64."""
     single = weight.dim() == 2
     if single:
         weight, bias = weight.unsqueeze(0), bias.unsqueeze(0)
@@ -344,13 +586,13 @@ def reference_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     z = torch.matmul(x, weight.transpose(1, 2)) + bias.unsqueeze(1)  # (G, M, N)
     y = torch.where(z > 0, z, z * per_model(leak)) - per_model(sub)
     if maxv is not None:
-        y = torch.minimum(y, per_model(maxv))
+        ceiling = per_model(maxv)
+        y = torch.where(y < ceiling, y, ceiling)  # clamp_max, with its zero gradient at the tie
     with torch.no_grad():
-        acc = torch.float64 if y.dtype == torch.float64 else torch.float32
-        ya = y.detach().to(acc)
+        y64 = y.detach().double().flatten(1)
         stats = LinearActStats(
-            sum=ya.sum((1, 2)).float(), sumsq=(ya * ya).sum((1, 2)).float(),
-            hist=torch.stack([torch.histc(ya[g].abs(), hist_bins, 0, hist_max) for g in range(G)]).long(),
+            mean=y64.mean(1), var=y64.var(1, correction=0),
+            hist=torch.stack([torch.histc(y64[g].abs(), hist_bins, 0, hist_max) for g in range(G)]).long(),
             unit_pos=(z > 0).sum(1), count=M * N,
         )
     if single:

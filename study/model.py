@@ -40,28 +40,32 @@ class FusedLinearAct(nn.Linear):
     """`GeneralRelu(linear(x))` in one Triton kernel that also reduces the activation statistics.
 
     A `nn.Linear` (same parameters, same initialisation) whose forward returns the activation and
-    keeps the kernel's statistics of it in `last_stats` (see kernels/fused_linear_act.py).
+    keeps the kernel's statistics of it in `last_stats` (see kernels/fused_linear_act.py), or None
+    when `record_stats` is False (a `StatsRecorder` sets it per pass: the kernel then skips them).
     x: (B, in_features) -> (B, out_features).
     """
 
     def __init__(self, in_features: int, out_features: int, leak: float, sub: float, maxv: float | None):
         super().__init__(in_features, out_features)
         self.leak, self.sub, self.maxv = leak, sub, maxv
+        self.record_stats = True
         self.last_stats = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, self.last_stats = fused_kernel().fused_linear_act(x, self.weight, self.bias, self.leak, self.sub, self.maxv)
+        y, self.last_stats = fused_kernel().fused_linear_act(x, self.weight, self.bias, self.leak, self.sub, self.maxv,
+                                                             stats=self.record_stats)
         return y
 
 
 class FusedConvAct(nn.Conv2d):
     """`GeneralRelu(conv3x3_stride2(x))` as the fused kernel's GEMM over unfolded patches (im2col):
     rows = batch x output positions, K = in_channels x 9, units = output channels.
-    x: (B, C, H, W) -> (B, out_channels, ceil(H/2), ceil(W/2))."""
+    x: (B, C, H, W) -> (B, out_channels, ceil(H/2), ceil(W/2)). Statistics as `FusedLinearAct`'s."""
 
     def __init__(self, in_channels: int, out_channels: int, leak: float, sub: float, maxv: float | None):
         super().__init__(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
         self.leak, self.sub, self.maxv = leak, sub, maxv
+        self.record_stats = True
         self.last_stats = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +74,8 @@ class FusedConvAct(nn.Conv2d):
         patches = F.unfold(x, kernel_size=3, stride=2, padding=1)  # (B, C*9, L)
         rows = patches.transpose(1, 2).reshape(batch * out_h * out_w, -1)  # (B*L, C*9)
         y, self.last_stats = fused_kernel().fused_linear_act(
-            rows, self.weight.flatten(1), self.bias, self.leak, self.sub, self.maxv)  # (B*L, out)
+            rows, self.weight.flatten(1), self.bias, self.leak, self.sub, self.maxv,
+            stats=self.record_stats)  # (B*L, out)
         return y.reshape(batch, out_h * out_w, -1).transpose(1, 2).reshape(batch, -1, out_h, out_w)
 
 

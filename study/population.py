@@ -93,10 +93,13 @@ class Population:
 
     def inputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """The batch layout of `forward`. x: (N, 1, 28, 28) images; index: (G, B) rows of x per
-        member, or None for the same x for every member. MLP: (G, B, 784); CNN: (B, G, 28, 28)."""
+        member, or None for the same x for every member. MLP: (G, B, 784), or (B, 784) shared by
+        the members for the fused kernel (it reads one x for all, no copies); CNN: (B, G, 28, 28)."""
         if self.kind == "mlp":
             flat = x.flatten(1)
-            return flat[index] if index is not None else flat.expand(self.size, *flat.shape).contiguous()
+            if index is not None:
+                return flat[index]
+            return flat if self.backend == "triton" else flat.expand(self.size, *flat.shape).contiguous()
         images = x[:, 0]
         stacked = images[index.T] if index is not None else images.unsqueeze(1).expand(-1, self.size, -1, -1)
         # Channels-last: grouped convolutions with few channels per group run faster so on the CPU.
@@ -114,7 +117,8 @@ class Population:
         for layer in range(self.n_hidden):
             weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
             if self.backend == "triton":
-                h, fused_stats = fused_kernel().fused_linear_act(h, weight, bias, self.leak, self.sub, self.maxv)
+                h, fused_stats = fused_kernel().fused_linear_act(h, weight, bias, self.leak, self.sub, self.maxv,
+                                                                 stats=record is not None)
                 if record:
                     record(layer, from_kernel(fused_stats))
                 continue

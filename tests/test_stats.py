@@ -146,6 +146,25 @@ def test_recorder_records_only_when_asked_and_removes_its_hooks():
     assert set(final) == {"mean", "std", "near_zero_frac", "dead_units", "units"}
 
 
+def test_recorder_has_a_fused_layer_skip_its_statistics_on_passes_it_does_not_record():
+    from study.model import FusedLinearAct, fused_kernel
+    layer = FusedLinearAct(4, 6, 0.1, 0.4, None)
+    x = torch.randn(8, 4)
+    kept = []
+    with StatsRecorder([layer]) as recorder:
+        for step in range(3):
+            recorder.step, recorder.recording = step, step != 1
+            layer(x)
+            kept.append(layer.last_stats)
+    assert [stats is None for stats in kept] == [False, True, False]
+    assert recorder.history()[0].steps == [0, 2]
+    assert layer.record_stats and not layer._forward_pre_hooks
+    y, stats = fused_kernel().fused_linear_act(x, layer.weight, layer.bias, 0.1, 0.4)
+    reference = activation_stats(x @ layer.weight.T + layer.bias, y)
+    assert recorder.history()[0].mean[-1] == pytest.approx(reference.mean, rel=1e-6)
+    assert recorder.history()[0].std[-1] == pytest.approx(reference.std, rel=1e-5)
+
+
 def test_recorder_removes_hooks_after_an_error():
     act = GeneralRelu()
     with pytest.raises(RuntimeError):
