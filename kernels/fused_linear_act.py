@@ -55,7 +55,10 @@ from torch.library import triton_op, wrap_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32", "tf32x3")
-MERGE_TILES = tl.constexpr(32)  # slots the merging program reads per step
+# Slots the merging program reads per step: 64 tiles' moments and histograms; 16 row tiles x 256
+# units of positive counts (the target shape's in one step each, at 64 x 64 tiles).
+MERGE_TILES = tl.constexpr(64)
+POS_ROWS, POS_COLS = tl.constexpr(16), tl.constexpr(256)
 
 
 class LinearActStats(NamedTuple):
@@ -111,6 +114,7 @@ def _autotune(rows: str, cols: str, reduced: str):
                            prune_configs_by={"early_config_prune": _pruner(rows, cols, reduced)})
 
 
+@torch.compiler.assume_constant_result  # torch.compile reads the setting once, when it traces
 def matmul_precision(precision: str | None, dtype: torch.dtype) -> str:
     """tl.dot's input_precision: as asked, else as torch's float32 matmul precision says."""
     if precision is not None:
@@ -241,44 +245,44 @@ def _forward_kernel(
 @triton.jit
 def _merge(g, M, N, part_ptr, part_hist_ptr, part_pos_ptr, mean_ptr, var_ptr, hist_ptr, pos_ptr,
            HIST_BINS: tl.constexpr, HIST_BINS_POW2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Model g's slots, in tile order: mean and M2 in float64 by the parallel-variance formula
-    (M2 = sum M2_t + sum n_t (mean_t - mean)^2), the counts exactly. `.cg` loads skip L1: the
-    other programs wrote the slots from other SMs."""
+    """Model g's slots in tile order, MERGE_TILES at a time (one round trip to memory each: at the
+    target shape, one for the moments and histogram and one for the unit counts). Mean and M2 in
+    float64: each chunk's by the parallel-variance formula (M2 = sum M2_t + sum n_t (mean_t -
+    mean)^2), chunks folded in by Chan's update. `.cg` loads skip L1: other SMs wrote the slots."""
     tiles_m = tl.cdiv(M, BLOCK_R)
     tiles_n = tl.cdiv(N, BLOCK_C)
     tiles = tiles_m * tiles_n
     first = g * tiles
     offs = tl.arange(0, MERGE_TILES)
-
-    counted = tl.zeros((MERGE_TILES,), dtype=tl.float64)
-    weighted = tl.zeros((MERGE_TILES,), dtype=tl.float64)
-    for start in range(0, tiles, MERGE_TILES):
-        count, tile_mean, _ = _slots(part_ptr, first, start + offs, tiles, tiles_n, M, N, BLOCK_R, BLOCK_C)
-        counted += count
-        weighted += count * tile_mean
-    total = tl.sum(counted, axis=0)  # M * N, as a float64
-    mean = tl.sum(weighted, axis=0) / total
-    m2 = tl.zeros((MERGE_TILES,), dtype=tl.float64)
-    for start in range(0, tiles, MERGE_TILES):
-        count, tile_mean, tile_m2 = _slots(part_ptr, first, start + offs, tiles, tiles_n, M, N, BLOCK_R, BLOCK_C)
-        m2 += tile_m2 + count * (tile_mean - mean) * (tile_mean - mean)
-    tl.store(mean_ptr + g, mean)
-    tl.store(var_ptr + g, tl.sum(m2, axis=0) / total)
-
     offs_bin = tl.arange(0, HIST_BINS_POW2)
+
+    n = tl.sum(tl.zeros((MERGE_TILES,), dtype=tl.float64), axis=0)  # a float64 scalar: 0
+    mean = n
+    m2 = n
     hist = tl.zeros((HIST_BINS_POW2,), dtype=tl.int64)
     for start in range(0, tiles, MERGE_TILES):
         t = start + offs
+        count, tile_mean, tile_m2 = _slots(part_ptr, first, t, tiles, tiles_n, M, N, BLOCK_R, BLOCK_C)
+        chunk_n = tl.sum(count, axis=0)
+        chunk_mean = tl.sum(count * tile_mean, axis=0) / chunk_n
+        chunk_m2 = tl.sum(tile_m2 + count * (tile_mean - chunk_mean) * (tile_mean - chunk_mean), axis=0)
+        delta = chunk_mean - mean
+        m2 += chunk_m2 + delta * delta * n * chunk_n / (n + chunk_n)
+        n += chunk_n
+        mean += delta * chunk_n / n
         block = tl.load(part_hist_ptr + (first + t)[:, None] * HIST_BINS_POW2 + offs_bin[None, :],
                         mask=(t < tiles)[:, None], other=0, cache_modifier=".cg")
         hist += tl.sum(block.to(tl.int64), axis=0)
+    tl.store(mean_ptr + g, mean)
+    tl.store(var_ptr + g, m2 / n)
     tl.store(hist_ptr + g * HIST_BINS + offs_bin, hist, mask=offs_bin < HIST_BINS)
 
-    offs_n = tl.arange(0, BLOCK_C)
-    for n0 in range(0, N, BLOCK_C):
-        positive = tl.zeros((BLOCK_C,), dtype=tl.int64)
-        for start in range(0, tiles_m, MERGE_TILES):
-            r = start + offs
+    offs_r = tl.arange(0, POS_ROWS)
+    offs_n = tl.arange(0, POS_COLS)
+    for n0 in range(0, N, POS_COLS):
+        positive = tl.zeros((POS_COLS,), dtype=tl.int64)
+        for start in range(0, tiles_m, POS_ROWS):
+            r = start + offs_r
             block = tl.load(part_pos_ptr + (g * tiles_m + r)[:, None] * N + n0 + offs_n[None, :],
                             mask=(r < tiles_m)[:, None] & (n0 + offs_n < N)[None, :], other=0,
                             cache_modifier=".cg")

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import triton
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -95,6 +96,34 @@ def test_forward_statistics_and_gradients_match_float64(M, N, K, layout, leak, s
     (y64 * dy.double()).sum().backward()
     for name, got, want in zip(("x", "weight", "bias"), params, params64):
         assert got.grad.shape == want.grad.shape
+        assert normwise(got.grad, want.grad) <= GRAD_TOL, name
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """16 x 16 x 16 tiles for every kernel: many programs, so the merge folds several chunks of slots
+    (85 tiles, 17 row tiles) and the swizzle spans several groups, as on a GPU."""
+    tile = triton.Config({"BLOCK_R": 16, "BLOCK_C": 16, "BLOCK_K": 16, "GROUP_R": 8})
+    monkeypatch.setattr(kernel, "SMALLEST_TILE", (16, 16))
+    for tuned in (kernel._forward_kernel, kernel._dx_kernel, kernel._dweight_kernel):
+        monkeypatch.setattr(tuned, "early_config_prune", lambda configs, named_args, **kwargs: [tile])
+        monkeypatch.setattr(tuned, "cache", {})
+
+
+def test_many_tiles_merge_and_reduce_like_one(small_tiles):
+    x, weight, bias, leak = make_inputs(257, 65, 17, "G3-shared-x", 0.3)  # dx sums over models and units
+    params = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    params64 = [t.double().requires_grad_() for t in (x, weight, bias)]
+    y, stats = fused_linear_act(*params, leak, 0.4, 1.5)
+    y64, ref = reference_linear_act(*params64, leak.double() if torch.is_tensor(leak) else leak, 0.4, 1.5)
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.mean, ref.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.var, ref.var, rtol=1e-5, atol=0)
+    assert torch.equal(stats.hist, ref.hist) and torch.equal(stats.unit_pos, ref.unit_pos)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    (y * dy).sum().backward()
+    (y64 * dy.double()).sum().backward()
+    for name, got, want in zip(("x", "weight", "bias"), params, params64):
         assert normwise(got.grad, want.grad) <= GRAD_TOL, name
 
 
