@@ -23,7 +23,8 @@ BINS, HIST_MAX = 40, 10.0
 # The compiled kernel where a GPU is, else the interpreter on the CPU (conftest): the same checks.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (M, N, K): every size of {1, 33, 129, 257} in every position; none a multiple of a tile.
-SHAPES = [(1, 1, 1), (1, 33, 129), (33, 129, 257), (129, 257, 1), (257, 1, 33), (257, 257, 257)]
+SHAPES = [(1, 1, 1), (1, 33, 129), (33, 129, 257), (129, 257, 1), (257, 1, 33),
+          pytest.param(257, 257, 257, marks=pytest.mark.slow)]
 # (leak, sub, maxv): leak {0, .3} x sub {0, .4} x maxv {None, 1.5}, each value with each other.
 ACTIVATIONS = [(0.0, 0.0, None), (0.3, 0.4, None), (0.3, 0.4, 1.5), (0.0, 0.4, 1.5), (0.3, 0.0, 1.5)]
 # single model; a batch of 1; 3 models sharing x (a first layer); 3 models with own x and own leak;
@@ -110,6 +111,7 @@ def small_tiles(monkeypatch):
         monkeypatch.setattr(tuned, "cache", {})
 
 
+@pytest.mark.slow
 def test_many_tiles_merge_and_reduce_like_one(small_tiles):
     x, weight, bias, leak = make_inputs(257, 65, 17, "G3-shared-x", 0.3)  # dx sums over models and units
     params = [t.clone().requires_grad_() for t in (x, weight, bias)]

@@ -12,7 +12,7 @@ import torch
 
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.errors import BadInput
-from study.population import check_population, general_relu, train_population
+from study.population import Population, check_population, general_relu, train_population
 from study.training import train
 
 SETTINGS = [(0.1, 0.4, 1.0), (0.2, 0.4, 1.0), (0.0, 0.0, 3.0)]  # the last one diverges
@@ -127,6 +127,17 @@ def test_triton_population_trains_like_the_torch_population(fashion):
         assert layer_ours.mean == pytest.approx(layer_theirs.mean, abs=1e-4)
         assert layer_ours.dead_units == layer_theirs.dead_units
         assert ours.val_acc == pytest.approx(theirs.val_acc, abs=0.01)
+
+
+def test_the_fused_population_reads_one_shared_x_without_copies(fashion):
+    runs = [RunConfig(model=ModelConfig(model="mlp", widths=(8,)),
+                      train=TrainConfig(seed=seed, device="cpu", backend="triton")) for seed in (0, 1, 2)]
+    population = Population(runs, fashion, torch.device("cpu"))
+    images = fashion.x_val[:16]
+    shared = population.inputs(images)
+    assert shared.shape == (16, 784) and shared.data_ptr() == images.data_ptr()
+    assert population.inputs(images, torch.zeros(3, 16, dtype=torch.long)).shape == (3, 16, 784)
+    assert population.forward(shared).shape == (3, 16, 10)
 
 
 def test_the_cnn_has_no_triton_population():

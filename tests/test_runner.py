@@ -139,6 +139,7 @@ def test_population_mode_stores_the_same_study_as_one_trial_at_a_time(finished, 
         assert len([k for k in trial.system_attrs if k.startswith("artifacts:")]) == 2
 
 
+@pytest.mark.slow
 def test_population_search_from_the_command_line_prints_no_warnings(tmp_path):
     proc = run_cli("search", "--name", "p", *TINY, "--leak", "0.1,0.2", "--sub", "0.4", "--seeds", "0,1",
                    "--population", "2", cwd=tmp_path)
@@ -212,6 +213,7 @@ def test_seed_frame_lists_every_seed(finished):
     assert len(seeds) == 8 and sorted(seeds["seed"].unique()) == [0, 1]
 
 
+@pytest.mark.slow
 def test_heatmaps_command_redraws_a_stored_study(finished, tmp_path):
     place, _ = finished
     proc = run_cli("heatmaps", "--name", place.name, "--storage", place.storage_url(), "--out", str(tmp_path))

@@ -73,6 +73,7 @@ def test_the_probe_starts_from_trainings_network_and_first_batch_and_follows_its
     assert math.isfinite(points[-1].lambda_max)
 
 
+@pytest.mark.slow
 def test_the_command_prints_one_json_object_per_seed_and_step_and_refuses_bad_input(tmp_path):
     proc = run_cli("sharpness", "--model", "mlp", "--widths", "4", "--batch-size", "64", "--seeds", "0,1",
                    "--steps", "1", "--json", cwd=tmp_path)

@@ -61,6 +61,7 @@ def test_the_network_is_float64_from_the_input_on(fashion):
     assert all(abs(c - 1) < 1e-14 for c in profile.correlation)
 
 
+@pytest.mark.slow
 def test_the_command_writes_its_table_and_picture_and_refuses_bad_input(tmp_path):
     proc = run_cli("depth", "--depth", "3", "--width", "32", "--batch", "16", "--seeds", "0",
                    "--setting", "0.1,0.4", "--setting", "0,0", "--out", str(tmp_path / "signal"), cwd=tmp_path)

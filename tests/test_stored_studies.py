@@ -52,6 +52,7 @@ def test_the_0_1_0_configuration_reads_as_todays():
         {k: v for k, v in today.items() if k != "code_version"}
 
 
+@pytest.mark.slow
 def test_a_study_written_by_0_1_0_resumes_and_plots(tmp_path):
     (tmp_path / "studies").mkdir()
     db = tmp_path / "studies" / "v010.db"
