@@ -567,11 +567,9 @@ def fused_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     y, _, mean, var, hist, unit_pos = _forward_op(
         x, weight, bias, leak_s, sub_s, maxv_s if maxv_g is None else None, leak_g, sub_g, maxv_g,
         hist_bins, float(hist_max), stats, save_code, matmul_precision(precision, x.dtype))
-    if not stats:
-        return (y[0] if single else y), None
-    if single:
-        return y[0], LinearActStats(mean[0], var[0], hist[0], unit_pos[0], M * N)
-    return y, LinearActStats(mean, var, hist, unit_pos, M * N)
+    if single:  # squeeze, not y[0]: its backward is a view, where select's makes zeros and copies
+        y, mean, var, hist, unit_pos = (t.squeeze(0) for t in (y, mean, var, hist, unit_pos))
+    return y, (LinearActStats(mean, var, hist, unit_pos, M * N) if stats else None)
 
 
 def reference_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, leak, sub, maxv=None, *,
