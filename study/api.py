@@ -139,11 +139,9 @@ class Edge(Study):
         return probe_frame(self.optuna)
 
     def figures(self) -> dict:
-        from study.plots import edge_curves_figure, edge_heatmap_figure
+        from study.plots import edge_figures
 
-        table = self.table()
-        return {"edge_heatmap": edge_heatmap_figure(table, self.design.ladder()),
-                "edge_curves": edge_curves_figure(self.probes(), table)}
+        return edge_figures(self.table(), self.probes(), self.design.ladder())
 
     def cost(self) -> str:
         """The trainings used against a fixed 10-seed sweep of the same rungs."""

@@ -184,8 +184,7 @@ def run_edge(args: argparse.Namespace) -> int:
         print(f"\n{unfinished} settings have no edge yet: their probes failed {MAX_FAILS_PER_SETTING} times "
               f"(see the FAIL trials)")
     print("\n" + results.cost_line(table, design))
-    figures = {"edge_heatmap": plots.edge_heatmap_figure(table, design.ladder()),
-               "edge_curves": plots.edge_curves_figure(results.probe_frame(study), table)}
+    figures = plots.edge_figures(table, results.probe_frame(study), design.ladder())
     print("\n".join(str(p) for p in [out / "edge.csv", *plots.save_figures(figures, out)]))
     return 0
 

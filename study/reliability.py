@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import stats
@@ -31,6 +32,14 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     sem = stats.tstd(values) / math.sqrt(n)
     half = stats.t.ppf((1 + level) / 2, n - 1) * sem
     return mean - half, mean + half
+
+
+def discordant(first: Mapping[int, bool], second: Mapping[int, bool]) -> tuple[int, int, int]:
+    """Two settings' per-seed outcomes (seed -> trained), paired on the seeds both ran: (shared seeds,
+    seeds that trained under the first only, under the second only), what `mcnemar_exact` takes."""
+    shared = set(first) & set(second)
+    return (len(shared), sum(first[s] and not second[s] for s in shared),
+            sum(second[s] and not first[s] for s in shared))
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:

@@ -25,7 +25,8 @@ from scipy import stats as scipy_stats
 
 from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
 from study.plots import save_figures, study_figures
-from study.reliability import clopper_pearson, fisher_exact, holm, mcnemar_exact, seeds_for_power, t_interval
+from study.reliability import (clopper_pearson, discordant, fisher_exact, holm, mcnemar_exact, seeds_for_power,
+                               t_interval)
 from study.results import is_lesson_setting, seed_frame, study_threshold, training_minutes, trials_frame, wall_time
 
 ALPHA = 0.05  # family-wise, over the comparisons of one report (Holm)
@@ -89,12 +90,9 @@ def comparisons(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float) -> p
     for row in table.to_dict("records"):
         if all(row[a] == best[a] for a in SEARCHED):
             continue
-        mine = outcomes[tuple(row[a] for a in SEARCHED)]
-        shared = sorted(set(mine) & set(best_outcomes))
+        shared, only_best, only_mine = discordant(best_outcomes, outcomes[tuple(row[a] for a in SEARCHED)])
         if shared:
-            only_best = sum(best_outcomes[s] and not mine[s] for s in shared)
-            only_mine = sum(mine[s] and not best_outcomes[s] for s in shared)
-            p, test = mcnemar_exact(only_best, only_mine), f"McNemar exact, {len(shared)} shared seeds"
+            p, test = mcnemar_exact(only_best, only_mine), f"McNemar exact, {shared} shared seeds"
         else:
             p, test = fisher_exact(row["n_trained"], row["n_seeds"], best["n_trained"], best["n_seeds"]), "Fisher exact"
         power = seeds_for_power(row["n_trained"] / row["n_seeds"], best["n_trained"] / best["n_seeds"])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from study.reliability import clopper_pearson, fisher_exact, fisher_power, holm, mcnemar_exact, seeds_for_power
+from study.reliability import (clopper_pearson, discordant, fisher_exact, fisher_power, holm, mcnemar_exact,
+                               seeds_for_power)
 
 
 @pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (7, 10), (10, 10), (3, 20), (19, 20)])
@@ -53,3 +54,12 @@ def test_the_power_computation_rejects_exactly_where_scipys_fisher_test_does(n):
     expected = [[stats.fisher_exact([[a, n - a], [b, n - b]]).pvalue < 0.05 for b in range(n + 1)]
                 for a in range(n + 1)]
     assert (_fisher_rejects(n, 0.05) == np.array(expected)).all()
+
+
+def test_discordant_pairs_count_only_shared_seeds_that_disagree():
+    first = {0: True, 1: True, 2: False, 3: False, 7: True}
+    second = {0: True, 1: False, 2: True, 3: False, 4: True, 5: False}
+    assert discordant(first, second) == (4, 1, 1)
+    assert discordant(second, first) == (4, 1, 1)
+    assert discordant({0: True, 1: True}, {0: False, 1: False}) == (2, 2, 0)
+    assert discordant({0: True}, {1: True}) == (0, 0, 0)

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from study.ladder import EdgeDesign
-from study.reliability import clopper_pearson, holm, mcnemar_exact
+from study.reliability import clopper_pearson, discordant, holm, mcnemar_exact
 
 RELIABLE, UNRELIABLE = EdgeDesign.reliability, EdgeDesign.unreliability
 ALPHA = 0.05
@@ -50,6 +50,9 @@ class Outcomes:
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    def trained(self) -> dict[int, bool]:
+        return {seed: trained for seed, (trained, _, _) in self.seeds.items()}
 
     def share(self) -> str:
         low, high = clopper_pearson(self.k, self.n)
@@ -90,14 +93,12 @@ def fails_for_some(statement: str, setting: Outcomes) -> Verdict:
 
 def more_reliable(statement: str, better: Outcomes, worse: Outcomes) -> Verdict:
     """`better` trains for more seeds than `worse`: McNemar's exact test on the seeds they share."""
-    shared = sorted(set(better.seeds) & set(worse.seeds))
-    only_better = sum(better.seeds[s][0] and not worse.seeds[s][0] for s in shared)
-    only_worse = sum(worse.seeds[s][0] and not better.seeds[s][0] for s in shared)
+    shared, only_better, only_worse = discordant(better.trained(), worse.trained())
     p = mcnemar_exact(only_better, only_worse)
-    evidence = (f"{better.name} {better.share()}, {worse.name} {worse.share()}; of {len(shared)} shared seeds "
+    evidence = (f"{better.name} {better.share()}, {worse.name} {worse.share()}; of {shared} shared seeds "
                 f"{only_better} trained only with {better.name}, {only_worse} only with {worse.name}")
-    return Verdict(statement, evidence, _direction(p, only_better - only_worse, len(shared)),
-                   f"McNemar exact, p = {p:.2g}", p, len(shared))
+    return Verdict(statement, evidence, _direction(p, only_better - only_worse, shared),
+                   f"McNemar exact, p = {p:.2g}", p, shared)
 
 
 def more_accurate(statement: str, better: Outcomes, worse: Outcomes) -> Verdict:

@@ -25,7 +25,7 @@ from study.experiments.findings import claims
 from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_RELU, RELU, FindingsPlan
 from study.experiments.sharpness import TOLERANCE, sharpness
 from study.experiments.signal import agreement, fixed_point_variance, run_signal
-from study.plots import edge_curves_figure, edge_heatmap_figure, save_figures, sharpness_figure
+from study.plots import edge_figures, save_figures, sharpness_figure
 from study.results import edge_table, probe_frame, seed_frame, study_threshold, wall_time
 from study.runner import run_study
 from study.storage import sqlite_path
@@ -49,10 +49,10 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
     grid_design, grid_study = edges["findings-edge"]
     grid = edge_table(grid_study, grid_design)
     step = grid_design.ladder()[1] / grid_design.ladder()[0]
+    probes = probe_frame(grid_study)
     sharp = _sharpness(plan, grid, outcomes, progress)
     pictures = save_figures({
-        "edge_heatmap": edge_heatmap_figure(grid, grid_design.ladder()),
-        "edge_curves": edge_curves_figure(probe_frame(grid_study), grid),
+        **edge_figures(grid, probes, grid_design.ladder()),
         "sharpness": sharpness_figure(grid, sharp["init"], sharp["steps"], step, plan.run.optim.momentum),
     }, figures_dir)
     data = load_fashion_mnist(plan.run.data)
@@ -63,9 +63,9 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
     sections = [
         _header(plan, list(lesson.values()) + [s for _, s in edges.values()], time.perf_counter() - started),
         _setup_section(plan),
-        _edge_section(grid, probe_frame(grid_study), grid_design, pictures),
+        _edge_section(grid, probes, grid_design, pictures),
         _lesson_section(plan, outcomes),
-        _shift_section(plan, edges),
+        _shift_section(plan, edges, grid),
         _sharpness_section(plan, grid, sharp, outcomes, step, pictures),
         _signal_section(plan, profiles, predictions, signal_paths),
         _setup_change_section(plan, outcomes),
@@ -93,9 +93,9 @@ def _sharpness(plan: FindingsPlan, grid: pd.DataFrame, outcomes: dict, progress:
     cache_path = Path(str(sqlite_path(plan.storage)).replace(".db", ".sharpness.json"))
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     jobs = [(leak, sub, seed, 0) for leak, sub in zip(grid["leak"], grid["sub"]) for seed in range(plan.sharpness_seeds)]
-    jobs += [(leak, sub, seed, 0) for (leak, sub) in plan.lesson_settings
-             for seed in _lesson(outcomes, "lesson", (leak, sub)).seeds
-             if 0 < _lesson(outcomes, "lesson", (leak, sub)).k < _lesson(outcomes, "lesson", (leak, sub)).n]
+    lesson_outcomes = [(setting, _lesson(outcomes, "lesson", setting)) for setting in plan.lesson_settings]
+    jobs += [(leak, sub, seed, 0) for (leak, sub), setting in lesson_outcomes if 0 < setting.k < setting.n
+             for seed in setting.seeds]
     jobs += [(leak, sub, seed, plan.sharpness_steps) for leak, sub in plan.shifted for seed in range(2)]
     run_key = json.dumps(plan.run.to_dict(), sort_keys=True)
     results = {}
@@ -118,7 +118,7 @@ def _sharpness(plan: FindingsPlan, grid: pd.DataFrame, outcomes: dict, progress:
 
 def _header(plan: FindingsPlan, studies: list, seconds: float) -> str:
     gpu = device_name(torch.device("cuda")) if torch.cuda.is_available() else "no GPU"
-    trained = sum(wall_time(s)[1] if wall_time(s) else 0.0 for s in studies)
+    trained = sum(minutes for _, minutes in filter(None, map(wall_time, studies)))
     edition = "" if plan.edition == "full" else (
         " **Quick edition** (`--quick`): a small MLP on a small grid with few seeds, for trying the "
         "command; its numbers are not the lesson's and are not findings.")
@@ -233,12 +233,10 @@ def _lesson_section(plan: FindingsPlan, outcomes: dict) -> str:
                       "", *rows])
 
 
-def _shift_section(plan: FindingsPlan, edges: dict) -> str:
+def _shift_section(plan: FindingsPlan, edges: dict, grid: pd.DataFrame) -> str:
     lines = ["## 3. Momentum and init scale move the edge", ""]
     for leak, sub in plan.shifted:
-        grid_design, grid_study = edges["findings-edge"]
-        base = edge_table(grid_study, grid_design)
-        base = base[(base["leak"] == leak) & (base["sub"] == sub)]
+        base = grid[(grid["leak"] == leak) & (grid["sub"] == sub)]
         design, study = edges[f"findings-edge-momentum-{leak:g}-{sub:g}"]
         by_momentum = pd.concat([edge_table(study, design), base]).sort_values("momentum")
         design, study = edges[f"findings-edge-scale-{leak:g}-{sub:g}"]
