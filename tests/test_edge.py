@@ -46,6 +46,9 @@ def test_every_setting_gets_its_edge_between_neighbouring_rungs(searched):
     assert set(probes["verdict"]) <= {"reliable", "unreliable", "undecided"}
     # A 30-step MLP at momentum 0.9 trains at lr 0.1 and diverges at 1.6: the edge lies inside the ladder.
     assert table["max_stable_lr"].notna().any() and table["first_unstable_lr"].notna().any()
+    figures = edge.figures()
+    assert sorted(figures) == ["edge_curves", "edge_heatmap"]
+    assert len(figures["edge_curves"].axes) >= len(table)  # a panel per setting
 
 
 @pytest.mark.slow
