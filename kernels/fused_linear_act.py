@@ -21,12 +21,12 @@ One op, one file (over 300 lines on purpose): the Triton kernels, their launcher
 op with its autograd formula, and the float64-checked PyTorch reference are read and changed together.
 kernels/README.md explains the design.
 
-Forward: ONE launch. Grid (tiles of y, G), tiles visited in GROUP_M-swizzled order (neighbouring
+Forward: ONE launch. Grid (tiles of y, G), tiles visited GROUP_R row tiles at a time (neighbouring
 programs share x rows and weight columns in L2). The K loop accumulates `tl.dot` in float32 at the
 precision `torch.get_float32_matmul_precision()` asks for ("highest": IEEE, "high"/"medium": TF32)
 unless `precision` names one. The epilogue adds the bias, applies GeneralRelu, stores y and a one-byte
-slope code, then writes the tile's partial statistics (mean, M2 about the tile's own mean, histogram,
-positive counts per unit) to the tile's own slot. The last program of each model to finish (an atomic
+slope code, then writes the tile's partial statistics (mean, the deviations' sum, M2 about the tile's
+own mean, histogram, positive counts per unit) to the tile's own slot. The last program of each model to finish (an atomic
 ticket, used for ordering only) merges the slots in tile order, the float ones in float64 with the
 parallel-variance formula (Chan et al.), so the statistics are bitwise the same run after run and
 stable when |mean| >> std. It resets the ticket, so the next launch finds it at zero.
@@ -38,7 +38,7 @@ accumulated in the same loop.
 
 Tile sizes: `@triton.autotune` over a small set (32x64 to 128x128, BLOCK_K 32/64) keyed on the shape
 and G, its choice cached on disk (`cache_results`), so one shape keeps one tiling and hence bitwise
-the same statistics across runs. Under Triton's interpreter (TRITON_INTERPRET=1, set before triton
+the same results across runs on one machine. Under Triton's interpreter (TRITON_INTERPRET=1, set before triton
 is imported) the set is pruned to one tile as large as the problem, because there cost grows with
 programs x K-steps. `reference_linear_act` is the same computation in plain PyTorch, any dtype.
 """
