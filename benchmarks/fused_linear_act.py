@@ -54,8 +54,9 @@ class Prediction:
         return self.fused_seconds / self.gemm_seconds
 
 
-def predict(G: int, precision: str = "ieee", shared_x: bool = True, tile: tuple[int, int] = (64, 64)) -> Prediction:
-    """The forward at the target shape: time = max(FLOPs / (peak x occupancy), bytes / bandwidth) +
+def predict(G: int, precision: str = "ieee", shared_x: bool = True, tile: tuple[int, int] = (64, 64),
+            shape: tuple[int, int, int] = (M, K, N)) -> Prediction:
+    """The forward of a (M, K) @ (K, N) layer, by default the target shape: time = max(FLOPs / (peak x occupancy), bytes / bandwidth) +
     launches x LAUNCH_SECONDS. Occupancy: the grid's programs over whole waves of 132 SMs (one
     program per SM at these tiles). The fused kernel moves y, a one-byte code per element and its
     per-tile slots besides what the GEMM moves, and is one launch (tests/test_fused_linear_act.py
@@ -63,6 +64,7 @@ def predict(G: int, precision: str = "ieee", shared_x: bool = True, tile: tuple[
     round trips to memory (1 + ceil(tiles / 64) + ceil(row tiles / 16) at N <= 256). Host time
     (Python, the launcher) is not predicted: the benchmark measures it as the difference between its
     do_bench and CUDA-graph columns."""
+    M, K, N = shape
     flops = 2.0 * G * M * N * K
     x_bytes = (1 if shared_x else G) * M * K * 4
     gemm_bytes = x_bytes + G * (N * K + N) * 4 + G * M * N * 4
@@ -80,9 +82,9 @@ def predict(G: int, precision: str = "ieee", shared_x: bool = True, tile: tuple[
     return Prediction(seconds(fused_bytes, G * tiles, 1) + merge, seconds(gemm_bytes, gemm_ctas, 1), G * tiles, tile)
 
 
-def best_prediction(G: int, precision: str) -> Prediction:
+def best_prediction(G: int, precision: str, shared_x: bool = True, shape: tuple[int, int, int] = (M, K, N)) -> Prediction:
     """The tile the autotuner would keep if the model were the machine."""
-    return min((predict(G, precision, tile=tile) for tile in TILES), key=lambda p: p.fused_seconds)
+    return min((predict(G, precision, shared_x, tile, shape) for tile in TILES), key=lambda p: p.fused_seconds)
 
 
 def prediction_table() -> str:

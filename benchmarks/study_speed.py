@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from benchmarks.fused_linear_act import predict
+from benchmarks.fused_linear_act import best_prediction
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.data import load_fashion_mnist
 from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, build_model, init_weights
@@ -148,17 +148,18 @@ def bf16_supported(device: str) -> bool:
 
 
 def gpu_population_prediction() -> str:
-    """The kernel issue's analytic H100 model: per-model time of the MLP's fused hidden layers at
-    G=1 and G=32 (forward); the ratio is the predicted population speed-up there."""
+    """The kernel's H100 model (benchmarks/fused_linear_act.py): per-model device time of the MLP's
+    fused hidden layers at G=1 and G=32 (forward, IEEE float32, each seed its own batch); the ratio
+    is the predicted population speed-up there."""
     def per_model(G: int) -> float:
-        first = predict(G, 1024, IMAGE_PIXELS, 256, shared_x=False)
-        hidden = predict(G, 1024, 256, 256, shared_x=False)
+        first = best_prediction(G, "ieee", shared_x=False, shape=(1024, IMAGE_PIXELS, 256))
+        hidden = best_prediction(G, "ieee", shared_x=False, shape=(1024, 256, 256))
         return (first.fused_seconds + 2 * hidden.fused_seconds) / G
 
-    return (f"PREDICTION (not measured; analytic H100 model of benchmarks/fused_linear_act.py): the MLP's "
-            f"fused hidden layers take {per_model(1) * 1e6:.1f} us per model per step alone and "
+    return (f"PREDICTION (not measured; the H100 model of benchmarks/fused_linear_act.py, device time only): "
+            f"the MLP's fused hidden layers take {per_model(1) * 1e6:.1f} us per model per step alone and "
             f"{per_model(32) * 1e6:.1f} us in a population of 32: {per_model(1) / per_model(32):.1f}x "
-            f"fewer GPU-seconds per model, launch-bound alone, bandwidth-bound together.")
+            f"fewer GPU-seconds per model, the SMs part-filled alone, full together.")
 
 
 def table(results: dict[tuple[str, str], Measured], mm_gflops: float) -> str:
