@@ -59,13 +59,11 @@ class ActivationStats:
 
 def activation_stats(pre: torch.Tensor, act: torch.Tensor, bins: int = HIST_BINS,
                      hist_max: float = HIST_MAX) -> ActivationStats:
-    """Statistics of one layer's output.
+    """Statistics of one layer's output, the reference: sums in float64 whatever the input.
 
     pre, act: (B, N) for a linear layer or (B, C, H, W) for a convolution; units are dim 1.
-    Sums are accumulated in float64 when the input is float64, else in float32.
     """
-    acc = torch.float64 if act.dtype == torch.float64 else torch.float32
-    a = act.detach().to(acc)
+    a = act.detach().double()
     row_dims = [d for d in range(pre.dim()) if d != 1]  # batch, and positions of a convolution
     return ActivationStats(
         sum=a.sum(),
@@ -78,7 +76,7 @@ def activation_stats(pre: torch.Tensor, act: torch.Tensor, bins: int = HIST_BINS
 
 @dataclass
 class BatchedStats:
-    """One layer of G models at one step. sum, sumsq: (G,) float; hist: (G, bins) float32 counts;
+    """One layer of G models at one step. sum, sumsq: (G,) float64; hist: (G, bins) float32 counts;
     unit_pos: (G, units) int64; count: elements per model."""
 
     sum: torch.Tensor
@@ -146,10 +144,19 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     hist = per_model[:, :bins].to(torch.float32)
     if above is not None:
         hist[:, -1] += per_model[:, bins] - above.to(per_model.dtype)  # histc's last bin includes hist_max
+    # The sum of squares is taken about the mean: summed raw in float32, sumsq - sum^2 / n loses the
+    # variance when |mean| >> std (std 10x off at mean / std = 1e3); one more pass keeps it.
+    count = a.numel() // n_models
+    total = a.sum(dim=others, dtype=acc)
+    per_model = [1] * a.dim()
+    per_model[model_dim] = n_models
+    centred = torch.sub(a, (total / count).view(per_model), out=_scratch(workspace, "centred", a, acc))
+    m2 = torch.linalg.vector_norm(centred, dim=others).double() ** 2
+    total = total.double()
     return BatchedStats(
-        sum=a.sum(dim=others, dtype=acc),
-        sumsq=torch.linalg.vector_norm(a.to(acc), dim=others) ** 2,
-        count=a.numel() // n_models,
+        sum=total,
+        sumsq=m2 + total * total / count,  # float64: summaries take it apart again without loss
+        count=count,
         hist=hist,
         unit_pos=counts[:, :, 1].sum(dim=2),
     )

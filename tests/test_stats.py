@@ -92,6 +92,18 @@ def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak,
         assert summary["near_zero_frac"][g] == pytest.approx(ref.near_zero_frac)
 
 
+@pytest.mark.parametrize("model_dim", [0, 1])
+def test_batched_std_is_stable_when_the_mean_is_far_from_zero(model_dim):
+    """mean / std = 1e3 in float32: the std keeps 1e-5 (raw sums of squares would be 10x off)."""
+    gen = torch.Generator().manual_seed(0)
+    act = torch.randn(2, 64, 40, generator=gen) + torch.tensor([1e3, -1e3]).view(2, 1, 1)
+    act = act if model_dim == 0 else act.transpose(0, 1)
+    stats = batched_stats(act, act, model_dim)
+    for g, member in enumerate(model_slices(act.double(), model_dim)):
+        assert stats.summaries()["std"][g] == pytest.approx(member.std().item(), rel=1e-5)
+        assert stats.summaries()["mean"][g] == pytest.approx(member.mean().item(), rel=1e-6)  # float32's own
+
+
 def test_batched_histogram_edges_and_non_finite_values_follow_histc():
     act = torch.tensor([0.0, 0.2499, 0.25, 9.99, 10.0, 10.01, -10.0, -0.1, float("nan"), float("inf"),
                         -float("inf")])
