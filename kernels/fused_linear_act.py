@@ -421,17 +421,17 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     device = x.device
     y = torch.empty((G, M, N), device=device, dtype=x.dtype)
     code = torch.empty((G, M, N) if save_code else (0,), device=device, dtype=torch.int8)
-    rows = G if stats else 0
+    models_with_stats = G if stats else 0
     max_tiles_m = triton.cdiv(M, SMALLEST_TILE[0])
     max_tiles = max_tiles_m * triton.cdiv(N, SMALLEST_TILE[1])
     hist_pow2 = triton.next_power_of_2(hist_bins)
-    part = torch.empty((rows, max_tiles, 3), device=device, dtype=torch.float32)
-    part_hist = torch.empty((rows, max_tiles, hist_pow2), device=device, dtype=torch.int32)
-    part_pos = torch.empty((rows, max_tiles_m, N), device=device, dtype=torch.int32)
-    mean = torch.empty(rows, device=device, dtype=torch.float64)
+    part = torch.empty((models_with_stats, max_tiles, 3), device=device, dtype=torch.float32)
+    part_hist = torch.empty((models_with_stats, max_tiles, hist_pow2), device=device, dtype=torch.int32)
+    part_pos = torch.empty((models_with_stats, max_tiles_m, N), device=device, dtype=torch.int32)
+    mean = torch.empty(models_with_stats, device=device, dtype=torch.float64)
     var = torch.empty_like(mean)
-    hist = torch.empty((rows, hist_bins), device=device, dtype=torch.int64)
-    unit_pos = torch.empty((rows, N), device=device, dtype=torch.int64)
+    hist = torch.empty((models_with_stats, hist_bins), device=device, dtype=torch.int64)
+    unit_pos = torch.empty((models_with_stats, N), device=device, dtype=torch.int64)
     tickets = _tickets(device, G) if stats else mean
 
     x_strides = (0, *x.stride()) if x.dim() == 2 else x.stride()
