@@ -310,11 +310,11 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
     return fig
 
 
-
 def edge_figures(table: pd.DataFrame, probes: pd.DataFrame, ladder: tuple[float, ...]) -> dict[str, Figure]:
     """An edge study's two pictures by file name: the largest stable rate per setting, and each
     setting's share of trained seeds along the ladder. table: `edge_table`; probes: `probe_frame`."""
     return {"edge_heatmap": edge_heatmap_figure(table, ladder), "edge_curves": edge_curves_figure(probes, table)}
+
 
 def sharpness_figure(edges: pd.DataFrame, init: pd.DataFrame, along: pd.DataFrame, step: float,
                      momentum: float) -> Figure:
