@@ -142,6 +142,13 @@ def _tile(pid, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_R: tl.c
 
 
 @triton.jit
+def _elements(pid_r, pid_c, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Elements of tile (pid_r, pid_c) that lie inside the (R x C) output: the count a tile's mean is
+    over, and the weight the merge gives it."""
+    return tl.minimum(R - pid_r * BLOCK_R, BLOCK_R) * tl.minimum(C - pid_c * BLOCK_C, BLOCK_C)
+
+
+@triton.jit
 def _activation(g, value, value_ptr, PER_MODEL: tl.constexpr):
     if PER_MODEL:
         return tl.load(value_ptr + g)
@@ -215,7 +222,7 @@ def _forward_kernel(
         tiles = tl.cdiv(M, BLOCK_R) * tiles_n
         slot = g64 * tiles + pid_m * tiles_n + pid_n  # in tile order, whatever order programs run in
         y = y_stored.to(tl.float32)  # the statistics of y as stored
-        count = tl.minimum(M - pid_m * BLOCK_R, BLOCK_R) * tl.minimum(N - pid_n * BLOCK_C, BLOCK_C)
+        count = _elements(pid_m, pid_n, M, N, BLOCK_R, BLOCK_C)
         # The tile's mean in float32 is off by up to ~1e-7 |mean|; the deviations from it sum to the
         # correction, which the merge adds in float64, so the mean keeps ~1e-7 std, not ~1e-7 |mean|.
         tile_mean = tl.sum(tl.sum(tl.where(valid, y, 0.0), axis=1), axis=0) / count
@@ -294,9 +301,7 @@ def _merge(g, M, N, part_ptr, part_hist_ptr, part_pos_ptr, mean_ptr, var_ptr, hi
 def _slots(part_ptr, first, t, tiles, tiles_n, M, N, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Elements, mean and M2 of tiles t (0 past the last tile), in float64, with the float32 mean's
     correction (the deviations' sum) added and its effect on M2 taken out."""
-    count = (tl.minimum(M - (t // tiles_n) * BLOCK_R, BLOCK_R)
-             * tl.minimum(N - (t % tiles_n) * BLOCK_C, BLOCK_C)).to(tl.float64)
-    count = tl.where(t < tiles, count, 0.0)
+    count = tl.where(t < tiles, _elements(t // tiles_n, t % tiles_n, M, N, BLOCK_R, BLOCK_C).to(tl.float64), 0.0)
     slot = 3 * (first + t)
     mean = tl.load(part_ptr + slot, mask=t < tiles, other=0.0, cache_modifier=".cg").to(tl.float64)
     shift = tl.load(part_ptr + slot + 1, mask=t < tiles, other=0.0, cache_modifier=".cg").to(tl.float64)
