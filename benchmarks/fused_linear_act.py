@@ -37,7 +37,6 @@ H100_BANDWIDTH = 3.35e12  # bytes/s, HBM3
 H100_FLOPS = {"ieee": 67e12, "tf32": 495e12}  # float32 FMA pipes; dense TF32 tensor cores
 LAUNCH_SECONDS = 3e-6  # launch and tail of one kernel on a busy stream (an assumption, see README)
 ROUND_TRIP_SECONDS = 0.7e-6  # one dependent trip to global memory (an assumption, see README)
-TILES = [(32, 64), (64, 64), (128, 64), (64, 128), (128, 128)]  # (rows, units) of the autotuned set
 
 
 @dataclass
@@ -82,9 +81,17 @@ def predict(G: int, precision: str = "ieee", shared_x: bool = True, tile: tuple[
     return Prediction(seconds(fused_bytes, G * tiles, 1) + merge, seconds(gemm_bytes, gemm_ctas, 1), G * tiles, tile)
 
 
+def autotuned_tiles() -> list[tuple[int, int]]:
+    """(rows, units) of the kernel's autotuned set, each once."""
+    from study.model import fused_kernel  # picks the interpreter first where there is no GPU
+
+    return sorted({(c.kwargs["BLOCK_R"], c.kwargs["BLOCK_C"]) for c in fused_kernel().CONFIGS})
+
+
 def best_prediction(G: int, precision: str, shared_x: bool = True, shape: tuple[int, int, int] = (M, K, N)) -> Prediction:
     """The tile the autotuner would keep if the model were the machine."""
-    return min((predict(G, precision, shared_x, tile, shape) for tile in TILES), key=lambda p: p.fused_seconds)
+    return min((predict(G, precision, shared_x, tile, shape) for tile in autotuned_tiles()),
+               key=lambda p: p.fused_seconds)
 
 
 def prediction_table() -> str:
