@@ -492,14 +492,15 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, *unused_grads):
-    if dy is None:
-        return (None,) * 14
-    x, weight, code, leak_g = ctx.saved_tensors
+    """Gradients for x, weight and bias; none for the op's other inputs."""
     need = ctx.needs_input_grad
+    others = (None,) * (len(need) - 3)
+    if dy is None:
+        return (None, None, None, *others)
+    x, weight, code, leak_g = ctx.saved_tensors
     dx, dweight, dbias = _backward_op(dy, x, weight, code, ctx.leak, leak_g, need[0], need[1], need[2],
                                       ctx.precision)
-    return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None,
-            *([None] * 11))
+    return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None, *others)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
