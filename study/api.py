@@ -5,6 +5,10 @@ Keywords are the configuration dataclasses' field names, with Python values:
 `study.search(name="nb", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1), model="mlp", max_steps=50)`.
 A bad value raises `FieldError` naming the field; nothing is printed and no process exits. Heavy
 imports (torch, Optuna) wait for the first call, so `import study` stays light.
+
+An interrupt (a notebook's stop button, Ctrl-C) during `search`, `edge` or `train` stops at the next
+safe point with `Interrupted`, a KeyboardInterrupt: the seed in flight is dropped, finished seeds
+are kept, and calling again continues. The interrupt handlers are the caller's again on return.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
+from study import interrupts
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
 from study.ladder import EdgeDesign
@@ -116,7 +121,8 @@ def search(name: str = "quick", *, storage: str | None = None, progress: bool = 
     prepare_backend(run.train.backend)
     from study.runner import run_study
 
-    return Study(run_study(place, design, run, machine, progress), place)
+    with interrupts.stop_requests():
+        return Study(run_study(place, design, run, machine, progress), place)
 
 
 class Edge(Study):
@@ -164,7 +170,8 @@ def edge(name: str, *, storage: str | None = None, progress: bool = True, **sett
     prepare_backend(run.train.backend)
     from study.runner import run_study
 
-    return Edge(run_study(place, design, run, machine, progress), place, design)
+    with interrupts.stop_requests():
+        return Edge(run_study(place, design, run, machine, progress), place, design)
 
 
 def load(name: str = "quick", storage: str | None = None) -> Study:
@@ -184,7 +191,8 @@ def train(progress: bool = False, **settings):
     prepare_backend(run.train.backend)
     from study.training import train as train_run
 
-    return train_run(run, progress=progress)
+    with interrupts.stop_requests():
+        return train_run(run, progress=progress)
 
 
 def _split(settings: dict, classes: tuple, skip: tuple[str, ...] = ()) -> list:

@@ -5,7 +5,9 @@ parses their strings into typed values) parses flags, prints for people and pick
 is also the only place that chooses matplotlib's file-only backend (the Python API leaves
 Jupyter's). Everything below raises `BadInput` for a problem the user can fix (one line on
 stderr, exit code 2; a `FieldError` is shown with its flag's name) and `StorageFault` when the
-database failed under a running study (one line, exit code 3). Everything printed passes
+database failed under a running study (one line, exit code 3). Ctrl-C (SIGINT) and SIGTERM are
+requests that the work honours at its next safe point (`study.interrupts`): a study keeps what it
+finished and the command exits 130 or 143 with the line that continues it. Everything printed passes
 `study.masking.redact`, so no password reaches the terminal or a log.
 """
 
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from study import interrupts
 from study.api import check_axes, prepare_backend
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import SEARCHED, STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(search, cls)
     for cls in RUN_CONFIGS:
         add_config_flags(search, cls, skip=SEARCHED + ("seed",))  # each trial's own
-    search.set_defaults(handler=run_search)
+    search.set_defaults(handler=run_search, resumable=True)
 
     edge = commands.add_parser("edge", help="the largest learning rate at which each setting trains reliably")
     for cls in (StudyPlace, EdgeDesign, MachineConfig):
@@ -62,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in RUN_CONFIGS:
         add_config_flags(edge, cls, skip=SEARCHED + ("seed",))
     edge.add_argument("--out", help="directory of edge.csv and its pictures (default: studies/NAME)")
-    edge.set_defaults(handler=run_edge)
+    edge.set_defaults(handler=run_edge, resumable=True)
 
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
     _add_study_flags(heatmaps)
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     findings.add_argument("--out", help="directory of findings.md and its figures "
                                         "(default: docs; studies/findings-quick with --quick)")
     add_config_flags(findings, MachineConfig)
-    findings.set_defaults(handler=run_findings)
+    findings.set_defaults(handler=run_findings, resumable=True)
 
     bench = commands.add_parser("bench", help="benchmarks: print a table of timings (benchmarks/)")
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
@@ -148,10 +151,9 @@ def run_search(args: argparse.Namespace) -> int:
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
     prepare_backend(run_config.train.backend)
     from study import plots, results
+    from study.runner import run_study
 
-    study = _run(args, place, design, run_config, machine)
-    if study is None:
-        return EXIT_INTERRUPTED
+    study = run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
     print(results.summary_table(study))
     pictures = plots.save_figures(plots.study_figures(study), place.out_dir())
     print("\nheatmaps: " + ", ".join(str(p) for p in pictures))
@@ -167,13 +169,12 @@ def run_edge(args: argparse.Namespace) -> int:
     run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
     prepare_backend(run_config.train.backend)
     from study import plots, results
+    from study.runner import run_study
     from study.schedule import MAX_FAILS_PER_SETTING
 
     print(f"ladder: {', '.join(f'{lr:g}' for lr in design.ladder())}\ntest: {design.test().describe()}",
           file=sys.stderr)
-    study = _run(args, place, design, run_config, machine)
-    if study is None:
-        return EXIT_INTERRUPTED
+    study = run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
     out = Path(args.out) if args.out else place.out_dir()
     table = results.edge_table(study, design)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,18 +188,6 @@ def run_edge(args: argparse.Namespace) -> int:
     figures = plots.edge_figures(table, results.probe_frame(study), design.ladder())
     print("\n".join(str(p) for p in [out / "edge.csv", *plots.save_figures(figures, out)]))
     return 0
-
-
-def _run(args: argparse.Namespace, place: StudyPlace, design, run_config: RunConfig, machine: MachineConfig):
-    """The study run to its end, or None when interrupted (with the command that continues it)."""
-    from study.runner import run_study
-
-    try:
-        return run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
-              file=sys.stderr)
-        return None
 
 
 def run_heatmaps(args: argparse.Namespace) -> int:
@@ -291,12 +280,7 @@ def run_findings(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     out = Path(args.out or ("studies/findings-quick" if args.quick else "docs"))
     machine = config_from_flags(MachineConfig, args)
-    try:
-        print(write_findings(plan, out, machine, progress=sys.stderr.isatty()))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(args.argv)}",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    print(write_findings(plan, out, machine, progress=sys.stderr.isatty()))
     return 0
 
 
@@ -356,14 +340,17 @@ def format_result(result) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     guard_output()  # first: argparse's own errors may quote a --storage value
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and in CI
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # workers and the resume hint repeat the command as given
+    args = None
     try:
-        return args.handler(args)
+        # Ctrl-C and SIGTERM from here on are requests that the work below honours at safe points.
+        with interrupts.stop_requests():
+            import matplotlib
+
+            matplotlib.use("Agg")  # files only: no display on servers and in CI
+            args = build_parser().parse_args(argv)
+            args.argv = argv  # workers and the resume hint repeat the command as given
+            return args.handler(args)
     except FieldError as e:
         print(f"{PROG}: error: {flag_of(e.field)} {e.problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -382,9 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fault is None:
             raise
         return _storage_fault(fault)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Interrupted; a plain one only from Python's handler, before ours
+        if getattr(args, "resumable", False):
+            print(f"{PROG}: interrupted; run the same command again to continue:\n  {resume_command(argv)}",
+                  file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_INTERRUPTED)
 
 
 def _storage_fault(fault: StorageFault) -> int:

@@ -1,5 +1,7 @@
 """The exception classes the command line turns into one line on stderr and an exit code."""
 
+import signal
+
 
 class BadInput(ValueError):
     """Input a user can fix: a flag out of range, a missing or damaged file, an unusable storage.
@@ -38,3 +40,24 @@ class WorkerStopped(RuntimeError):
 
     def __reduce__(self):
         return type(self), (self.exit_code,)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was asked to stop (Ctrl-C: SIGINT, or SIGTERM from a service manager or a batch
+    system) and stopped at a safe point (`study.interrupts`): the seed in flight is dropped, its
+    trial marked FAIL and retried on resume, finished seeds kept. A KeyboardInterrupt, so a notebook
+    shows it as its own interrupt. Exit code 128 + the signal's number: 130 or 143.
+
+    at_once: raised by a repeated signal wherever the program was, not at a safe point.
+    """
+
+    def __init__(self, signum: int, at_once: bool = False):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.at_once = signum, at_once
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __reduce__(self):
+        return type(self), (self.signum, self.at_once)

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
+from study import interrupts
 from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
 from study.results import is_lesson_setting, seed_frame, study_threshold, trials_frame
 from study.stats import HIST_BINS, HIST_MAX, LayerHistory
@@ -45,6 +46,7 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, dpi: int = 90) -> li
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():
+        interrupts.check()  # each picture takes a second or more
         paths.append(out_dir / f"{name}.png")
         fig.savefig(paths[-1], dpi=dpi)
     return paths

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
 
+from study import interrupts
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MODEL_AXES, OPTIM_AXES, MachineConfig, StudyDesign, StudyPlace, describe_setting
@@ -136,6 +137,7 @@ class Search:
         the settings left are held by RUNNING trials (other workers, or a killed one not yet stale)."""
         target = self.design.target_trials()
         while True:
+            interrupts.check()  # between trials, and while waiting for other workers
             states = fail_stale_and_requeue(study, self.design)
             complete, running, waiting = (states[s] for s in (TrialState.COMPLETE, TrialState.RUNNING,
                                                               TrialState.WAITING))
@@ -336,6 +338,7 @@ class EdgeSearch(Search):
         """True when a probe waits; False once every setting's edge is found (or its probes failed
         MAX_FAILS_PER_SETTING times). Waits while other workers' probes run."""
         while True:
+            interrupts.check()
             states = self._queue_probes(study)
             if states[TrialState.WAITING]:
                 return True

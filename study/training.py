@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from study import interrupts
 from study.config import OptimConfig, RunConfig
 from study.data import FashionMNIST, load_fashion_mnist, shuffled_batches
 from study.errors import BadInput
@@ -66,12 +67,14 @@ def training_steps(epochs: int, epoch_batches: Callable[[], Iterable], total_ste
 
     `epoch_batches()` gives one pass's batches. A caller that stops early (a diverged loss) breaks
     out of its loop: the generator is closed there, so a pass cut short is not scored as an epoch.
+    Before each step, a stop request (Ctrl-C) raises `Interrupted`: the run in flight is dropped.
     """
     step = 0
     for _ in range(epochs):
         for batch in epoch_batches():
             if step == total_steps:
                 return
+            interrupts.check()
             yield step, batch
             step += 1
         end_of_epoch()

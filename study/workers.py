@@ -19,7 +19,8 @@ from typing import Callable
 
 from study.config import RunConfig
 from study.design import MachineConfig, StudyDesign, StudyPlace
-from study.errors import WorkerStopped
+from study import interrupts
+from study.errors import Interrupted, WorkerStopped
 
 WATCH_SECONDS = 2  # how often the starting process looks at the study while its workers run
 
@@ -41,47 +42,67 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
     Re-raises the first error a worker raised (BadInput, StorageFault); WorkerStopped when one
     ended otherwise (killed, crashed).
 
-    Ctrl-C reaches the workers too (same process group): each marks its running trial FAIL and stops.
+    A stop request to this process (`study.interrupts`: Ctrl-C, SIGTERM) is passed on to the workers
+    through an event; each drops its seed in flight, marks its trial FAIL and ends, and then this
+    raises `Interrupted`, as does a worker that was itself asked to stop. A second request kills the
+    workers at once: their RUNNING trials are failed as stale (`--grace-seconds`) by the next command.
     """
     context = multiprocessing.get_context("spawn")
-    errors = context.Queue()
-    processes = [context.Process(target=_work, args=(place, design, worker_run, machine, threads, errors),
+    errors, stop = context.Queue(), context.Event()
+    processes = [context.Process(target=_work, args=(place, design, worker_run, machine, threads, errors, stop),
                                  name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(worker_runs(run, machine, device_type))]
-    for process in processes:
-        process.start()
+    with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
+        for process in processes:
+            process.start()
     try:
         while alive := [p.sentinel for p in processes if p.is_alive()]:
+            if interrupts.requested() is not None:
+                stop.set()
+            if interrupts.repeated():
+                break
             multiprocessing.connection.wait(alive, timeout=WATCH_SECONDS)
-            with contextlib.suppress(Exception):  # watching must not stop a study the workers carry on
-                while_waiting()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.join()
-        raise
+            if interrupts.requested() is None:
+                with contextlib.suppress(Exception):  # watching must not stop a study the workers carry on
+                    while_waiting()
+    finally:
+        for process in processes:  # the watcher itself interrupted at once, or asked twice
+            if process.is_alive():
+                process.kill()
+                process.join()
+    interrupts.check()
     try:
         raise errors.get(timeout=1)
     except queue.Empty:
         pass
-    code = next((p.exitcode for p in processes if p.exitcode), 0)
-    if code:
-        raise WorkerStopped(code)
+    codes = [p.exitcode for p in processes if p.exitcode]
+    stopped = next((code - 128 for code in codes if code - 128 in interrupts.SIGNALS), None)
+    if stopped is not None:
+        raise Interrupted(stopped)
+    if codes:
+        raise WorkerStopped(codes[0])
 
 
 def _work(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig, threads: int,
-          errors: multiprocessing.Queue) -> None:
-    """One worker: the study's loop on this process until the study is done."""
-    import torch
+          errors: multiprocessing.Queue, stop) -> None:
+    """One worker: the study's loop on this process until the study is done or `stop` is set.
 
-    from study.masking import guard_output
-    from study.runner import open_search
-
-    guard_output()
-    torch.set_num_threads(threads)
+    Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through once recorded
+    as requests. Never stopped at once by a repeated signal: that is its parent's decision."""
     try:
-        open_search(place, design, run, machine, progress=False).work()
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        with interrupts.stop_requests(escalate=False, parent=stop):
+            interrupts.unblock()
+            import torch
+
+            from study.masking import guard_output
+            from study.runner import open_search
+
+            guard_output()
+            torch.set_num_threads(threads)
+            interrupts.check()
+            open_search(place, design, run, machine, progress=False).work()
+    except Interrupted as e:
+        raise SystemExit(e.exit_code) from None
     except Exception as e:
         errors.put(e)
         raise SystemExit(1) from None

@@ -1,5 +1,8 @@
 """docs/example.ipynb, executed as a reader would run it: every cell runs and shows what its text says."""
 
+import sqlite3
+import time
+
 import nbclient
 import nbformat
 import pytest
@@ -37,3 +40,53 @@ def test_the_example_notebook_runs_and_shows_its_results(tmp_path):
     assert refusal["text"] == "leak values must be in [0, 1), got 1.5\n"
     assert (tmp_path / "studies" / "nb.db").is_file()
     assert not (tmp_path / "studies" / "nb2.db").exists()  # the refused study wrote nothing
+
+
+@pytest.mark.slow
+def test_a_notebook_interrupt_stops_a_search_and_the_notebooks_own_interrupt_works_after_it(tmp_path):
+    """The stop button during `study.search`: the call ends with `Interrupted` at a safe point, keeping
+    its seeds; afterwards the kernel's own interrupt stops an ordinary cell, and the search continues."""
+    from jupyter_client.manager import start_new_kernel
+
+    db = tmp_path / "studies" / "nb.db"
+    search = ("s = study.search('nb', leak=0.1, sub=0.4, seeds=tuple(range(8)), model='mlp', widths=(16,), "
+              "lr=0.05, stats_every=10, progress=False)")
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        assert client.execute_interactive("import study", timeout=120)["content"]["status"] == "ok"
+        running = client.execute(search)
+        while not (db.exists() and stored_seeds(db)):
+            time.sleep(0.05)
+        manager.interrupt_kernel()
+        reply = reply_to(client, running)
+        assert (reply["status"], reply["ename"]) == ("error", "Interrupted")
+        assert 1 <= stored_seeds(db) < 8
+
+        sleeping = client.execute("import time; time.sleep(300)")
+        while not ((msg := client.get_iopub_msg(timeout=60))["msg_type"] == "execute_input"
+                   and msg["parent_header"]["msg_id"] == sleeping):
+            pass
+        manager.interrupt_kernel()
+        reply = reply_to(client, sleeping)
+        assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+
+        reply = client.execute_interactive(search + "; print(s)", timeout=300)["content"]
+        assert reply["status"] == "ok"
+        assert stored_seeds(db) >= 8
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def reply_to(client, msg_id: str) -> dict:
+    while (reply := client.get_shell_msg(timeout=120))["parent_header"].get("msg_id") != msg_id:
+        pass
+    return reply["content"]
+
+
+def stored_seeds(db) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM trial_user_attributes WHERE key LIKE 'seed_%'").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not made yet
+            return 0

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from study import interrupts
 from study.config import RunConfig
 from study.data import FashionMNIST, shuffled_batches
 from study.training import autocast, initial_model, is_diverged, make_optimizer, prepare_data, step_count
@@ -118,6 +119,7 @@ def sharpness(config: RunConfig, steps: int = 0, data: FashionMNIST | None = Non
     bar = tqdm(total=steps + 1, desc=f"sharpness seed {config.train.seed}", disable=not progress, leave=False)
     batch = first
     for step in range(steps + 1):
+        interrupts.check()
         loss, hvp, size = loss_hessian(model, probe_x, probe_y)
         eigen = top_eigenvalue(hvp, size, probe_x, tol)
         bound = 2 * (1 + config.optim.momentum) / eigen.value if eigen.value > 0 else float("inf")

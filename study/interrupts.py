@@ -1,0 +1,124 @@
+"""Ctrl-C and SIGTERM as requests to stop, honoured at safe points instead of wherever they land.
+
+Python's own SIGINT handler raises KeyboardInterrupt in whatever the main thread runs at that
+moment; inside a weakref callback or a `__del__` it is printed and dropped, and the study runs on.
+Here the faces (`study.cli.main`, the `study.api` calls, each worker process) install, for the
+length of one command or call, a handler that only records the request; the loops below call
+`check()` where stopping loses nothing but the work in flight (`training.training_steps` before
+each step, the study's loop between trials, the worker watcher, `plots.save_figures` between
+pictures), and `check()` raises `Interrupted` there. A second signal raises at once, as Python's
+own handler would; the recorded request still stops the command at the next safe point should
+that exception be swallowed. When the call returns the previous handlers are back, so a
+notebook's interrupt button behaves as before between calls.
+
+A worker process started by `study.workers` is stopped by its parent through an event (`follow`),
+not by a forwarded signal: a terminal's Ctrl-C reaches the whole process group already, and a
+forwarded copy would count as the second, stop-at-once signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator, Protocol
+
+from study.errors import Interrupted
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Flag(Protocol):  # multiprocessing.Event, threading.Event
+    def is_set(self) -> bool: ...
+
+
+class _Requests:
+    """What the handler recorded; one per process (signal handlers are process-wide)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []  # in arrival order
+        self.installed = False
+        self.escalate = True
+        self.parent: _Flag | None = None
+
+    def first(self) -> int | None:
+        if self.signals:
+            return self.signals[0]
+        if self.parent is not None and self.parent.is_set():
+            return signal.SIGTERM  # the parent asked: as a service manager's stop would
+        return None
+
+
+_requests = _Requests()
+
+
+def _record(signum: int, frame) -> None:
+    _requests.signals.append(signum)
+    if _requests.escalate and len(_requests.signals) > 1:
+        raise Interrupted(_requests.signals[0], at_once=True)
+
+
+@contextlib.contextmanager
+def stop_requests(escalate: bool = True, parent: _Flag | None = None) -> Iterator[None]:
+    """Record SIGINT and SIGTERM for the length of the block, then restore the handlers found.
+
+    escalate: a second signal raises `Interrupted` at once (a person pressing Ctrl-C again). A
+        worker passes False: its parent decides when to stop it at once.
+    parent: an event the parent sets to ask this process to stop, checked by `check()`.
+
+    On leaving the block normally with a request recorded (one that arrived after the last safe
+    point), raises `Interrupted`: the command or call still ends as interrupted. Outside the main
+    thread (signal handlers can only be set there) and inside another such block it changes
+    nothing. A signal found ignored (SIG_IGN: a background job, nohup) stays ignored.
+    """
+    if _requests.installed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    _requests.__init__()
+    _requests.installed, _requests.escalate, _requests.parent = True, escalate, parent
+    try:
+        for signum, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(signum, _record)
+        yield
+        check()
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler not set from Python; the default is what the process had before Python's.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        _requests.__init__()
+
+
+def check() -> None:
+    """At a safe point: raise `Interrupted` if a stop was requested, else return at once."""
+    signum = _requests.first()
+    if signum is not None:
+        raise Interrupted(signum)
+
+
+def requested() -> int | None:
+    """The signal that first asked this process to stop (SIGTERM for its parent's request), or None."""
+    return _requests.first()
+
+
+def repeated() -> bool:
+    """Whether a second signal arrived: the caller should stop what it waits for at once."""
+    return len(_requests.signals) > 1
+
+
+@contextlib.contextmanager
+def blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (pending, not lost) for the block: a process started inside it
+    inherits them blocked and receives any that arrive during its start-up once it has installed
+    its own handler (`stop_requests` in the worker, then `signal.pthread_sigmask` to unblock)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock() -> None:
+    """Let SIGINT and SIGTERM through to this process (a worker, after `stop_requests`)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

@@ -1,0 +1,287 @@
+"""Ctrl-C and SIGTERM stop a study at a safe point, wherever they land: exit 130 or 143, finished seeds
+kept, and the same command finishes the study to the result an uninterrupted run gives, training no
+stored seed again. The signal is sent by the program itself at a chosen moment (a stored seed, a
+storage write, a picture): no test waits on time."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import study.plots
+import study.runner
+from conftest import ROOT, TINY
+from study import interrupts
+from study.cli import main
+from study.errors import Interrupted
+from study.faults import ResilientStorage
+from study.records import seed_records
+from study.runner import Search
+from study.schedule import point, point_of
+
+ONE_SETTING = ("--leak", "0.1", "--sub", "0.4", "--seeds", "0,1,2,3")
+TWO_SETTINGS = ("--leak", "0.1,0.2", "--sub", "0.4", "--seeds", "0,1,2")
+
+
+# --- the mechanism ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_is_a_request_raised_at_the_next_safe_point(signum, code):
+    reached = []
+    with pytest.raises(Interrupted) as stopped:
+        with interrupts.stop_requests():
+            os.kill(os.getpid(), signum)
+            reached.append("where it landed")  # nothing was raised there
+            assert interrupts.requested() == signum
+            interrupts.check()
+            reached.append("past the safe point")
+    assert reached == ["where it landed"]
+    assert stopped.value.exit_code == code and not stopped.value.at_once
+    assert isinstance(stopped.value, KeyboardInterrupt)  # what a notebook shows for its own interrupt
+
+
+def test_a_request_after_the_last_safe_point_still_ends_the_block_as_interrupted():
+    with pytest.raises(Interrupted):
+        with interrupts.stop_requests():
+            os.kill(os.getpid(), signal.SIGTERM)
+    interrupts.check()  # and outside the block nothing is left recorded
+
+
+def test_a_second_signal_stops_at_once():
+    with pytest.raises(Interrupted) as stopped:
+        with interrupts.stop_requests():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            pytest.fail("the second signal did not stop the block")
+    assert stopped.value.at_once and stopped.value.exit_code == 130
+
+
+def test_a_worker_is_not_stopped_at_once_and_follows_its_parent():
+    parent = threading.Event()
+    with pytest.raises(Interrupted) as stopped:
+        with interrupts.stop_requests(escalate=False, parent=parent):
+            interrupts.check()
+            parent.set()
+            assert interrupts.requested() == signal.SIGTERM and not interrupts.repeated()
+            interrupts.check()
+    assert stopped.value.exit_code == 143
+    with pytest.raises(Interrupted):
+        with interrupts.stop_requests(escalate=False):
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGINT)
+            assert interrupts.repeated()
+
+
+def test_the_handlers_found_are_back_after_the_block_and_an_ignored_signal_stays_ignored():
+    def mine(signum, frame):
+        pass
+
+    before = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+    signal.signal(signal.SIGINT, mine)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(ValueError):
+            with interrupts.stop_requests():
+                assert signal.getsignal(signal.SIGINT) is not mine
+                assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+                with interrupts.stop_requests():  # nested: the outer block's handler stays
+                    assert signal.getsignal(signal.SIGINT) is not mine
+                raise ValueError("the work failed")
+        assert signal.getsignal(signal.SIGINT) is mine
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_handler_inside_block()))
+    thread.start()
+    thread.join()
+    assert seen == [signal.getsignal(signal.SIGINT)]
+
+
+def _handler_inside_block():
+    with interrupts.stop_requests():
+        return signal.getsignal(signal.SIGINT)
+
+
+# --- a study interrupted at many points, in this process ---------------------------------------------
+
+def search_args(db: Path, *extra: str) -> list[str]:
+    return ["search", "--name", "stop", "--storage", f"sqlite:///{db}", *TINY, *extra]
+
+
+def results(db: Path) -> dict[tuple, tuple[float, float]]:
+    """(setting, seed) -> (val_acc, test_acc) of the study's COMPLETE trials."""
+    study = optuna.load_study(study_name="stop", storage=f"sqlite:///{db}")
+    return {(point_of(t), seed): (r["val_acc"], r["test_acc"])
+            for t in study.get_trials(states=(TrialState.COMPLETE,)) for seed, r in seed_records(t).items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The results of each study run without an interrupt, by its flags."""
+    cache = {}
+
+    def result(extra: tuple[str, ...]):
+        if extra not in cache:
+            db = tmp_path_factory.mktemp("reference") / "stop.db"
+            assert main(search_args(db, *extra)) == 0
+            cache[extra] = results(db)
+        return cache[extra]
+
+    return result
+
+
+def signal_at(monkeypatch, owner, name: str, signum: int, call: int, after: bool = False) -> list:
+    """Send `signum` to this process as the `call`-th call of `owner.name` begins (or once it returned)."""
+    original, calls = getattr(owner, name), []
+
+    def sending(*args, **kwargs):
+        calls.append(name)
+        if len(calls) == call and not after:
+            os.kill(os.getpid(), signum)
+        value = original(*args, **kwargs)
+        if len(calls) == call and after:
+            os.kill(os.getpid(), signum)
+        return value
+
+    monkeypatch.setattr(owner, name, sending)
+    return calls
+
+
+# (where, what is patched, which call, after it returned, the study's flags)
+POINTS = {
+    "after the first seed is stored": (Search, "_store_seed", 1, True, ONE_SETTING),
+    "after the second seed is stored": (Search, "_store_seed", 2, True, ONE_SETTING),
+    "after the third seed is stored": (Search, "_store_seed", 3, True, ONE_SETTING),
+    "between two training steps": (torch.optim.SGD, "step", 7, False, ONE_SETTING),
+    "during a storage write": (ResilientStorage, "set_trial_user_attr", 2, False, ONE_SETTING),
+    "while a seed's picture is drawn": (study.runner, "activation_figure", 2, False, ONE_SETTING),
+    "while the study's pictures are drawn": (study.plots, "study_figures", 1, False, ONE_SETTING),
+    "inside a population of two settings": (torch.optim.SGD, "step", 7, False,
+                                            TWO_SETTINGS + ("--population", "2")),
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("where", POINTS)
+def test_a_study_interrupted_anywhere_stops_and_resumes_to_the_same_result(where, signum, tmp_path, monkeypatch,
+                                                                            capsys, uninterrupted):
+    owner, name, call, after, extra = POINTS[where]
+    expected = uninterrupted(extra)
+    db = tmp_path / "stop.db"
+    args = search_args(db, *extra)
+    calls = signal_at(monkeypatch, owner, name, signum, call, after)
+    assert main(args) == 128 + signum
+    assert len(calls) >= call
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-2:] == ["python -m study: interrupted; run the same command again to continue:",
+                                             f"  python -m study {' '.join(args)}"]
+    stored = optuna.load_study(study_name="stop", storage=f"sqlite:///{db}")
+    assert not stored.get_trials(states=(TrialState.RUNNING,)), "an interrupted trial was left RUNNING"
+    before = {(point_of(t), seed): record for t in stored.trials for seed, record in seed_records(t).items()}
+
+    monkeypatch.undo()
+    trained = []
+    original = Search._store_seed
+    monkeypatch.setattr(Search, "_store_seed", lambda self, trial, params, seed, result: (
+        trained.append((point(params), seed)) or original(self, trial, params, seed, result)))
+    assert main(args) == 0
+    final = results(db)
+    assert final == expected  # bitwise, as training is on the CPU
+    assert not set(trained) & set(before), "a stored seed was trained again"
+    assert len(trained) == len(final) - len(before)
+
+
+# --- a study with worker processes, as a terminal or a service manager stops it -------------------------
+
+WORKER_GRID = ("--leak", "0,0.1,0.2,0.5", "--sub", "0.4", "--seeds", "0,1,2", "--workers", "2")
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    """The command in a session of its own: a signal to its process group reaches it and its workers,
+    as a terminal's Ctrl-C does."""
+    return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def workers_in_session(session: int) -> list[int]:
+    """multiprocessing's spawned processes (the workers) of a session, from /proc."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat.rsplit(")", 1)[1].split()  # after the name, which may hold spaces: state ppid pgrp session
+        if int(fields[3]) == session and b"spawn_main" in command:
+            found.append(int(entry))
+    return found
+
+
+def stored_seeds(db: Path) -> int:
+    try:
+        study = optuna.load_study(study_name="stop", storage=f"sqlite:///{db}")
+    except KeyError:  # not created yet
+        return 0
+    return sum(len(seed_records(t)) for t in study.get_trials(deepcopy=False))
+
+
+def wait_for(condition, what: str, proc: subprocess.Popen) -> None:
+    while not condition():
+        assert proc.poll() is None, f"the command ended before {what}: {proc.communicate()[1]}"
+        time.sleep(0.05)
+
+
+WORKER_CASES = {  # when, what signal, to whom
+    "during the workers' start-up": ("a worker process exists", signal.SIGINT, "group"),
+    "after the first seed, from a terminal": ("a seed is stored", signal.SIGINT, "group"),
+    "after the first seed, from a container stop": ("a seed is stored", signal.SIGTERM, "command"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", WORKER_CASES)
+def test_a_study_with_two_workers_stops_on_request_and_resumes_training_nothing_twice(case, tmp_path):
+    moment, signum, whom = WORKER_CASES[case]
+    db = tmp_path / "stop.db"
+    args = search_args(db, *WORKER_GRID)
+    proc = start(args, tmp_path)
+    if moment == "a worker process exists":
+        wait_for(lambda: workers_in_session(proc.pid), moment, proc)
+    else:
+        wait_for(lambda: stored_seeds(db) >= 1, moment, proc)
+    if whom == "group":
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "run the same command again to continue" in err
+    assert not workers_in_session(proc.pid), "a worker outlived its command"
+
+    resumed = start(args, tmp_path)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    trials = optuna.load_study(study_name="stop", storage=f"sqlite:///{db}").trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len({point_of(t) for t in complete}) == 4
+    assert all(sorted(seed_records(t)) == [0, 1, 2] for t in complete)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # Every training is stored once; later trials of its setting hold copies that name it.
+    trainings = [(point_of(t), seed) for t in trials for seed, r in seed_records(t).items() if "reused_from" not in r]
+    assert sorted(trainings) == sorted(set(trainings)) and len(trainings) == 12
