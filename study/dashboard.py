@@ -5,6 +5,7 @@ from __future__ import annotations
 from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import run_server
 
+from study import interrupts
 from study.design import StudyPlace
 from study.storage import load_existing_study
 
@@ -14,4 +15,5 @@ def serve_dashboard(place: StudyPlace, host: str, port: int) -> None:
     study = load_existing_study(place)  # fails with a clear message before the server starts
     store = FileSystemArtifactStore(str(place.artifacts()))
     print(f"optuna-dashboard for study {place.name!r}: http://{host}:{port}/dashboard", flush=True)
-    run_server(study._storage, host=host, port=port, artifact_store=store)
+    with interrupts.at_once():  # the server has no safe point and nothing to lose
+        run_server(study._storage, host=host, port=port, artifact_store=store)

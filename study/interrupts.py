@@ -11,9 +11,10 @@ own handler would; the recorded request still stops the command at the next safe
 that exception be swallowed. When the call returns the previous handlers are back, so a
 notebook's interrupt button behaves as before between calls.
 
-A worker process started by `study.workers` is stopped by its parent through an event (`follow`),
-not by a forwarded signal: a terminal's Ctrl-C reaches the whole process group already, and a
-forwarded copy would count as the second, stop-at-once signal.
+A worker process started by `study.workers` is stopped by its parent through an event
+(`stop_requests(parent=...)`), not by a forwarded signal: a terminal's Ctrl-C reaches the whole
+process group already, and a forwarded copy would count as the second, stop-at-once signal. A
+block that only waits and has nothing to lose (the dashboard's server) asks for `at_once()`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class _Requests:
         self.signals: list[int] = []  # in arrival order
         self.installed = False
         self.escalate = True
+        self.at_once = False  # inside `at_once()`
         self.parent: _Flag | None = None
 
     def first(self) -> int | None:
@@ -54,7 +56,7 @@ _requests = _Requests()
 
 def _record(signum: int, frame) -> None:
     _requests.signals.append(signum)
-    if _requests.escalate and len(_requests.signals) > 1:
+    if _requests.at_once or (_requests.escalate and len(_requests.signals) > 1):
         raise Interrupted(_requests.signals[0], at_once=True)
 
 
@@ -88,6 +90,18 @@ def stop_requests(escalate: bool = True, parent: _Flag | None = None) -> Iterato
             # None: a handler not set from Python; the default is what the process had before Python's.
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         _requests.__init__()
+
+
+@contextlib.contextmanager
+def at_once() -> Iterator[None]:
+    """For a block with no safe point, which only waits and holds nothing a stop could lose (a
+    server): a request raises `Interrupted` at once, where the block is."""
+    check()
+    _requests.at_once = True
+    try:
+        yield
+    finally:
+        _requests.at_once = False
 
 
 def check() -> None:

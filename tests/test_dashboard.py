@@ -47,6 +47,7 @@ def dashboard(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+    assert server.returncode == 143  # SIGTERM (a service manager's stop) ends the server at once
 
 
 def test_dashboard_serves_the_study_and_its_page_renders(dashboard, tmp_path):

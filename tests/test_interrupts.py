@@ -31,6 +31,15 @@ ONE_SETTING = ("--leak", "0.1", "--sub", "0.4", "--seeds", "0,1,2,3")
 TWO_SETTINGS = ("--leak", "0.1,0.2", "--sub", "0.4", "--seeds", "0,1,2")
 
 
+@pytest.fixture(autouse=True)
+def python_handles_sigint():
+    """Python's own SIGINT handler, as in a terminal, also where the test runner was started with SIGINT
+    ignored (a background job of a non-interactive shell): an ignored signal is left ignored."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, found)
+
+
 # --- the mechanism ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -62,6 +71,14 @@ def test_a_second_signal_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             pytest.fail("the second signal did not stop the block")
     assert stopped.value.at_once and stopped.value.exit_code == 130
+
+
+def test_a_block_with_nothing_to_lose_stops_at_the_first_signal():
+    with pytest.raises(Interrupted) as stopped:
+        with interrupts.stop_requests(), interrupts.at_once():
+            os.kill(os.getpid(), signal.SIGTERM)
+            pytest.fail("the signal did not stop the block")
+    assert stopped.value.at_once and stopped.value.exit_code == 143
 
 
 def test_a_worker_is_not_stopped_at_once_and_follows_its_parent():
@@ -214,7 +231,8 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
     """The command in a session of its own: a signal to its process group reaches it and its workers,
     as a terminal's Ctrl-C does."""
     return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def workers_in_session(session: int) -> list[int]:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from study import interrupts
 from study.config import ModelConfig
 from study.model import activations, build_model, init_weights, weighted_layers
 
@@ -129,6 +130,7 @@ def predict(x: torch.Tensor, leak: float, sub: float, net: SignalNet) -> SignalP
 
 def measure(x: torch.Tensor, y: torch.Tensor, leak: float, sub: float, seed: int, net: SignalNet) -> SignalProfile:
     """The float64 network of `seed` on images x (N, 1, 28, 28) with labels y (N,)."""
+    interrupts.check()
     config = ModelConfig(model="mlp", widths=(net.width,) * net.depth, leak=leak, sub=sub,
                          init_scale=net.init_scale, bias_init=net.bias_init)
     model = build_model(config).double()
