@@ -9,7 +9,7 @@ if [ "${1:-}" = "--fast" ]; then
     fast=(-m "not slow" tests/test_config.py tests/test_stats.py tests/test_model.py tests/test_data.py
           tests/test_findings.py tests/test_packaging.py tests/test_fused_linear_act.py tests/test_stored_studies.py
           tests/test_runner.py tests/test_reliability.py tests/test_sequential.py tests/test_ladder.py
-          tests/test_edge.py tests/test_plots.py tests/test_sharpness.py tests/test_signal.py)
+          tests/test_edge.py tests/test_plots.py tests/test_sharpness.py tests/test_signal.py tests/test_interrupts.py)
 fi
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -18,4 +18,5 @@ from study.api import Edge, Study, edge, load, search, train  # noqa: E402
 from study.design import Range  # noqa: E402
 from study.errors import BadInput, FieldError, Interrupted, StorageFault  # noqa: E402
 
-__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "edge", "load", "search", "train"]
+__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "edge", "load", "search",
+           "train"]

@@ -34,14 +34,12 @@ class _Flag(Protocol):  # multiprocessing.Event, threading.Event
 
 
 class _Requests:
-    """What the handler recorded; one per process (signal handlers are process-wide)."""
+    """What the handler of the current `stop_requests` block recorded (handlers are process-wide)."""
 
-    def __init__(self) -> None:
+    def __init__(self, installed: bool = False, escalate: bool = True, parent: _Flag | None = None) -> None:
+        self.installed, self.escalate, self.parent = installed, escalate, parent
         self.signals: list[int] = []  # in arrival order
-        self.installed = False
-        self.escalate = True
         self.at_once = False  # inside `at_once()`
-        self.parent: _Flag | None = None
 
     def first(self) -> int | None:
         if self.signals:
@@ -73,12 +71,12 @@ def stop_requests(escalate: bool = True, parent: _Flag | None = None) -> Iterato
     thread (signal handlers can only be set there) and inside another such block it changes
     nothing. A signal found ignored (SIG_IGN: a background job, nohup) stays ignored.
     """
+    global _requests
     if _requests.installed or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
-    _requests.__init__()
-    _requests.installed, _requests.escalate, _requests.parent = True, escalate, parent
+    _requests = _Requests(installed=True, escalate=escalate, parent=parent)
     try:
         for signum, handler in previous.items():
             if handler is not signal.SIG_IGN:
@@ -89,7 +87,7 @@ def stop_requests(escalate: bool = True, parent: _Flag | None = None) -> Iterato
         for signum, handler in previous.items():
             # None: a handler not set from Python; the default is what the process had before Python's.
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        _requests.__init__()
+        _requests = _Requests()
 
 
 @contextlib.contextmanager
