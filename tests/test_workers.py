@@ -126,15 +126,13 @@ def test_ctrl_c_fails_the_trial_and_resuming_reuses_finished_seeds(tmp_path):
     proc = start(args, tmp_path)
     wait_for(lambda: stored_seeds(db) >= 1, 120, "the first seed")
     proc.send_signal(signal.SIGINT)
-    stopped = time.monotonic()
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert time.monotonic() - stopped < 10
     assert "run the same command again" in err and "search --name stop" in err
     (failed,) = load(db, "stop").trials
     assert failed.state == TrialState.FAIL
     done_before = seed_records(failed)
-    assert done_before
+    assert 1 <= len(done_before) < 6  # it stopped mid-study, at the next step
 
     proc = start(args, tmp_path)
     proc.communicate(timeout=300)
