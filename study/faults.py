@@ -32,6 +32,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from study import interrupts
 from study.errors import StorageFault
 from study.masking import mask_url
 
@@ -129,6 +130,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
                     self.gave_up = (f"storage {mask_url(self.url)} did not answer for {self.retry_seconds:g} s "
                                     f"({database_error(e)}): run the same command again once it is back")
                     raise StorageFault(self.gave_up) from e
+                interrupts.check()  # a stop request does not wait out an outage
                 time.sleep(min(delay, deadline - now))
                 delay = min(2 * delay, MAX_DELAY_SECONDS)
 

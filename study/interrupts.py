@@ -5,8 +5,8 @@ moment; inside a weakref callback or a `__del__` it is printed and dropped, and 
 Here the faces (`study.cli.main`, the `study.api` calls, each worker process) install, for the
 length of one command or call, a handler that only records the request; the loops below call
 `check()` where stopping loses nothing but the work in flight (`training.training_steps` before
-each step, the study's loop between trials, the worker watcher, `plots.save_figures` between
-pictures), and `check()` raises `Interrupted` there. A second signal raises at once, as Python's
+each step, the study's loop between trials, `plots.save_figures` between pictures, a storage
+retry before it waits), and `check()` raises `Interrupted` there. A second signal raises at once, as Python's
 own handler would; the recorded request still stops the command at the next safe point should
 that exception be swallowed. When the call returns the previous handlers are back, so a
 notebook's interrupt button behaves as before between calls.
@@ -84,10 +84,13 @@ def stop_requests(escalate: bool = True, parent: _Flag | None = None) -> Iterato
         yield
         check()
     finally:
-        for signum, handler in previous.items():
-            # None: a handler not set from Python; the default is what the process had before Python's.
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        _requests = _Requests()
+        # Held back while the state and handlers change: a signal that lands now goes, once they are
+        # back, to the handler found (a notebook's interrupt), never half way between the two.
+        with blocked():
+            _requests = _Requests()
+            for signum, handler in previous.items():
+                # None: a handler not set from Python; the default is what the process had before Python's.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 @contextlib.contextmanager
@@ -99,7 +102,8 @@ def at_once() -> Iterator[None]:
     try:
         yield
     finally:
-        _requests.at_once = False
+        with blocked():
+            _requests.at_once = False
 
 
 def check() -> None:
@@ -123,14 +127,19 @@ def repeated() -> bool:
 def blocked() -> Iterator[None]:
     """SIGINT and SIGTERM held back (pending, not lost) for the block: a process started inside it
     inherits them blocked and receives any that arrive during its start-up once it has installed
-    its own handler (`stop_requests` in the worker, then `signal.pthread_sigmask` to unblock)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    its own handler (`stop_requests` in the worker, then `unblock()`)."""
+    old = block()
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def block() -> set:
+    """Hold SIGINT and SIGTERM back from this thread until unblocked; the mask before."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def unblock() -> None:
-    """Let SIGINT and SIGTERM through to this process (a worker, after `stop_requests`)."""
+    """Let SIGINT and SIGTERM through to this thread."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.synchronize
 import os
 import queue
 from dataclasses import replace
 from typing import Callable
 
+from study import interrupts
 from study.config import RunConfig
 from study.design import MachineConfig, StudyDesign, StudyPlace
-from study import interrupts
 from study.errors import Interrupted, WorkerStopped
 
 WATCH_SECONDS = 2  # how often the starting process looks at the study while its workers run
@@ -46,6 +47,8 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
     through an event; each drops its seed in flight, marks its trial FAIL and ends, and then this
     raises `Interrupted`, as does a worker that was itself asked to stop. A second request kills the
     workers at once: their RUNNING trials are failed as stale (`--grace-seconds`) by the next command.
+    Any other way out of the wait (Python's own KeyboardInterrupt where no `stop_requests` block
+    is open) asks the workers to stop and waits for them.
     """
     context = multiprocessing.get_context("spawn")
     errors, stop = context.Queue(), context.Event()
@@ -59,17 +62,21 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
         while alive := [p.sentinel for p in processes if p.is_alive()]:
             if interrupts.requested() is not None:
                 stop.set()
-            if interrupts.repeated():
-                break
+            if interrupts.repeated():  # the at-once exception was swallowed where it landed
+                raise Interrupted(interrupts.requested(), at_once=True)
             multiprocessing.connection.wait(alive, timeout=WATCH_SECONDS)
             if interrupts.requested() is None:
-                with contextlib.suppress(Exception):  # watching must not stop a study the workers carry on
+                # Watching must not stop a study the workers carry on; a request that lands while the
+                # watcher waits for the storage is passed on at the top of the loop.
+                with contextlib.suppress(Exception, Interrupted):
                     while_waiting()
-    finally:
-        for process in processes:  # the watcher itself interrupted at once, or asked twice
-            if process.is_alive():
+    except BaseException as e:
+        stop.set()
+        for process in processes:
+            if getattr(e, "at_once", False):
                 process.kill()
-                process.join()
+            process.join()
+        raise
     interrupts.check()
     try:
         raise errors.get(timeout=1)
@@ -84,23 +91,27 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
 
 
 def _work(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig, threads: int,
-          errors: multiprocessing.Queue, stop) -> None:
+          errors: multiprocessing.Queue, stop: multiprocessing.synchronize.Event) -> None:
     """One worker: the study's loop on this process until the study is done or `stop` is set.
 
-    Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through once recorded
-    as requests. Never stopped at once by a repeated signal: that is its parent's decision."""
+    Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through while recorded
+    as requests, and held back again on the way out. Never stopped at once by a repeated signal:
+    that is its parent's decision."""
     try:
         with interrupts.stop_requests(escalate=False, parent=stop):
             interrupts.unblock()
-            import torch
+            try:
+                import torch
 
-            from study.masking import guard_output
-            from study.runner import open_search
+                from study.masking import guard_output
+                from study.runner import open_search
 
-            guard_output()
-            torch.set_num_threads(threads)
-            interrupts.check()
-            open_search(place, design, run, machine, progress=False).work()
+                guard_output()
+                torch.set_num_threads(threads)
+                interrupts.check()
+                open_search(place, design, run, machine, progress=False).work()
+            finally:
+                interrupts.block()  # a late Ctrl-C must not raise in the process's teardown
     except Interrupted as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY
 from pg_server import server_with_role
-from study.errors import StorageFault
+from study import interrupts
+from study.errors import Interrupted, StorageFault
 from study.faults import fault_of
 from study.records import seed_records
 from study.schedule import point_of
@@ -256,6 +258,16 @@ def test_an_outage_past_the_bound_is_a_fault_and_later_calls_fail_at_once(flaky)
     with pytest.raises(StorageFault):
         storage.get_all_studies()
     assert time.monotonic() - began < 0.5
+
+
+def test_a_stop_request_does_not_wait_out_an_outage(flaky):
+    storage, fails = flaky
+    fails[0] = 10 ** 6
+    with pytest.raises(Interrupted):
+        with interrupts.stop_requests():
+            os.kill(os.getpid(), signal.SIGTERM)
+            storage.get_all_studies()
+    assert fails[0] == 10 ** 6 - 1  # tried once, then stopped instead of waiting to try again
 
 
 def test_errors_that_are_not_a_lost_connection_are_not_retried(flaky):

@@ -49,18 +49,20 @@ def test_a_notebook_interrupt_stops_a_search_and_the_notebooks_own_interrupt_wor
     from jupyter_client.manager import start_new_kernel
 
     db = tmp_path / "studies" / "nb.db"
-    search = ("s = study.search('nb', leak=0.1, sub=0.4, seeds=tuple(range(8)), model='mlp', widths=(16,), "
+    search = ("s = study.search('nb', leak=0.1, sub=0.4, seeds=tuple(range(12)), model='mlp', widths=(16,), "
               "lr=0.05, stats_every=10, progress=False)")
     manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
     try:
         assert client.execute_interactive("import study", timeout=120)["content"]["status"] == "ok"
         running = client.execute(search)
+        deadline = time.monotonic() + 300
         while not (db.exists() and stored_seeds(db)):
+            assert time.monotonic() < deadline, "no seed was stored"
             time.sleep(0.05)
         manager.interrupt_kernel()
         reply = reply_to(client, running)
         assert (reply["status"], reply["ename"]) == ("error", "Interrupted")
-        assert 1 <= stored_seeds(db) < 8
+        assert 1 <= stored_seeds(db) < 12
 
         sleeping = client.execute("import time; time.sleep(300)")
         while not ((msg := client.get_iopub_msg(timeout=60))["msg_type"] == "execute_input"
@@ -72,7 +74,7 @@ def test_a_notebook_interrupt_stops_a_search_and_the_notebooks_own_interrupt_wor
 
         reply = client.execute_interactive(search + "; print(s)", timeout=300)["content"]
         assert reply["status"] == "ok"
-        assert stored_seeds(db) >= 8
+        assert stored_seeds(db) >= 12
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)

@@ -74,6 +74,7 @@ def _power(matvec, size: int, like: torch.Tensor, shift: float, tol: float, max_
     v = v / v.norm()
     value = residual = float("nan")
     for iteration in range(1, max_iterations + 1):
+        interrupts.check()  # up to a thousand Hessian-vector products per eigenvalue
         hv = matvec(v) - shift * v
         rayleigh = torch.dot(v, hv).item()
         value, residual = rayleigh + shift, (hv - rayleigh * v).norm().item()
@@ -119,7 +120,6 @@ def sharpness(config: RunConfig, steps: int = 0, data: FashionMNIST | None = Non
     bar = tqdm(total=steps + 1, desc=f"sharpness seed {config.train.seed}", disable=not progress, leave=False)
     batch = first
     for step in range(steps + 1):
-        interrupts.check()
         loss, hvp, size = loss_hessian(model, probe_x, probe_y)
         eigen = top_eigenvalue(hvp, size, probe_x, tol)
         bound = 2 * (1 + config.optim.momentum) / eigen.value if eigen.value > 0 else float("inf")
