@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,13 @@ def data_copy(tmp_path):
     for name in IDX_FILES:
         (tmp_path / f"{name}.gz").write_bytes((DEBIAN_DIR / f"{name}.gz").read_bytes())
     return tmp_path
+
+
+def sigint_as_in_a_terminal() -> None:
+    """A child's preexec_fn: SIGINT handled as a terminal's Ctrl-C is, also where the test runner was
+    started with SIGINT ignored (a background job of a non-interactive shell, nohup): a child
+    inherits the ignoring, and a program that finds SIGINT ignored rightly leaves it so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 import study.plots
 import study.runner
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, sigint_as_in_a_terminal
 from study import interrupts
 from study.cli import main
 from study.errors import Interrupted
@@ -250,7 +250,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
     as a terminal's Ctrl-C does."""
     return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=sigint_as_in_a_terminal)
 
 
 def workers_in_session(session: int) -> list[int]:

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, TINY, free_port, run_cli
+from conftest import ROOT, TINY, free_port, run_cli, sigint_as_in_a_terminal
 from pg_server import server_with_role
 from study import masking
 from study.design import STORAGE_ENV, StudyPlace
@@ -129,11 +129,8 @@ def test_a_study_run_interrupted_and_refused_with_the_password_on_the_command_li
     args = ["search", "--name", "secret", "--storage", url, *TINY, "--leak", "0.1", "--sub", "0.4",
             "--seeds", ",".join(map(str, range(24)))]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # SIGINT as a terminal gives it, also where the test runner was started with SIGINT ignored
-    # (a background job of a non-interactive shell): ignored at start-up, Python never installs its handler.
     proc = subprocess.Popen([sys.executable, "-m", "study", *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_in_a_terminal)
     study = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (study and study.trials and

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, TINY, free_port
+from conftest import ROOT, TINY, free_port, sigint_as_in_a_terminal
 from study.config import RunConfig
 from study.design import MachineConfig
 from study.records import seed_records
@@ -31,7 +31,8 @@ FAST_RECOVERY = ["--heartbeat-seconds", "1", "--grace-seconds", "3"]
 def start(args, cwd, **popen):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_in_a_terminal,
+                            **popen)
 
 
 def load(db, name):
