@@ -15,7 +15,7 @@ See `study.api` for the keywords; `python -m study --help` for the command line.
 __version__ = "0.4.0"
 
 from study.api import Edge, Study, edge, load, search, train  # noqa: E402
-from study.design import Range  # noqa: E402
+from study.axes import Range  # noqa: E402
 from study.errors import BadInput, FieldError, Interrupted, StorageFault  # noqa: E402
 
 __all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "edge", "load", "search",

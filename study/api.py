@@ -19,7 +19,8 @@ from pathlib import Path
 
 from study import interrupts
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import SEARCHED, MachineConfig, StudyDesign, StudyPlace
+from study import axes
+from study.design import MachineConfig, StudyDesign, StudyPlace
 from study.ladder import EdgeDesign
 from study.errors import BadInput
 
@@ -103,8 +104,8 @@ class Study:
 
 def check_axes(x: str, y: str) -> None:
     """x and y of a heatmap: two different searched axes."""
-    if x not in SEARCHED or y not in SEARCHED or x == y:
-        raise BadInput(f"heatmap axes {x!r} by {y!r}: choose two different of {', '.join(SEARCHED)}")
+    if x not in axes.NAMES or y not in axes.NAMES or x == y:
+        raise BadInput(f"heatmap axes {x!r} by {y!r}: choose two different of {', '.join(axes.NAMES)}")
 
 
 def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, **settings) -> Study:
@@ -116,7 +117,7 @@ def search(name: str = "quick", *, storage: str | None = None, progress: bool = 
     """
     place = StudyPlace(name=name, storage=storage)
     design, machine, *run_parts = _split(settings, (StudyDesign, MachineConfig, *RUN_CLASSES),
-                                         skip=SEARCHED + ("seed",))
+                                         skip=axes.NAMES + ("seed",))
     run = RunConfig(*run_parts)
     prepare_backend(run.train.backend)
     from study.runner import run_study
@@ -165,7 +166,7 @@ def edge(name: str, *, storage: str | None = None, progress: bool = True, **sett
     """
     place = StudyPlace(name=name, storage=storage)
     design, machine, *run_parts = _split(settings, (EdgeDesign, MachineConfig, *RUN_CLASSES),
-                                         skip=SEARCHED + ("seed",))
+                                         skip=axes.NAMES + ("seed",))
     run = RunConfig(*run_parts)
     prepare_backend(run.train.backend)
     from study.runner import run_study

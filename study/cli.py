@@ -23,7 +23,8 @@ from typing import Sequence
 from study import interrupts
 from study.api import check_axes, prepare_backend
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import SEARCHED, STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
+from study import axes
+from study.design import STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
 from study.ladder import EdgeDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
 from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, config_from_flags, flag_of, int_tuple,
@@ -52,25 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --json: include every recorded step's statistics")
     train.set_defaults(handler=run_train)
 
-    search = commands.add_parser("search", help="run (or continue) a study over init_scale, leak, sub, lr, momentum")
+    search = commands.add_parser("search", help="run (or continue) a study over " + ", ".join(axes.NAMES))
     for cls in SEARCH_CONFIGS:
         add_config_flags(search, cls)
     for cls in RUN_CONFIGS:
-        add_config_flags(search, cls, skip=SEARCHED + ("seed",))  # each trial's own
+        add_config_flags(search, cls, skip=axes.NAMES + ("seed",))  # each trial's own
     search.set_defaults(handler=run_search, resumable=True)
 
     edge = commands.add_parser("edge", help="the largest learning rate at which each setting trains reliably")
     for cls in (StudyPlace, EdgeDesign, MachineConfig):
         add_config_flags(edge, cls)
     for cls in RUN_CONFIGS:
-        add_config_flags(edge, cls, skip=SEARCHED + ("seed",))
+        add_config_flags(edge, cls, skip=axes.NAMES + ("seed",))
     edge.add_argument("--out", help="directory of edge.csv and its pictures (default: studies/NAME)")
     edge.set_defaults(handler=run_edge, resumable=True)
 
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
     _add_study_flags(heatmaps)
     heatmaps.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
-    heatmaps.add_argument("--x", default="leak", help=f"axis across: one of {', '.join(SEARCHED)} (default: leak)")
+    heatmaps.add_argument("--x", default="leak", help=f"axis across: one of {', '.join(axes.NAMES)} (default: leak)")
     heatmaps.add_argument("--y", default="sub", help="axis up (default: sub); other axes that vary get a panel each")
     heatmaps.set_defaults(handler=run_heatmaps)
 
@@ -148,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     place, design, machine = (config_from_flags(cls, args) for cls in SEARCH_CONFIGS)
-    run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+    run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
     prepare_backend(run_config.train.backend)
     from study import plots, results
     from study.runner import run_study
@@ -166,7 +167,7 @@ def run_edge(args: argparse.Namespace) -> int:
     if args.name is None:
         raise BadInput("an edge search needs its own --name (its probes are a study of their own)")
     place, design, machine = (config_from_flags(cls, args) for cls in (StudyPlace, EdgeDesign, MachineConfig))
-    run_config = RunConfig(*(config_from_flags(cls, args, skip=SEARCHED + ("seed",)) for cls in RUN_CONFIGS))
+    run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
     prepare_backend(run_config.train.backend)
     from study import plots, results
     from study.runner import run_study

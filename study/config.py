@@ -9,8 +9,10 @@ A study's design, place and machine side are in `study/design.py`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
+from study import axes
+from study.axes import check_axes, config_fields
 from study.errors import FieldError
 
 MODELS = ("mlp", "cnn")
@@ -65,14 +67,13 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+@config_fields("model")  # init_scale, leak, sub: study/axes.py
 class ModelConfig:
     model: str = field(default="cnn", metadata=describe("architecture", choices=MODELS))
     widths: tuple[int, ...] = field(
         default=(256, 256, 256),  # the MLP of the measurements: 784-256-256-256-10
         metadata=describe("MLP hidden widths, comma separated"),
     )
-    leak: float = field(default=0.1, metadata=describe("GeneralRelu negative slope, in [0, 1)"))
-    sub: float = field(default=0.4, metadata=describe("GeneralRelu shift subtracted after the leaky ReLU"))
     maxv: float | None = field(default=None, metadata=describe("GeneralRelu upper clamp (default: none)"))
     init: str = field(default="kaiming", metadata=describe("weight initialisation", choices=INITS))
     bias_init: str = field(
@@ -81,39 +82,22 @@ class ModelConfig:
                        "as in the lesson; zero = all zero (what initstudy before 0.4.0 did)",
                        choices=BIAS_INITS),
     )
-    init_scale: float = field(
-        default=1.0,  # 1 = exactly Kaiming(a=leak); the search varies it around that
-        metadata=describe("multiplier on the initial weights (> 0)"),
-    )
 
     def __post_init__(self):
+        check_axes(self, "model")
         check_choices(self)
         object.__setattr__(self, "widths", tuple(self.widths))
         if not self.widths or any(w < 1 for w in self.widths):
             raise FieldError("widths", f"must be positive integers, got {','.join(map(str, self.widths))}")
-        check_finite("leak", self.leak)
-        if not 0 <= self.leak < 1:
-            raise FieldError("leak", f"must be in [0, 1), got {self.leak}")
-        check_finite("sub", self.sub)
         if self.maxv is not None:
             check_finite("maxv", self.maxv)
             if self.maxv <= 0:
                 raise FieldError("maxv", f"must be positive, got {self.maxv}")
-        check_finite("init_scale", self.init_scale)
-        if self.init_scale <= 0:
-            raise FieldError("init_scale", f"must be positive, got {self.init_scale}")
 
 
 @dataclass(frozen=True)
+@config_fields("optim")  # lr, momentum, warmup_steps: study/axes.py
 class OptimConfig:
-    lr: float = field(
-        # The lesson's CNN rate, used by `train`, the quick study, findings and the Python API alike.
-        # GeneralRelu(.1,.4) trained for 6 of 8 seeds at 0.2 and 8 of 8 at 0.15 (measured 2026-11-23,
-        # CPU, 1 epoch; not told apart with 8 seeds, Fisher p = 0.47): see the README.
-        default=0.2,
-        metadata=describe("SGD learning rate"),
-    )
-    momentum: float = field(default=0.85, metadata=describe("SGD momentum (the lesson's MomentumLearner)"))
     weight_decay: float = field(default=0.0, metadata=describe("SGD weight decay"))
     schedule: str = field(
         default="constant", metadata=describe("learning-rate schedule", choices=SCHEDULES)
@@ -122,12 +106,8 @@ class OptimConfig:
     epochs: int = field(default=1, metadata=describe("passes over the 50,000 training images"))
 
     def __post_init__(self):
+        check_axes(self, "optim")
         check_choices(self)
-        check_finite("lr", self.lr)
-        if self.lr <= 0:
-            raise FieldError("lr", f"must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise FieldError("momentum", f"must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise FieldError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.batch_size < 1:
@@ -187,6 +167,12 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def at(self, setting: dict[str, float], seed: int) -> "RunConfig":
+        """This configuration at a study's setting (every axis's value, `study.axes`) and seed."""
+        return replace(self, model=replace(self.model, **{name: setting[name] for name in axes.MODEL}),
+                       optim=replace(self.optim, **{name: setting[name] for name in axes.OPTIM}),
+                       train=replace(self.train, seed=seed))
 
 
 def _is_cuda_index(device: str) -> bool:

@@ -16,18 +16,14 @@ import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Union
 
-from study import __version__
-from study.config import PER_TRIAL_OR_MACHINE, OptimConfig, RunConfig, TrainConfig, check_choices, describe
+from study import __version__, axes
+from study.axes import Range, check_space, space_fields, upgrade_space
+from study.config import PER_TRIAL_OR_MACHINE, RunConfig, TrainConfig, check_choices, describe
 from study.errors import FieldError
 
 SAMPLERS = ("grid", "tpe", "random", "qmc")
 OBJECTIVES = ("accuracy", "stability")
-MODEL_AXES = ("init_scale", "leak", "sub")  # the ModelConfig fields a study varies
-OPTIM_AXES = ("lr", "momentum")  # the OptimConfig fields a study varies
-SEARCHED = MODEL_AXES + OPTIM_AXES  # a setting is a point on these axes
-LOG_AXES = ("init_scale", "lr")  # the axes that may be log ranges
 AUTO_POPULATION_MODELS = 32  # models per population that population="auto" aims for on CUDA
 DEFAULT_OTHER_SAMPLER_TRIALS = 30  # a study of a non-grid sampler stops here unless told otherwise
 STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
@@ -37,40 +33,10 @@ TRAIN_THRESHOLD = 0.5  # chance is 0.1; a run below 0.5 after training has not l
 
 
 @dataclass(frozen=True)
-class Range:
-    """A searched parameter's interval [low, high], sampled log-uniformly if `log` (init_scale, lr)."""
-
-    low: float
-    high: float
-    log: bool = False
-
-
-Space = Union[tuple[float, ...], Range]  # a list of values, or a range
-
-
-def describe_space(space: Space) -> str:
-    """`0,0.2,0.4`, `0:0.5` or `0.1:10:log`: how a space is written on the command line and stored."""
-    if isinstance(space, Range):
-        return f"{space.low:g}:{space.high:g}" + (":log" if space.log else "")
-    return ",".join(f"{v:g}" for v in space)
-
-
-def describe_setting(params: dict[str, float]) -> str:
-    """`init_scale 1, leak 0.1, sub 0.4, lr 0.2, momentum 0.85`: a setting in words."""
-    return ", ".join(f"{name} {params[name]:g}" for name in SEARCHED)
-
-
-@dataclass(frozen=True)
+@space_fields()  # one per axis: study/axes.py
 class StudyDesign:
     """Everything a study's results depend on besides the run configuration (`RunConfig`)."""
 
-    init_scale: Space = field(default=(1.0,), metadata=describe("init scale values, or range low:high[:log]"))
-    leak: Space = field(default=(0.0, 0.05, 0.1, 0.2, 0.5), metadata=describe("leak values (list) or range low:high"))
-    sub: Space = field(default=(0.0, 0.2, 0.4, 0.7, 0.9), metadata=describe("sub values (list) or range low:high"))
-    lr: Space = field(default=(OptimConfig.lr,),
-                      metadata=describe("learning rates (list), or range low:high[:log]"))
-    momentum: Space = field(default=(OptimConfig.momentum,),
-                            metadata=describe("SGD momentum values (list) or range low:high"))
     seeds: tuple[int, ...] = field(default=(0, 1, 2),
                                    metadata=describe("seeds each setting is trained with, comma separated"))
     sampler: str = field(default="grid", metadata=describe("how settings are chosen", choices=SAMPLERS))
@@ -87,7 +53,7 @@ class StudyDesign:
         metadata=describe("validation accuracy above which a seed counts as trained"))
 
     def __post_init__(self):
-        for name in SEARCHED:
+        for name in axes.NAMES:
             object.__setattr__(self, name, check_space(name, getattr(self, name)))
         object.__setattr__(self, "seeds", _distinct_indices("seeds", self.seeds))
         check_choices(self)
@@ -96,19 +62,19 @@ class StudyDesign:
         if not 0 < self.train_threshold < 1:
             raise FieldError("train_threshold", f"must be in (0, 1), got {self.train_threshold}")
         if self.sampler == "grid":
-            ranged = [name for name in SEARCHED if isinstance(getattr(self, name), Range)]
+            ranged = [name for name in axes.NAMES if isinstance(getattr(self, name), Range)]
             if ranged:
                 raise FieldError(ranged[0], "is a range, but the grid sampler needs lists: list its values")
             if self.n_trials is not None and self.n_trials > self.grid_size():
                 raise FieldError("n_trials", f"{self.n_trials} exceeds the grid's {self.grid_size()} points")
 
-    def spaces(self) -> dict[str, Space]:
-        return {name: getattr(self, name) for name in SEARCHED}
+    def spaces(self) -> dict[str, axes.Space]:
+        return {name: getattr(self, name) for name in axes.NAMES}
 
     def stored(self) -> dict:
         """The design's part of the stored configuration (`study_config`)."""
         return {
-            "space": {name: describe_space(space) for name, space in self.spaces().items()},
+            "space": {name: axes.describe_space(space) for name, space in self.spaces().items()},
             "sampler": self.sampler,
             "objective": self.objective,
             "seeds": list(self.seeds),
@@ -214,38 +180,6 @@ class MachineConfig:
         return self.population
 
 
-def check_space(name: str, value) -> Space:
-    """A space from what a caller gave: a Range, one number, or a sequence of numbers (as floats)."""
-    if isinstance(value, Range):
-        space = Range(float(value.low), float(value.high), value.log)
-        bounds = (space.low, space.high)
-        if not all(math.isfinite(v) for v in bounds):
-            raise FieldError(name, "must hold finite numbers")
-        if not space.low < space.high:
-            raise FieldError(name, f"range {describe_space(space)} is empty or inverted: write low:high with low < high")
-        if space.log and name not in LOG_AXES:
-            raise FieldError(name, f"may not be a log range: only {' and '.join(LOG_AXES)} may")
-    else:
-        values = (value,) if isinstance(value, (int, float)) else tuple(value)
-        try:
-            space = bounds = tuple(float(v) for v in values)
-        except (TypeError, ValueError):
-            raise FieldError(name, f"{value!r}: give numbers like (0, 0.2, 0.4) or a Range") from None
-        if not space:
-            raise FieldError(name, "lists no value")
-        if not all(math.isfinite(v) for v in space):
-            raise FieldError(name, "must hold finite numbers")
-        if len(set(space)) != len(space):
-            raise FieldError(name, "lists a value twice")
-    # The same bounds ModelConfig and OptimConfig enforce for a single value, on every value the space allows.
-    for v in bounds:
-        if name in ("leak", "momentum") and not 0 <= v < 1:
-            raise FieldError(name, f"values must be in [0, 1), got {v:g}")
-        if name in ("init_scale", "lr") and v <= 0:
-            raise FieldError(name, f"values must be positive, got {v:g}")
-    return space
-
-
 def _distinct_indices(name: str, values) -> tuple[int, ...]:
     """Distinct non-negative integers (seeds, GPU indices) as a tuple of ints; numpy's integers
     (`np.arange(10)`) count as integers."""
@@ -263,8 +197,8 @@ def study_config(design, run: RunConfig) -> dict:
     each trial's own) and the device (where a worker runs, not what the study is). A field added
     later is compared without a change here.
     """
-    model = {k: v for k, v in asdict(run.model).items() if k not in SEARCHED}
-    optim = {k: v for k, v in asdict(run.optim).items() if k not in SEARCHED}
+    model = {k: v for k, v in asdict(run.model).items() if k not in axes.NAMES}
+    optim = {k: v for k, v in asdict(run.optim).items() if k not in axes.NAMES}
     train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
     config = {
         **design.stored(),  # a StudyDesign's, or an edge search's (`study.ladder.EdgeDesign`)
@@ -283,7 +217,8 @@ def upgrade_stored_config(stored: dict) -> dict:
     0.1.0 kept `stats_every` and `diverge_loss` at the top, `dtype` only when not float32, and
     neither `backend` nor `max_steps`: those read as their defaults (0.1.0 did not compare them, so
     a 0.1.0 study run with --backend triton or --max-steps is continued only with the defaults).
-    Before 0.3.0, lr and momentum were one value each in `optim`; they read as one-value axes.
+    Before 0.3.0, lr and momentum were one value each in `optim`; they read as one-value axes, as
+    does an axis added since, at the value studies then ran at (`study.axes.upgrade_space`).
     Before 0.4.0 every bias started at zero and `model` had no `bias_init`.
     """
     if not stored:
@@ -296,10 +231,8 @@ def upgrade_stored_config(stored: dict) -> dict:
             **{k: v for k, v in defaults.items() if k not in PER_TRIAL_OR_MACHINE},
             **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
         }
-    if "lr" not in upgraded.get("space", {}) and "lr" in upgraded.get("optim", {}):
-        optim = dict(upgraded["optim"])
-        upgraded["space"] = {**upgraded["space"], **{name: f"{optim.pop(name):g}" for name in OPTIM_AXES}}
-        upgraded["optim"] = optim
+    if "space" in upgraded:
+        upgraded = upgrade_space(upgraded)
     if "model" in upgraded and "bias_init" not in upgraded["model"]:
         upgraded["model"] = {**upgraded["model"], "bias_init": "zero"}
     return upgraded

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from typing import Sequence
 
-from study.design import Range, Space, describe_space
+from study.axes import Range, Space, describe_space
 from study.errors import FieldError
 
 EXIT_BAD_INPUT = 2

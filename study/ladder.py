@@ -1,7 +1,7 @@
 """The trainability edge: for each setting, the largest learning rate on a ladder at which it trains
 reliably across seeds.
 
-A setting is (init_scale, leak, sub, momentum). Its ladder is a list of learning rates (rungs), given
+A setting is a value on every axis but the learning rate (`study.axes`). Its ladder is a list of learning rates (rungs), given
 as a list or as a log range cut into rungs a constant factor (`lr_step`) apart. The edge is found by
 bisection over the rungs, on the assumption that a setting reliable at one learning rate is reliable
 at every smaller one: each probe (setting, rung) is an ordinary trial of the study, to which seeds
@@ -20,22 +20,21 @@ import math
 from itertools import product
 from dataclasses import dataclass, field
 
+from study import axes
+from study.axes import Range, Space, check_space, describe_space, space_fields
 from study.config import describe
-from study.design import MODEL_AXES, SEARCHED, TRAIN_THRESHOLD, Range, Space, check_space, describe_space
+from study.design import TRAIN_THRESHOLD
 from study.errors import FieldError
 from study.sequential import RELIABLE, Sprt
 
-SETTING_AXES = MODEL_AXES + ("momentum",)  # what a setting is here: every axis but the learning rate
+SETTING_AXES = tuple(name for name in axes.NAMES if name != "lr")  # what a setting is here: all but lr
 
 
 @dataclass(frozen=True)
+@space_fields(skip=("lr",), ranges=False)  # one per axis but lr: study/axes.py
 class EdgeDesign:
     """What an edge search's results depend on besides the run configuration: stored and compared."""
 
-    init_scale: Space = field(default=(1.0,), metadata=describe("init scale values, comma separated"))
-    leak: Space = field(default=(0.0, 0.05, 0.1, 0.2, 0.5), metadata=describe("leak values, comma separated"))
-    sub: Space = field(default=(0.0, 0.4, 0.7, 0.9), metadata=describe("sub values, comma separated"))
-    momentum: Space = field(default=(0.85,), metadata=describe("SGD momentum values, comma separated"))
     lr: Space = field(default=Range(0.025, 1.6, log=True),
                       metadata=describe("the learning-rate ladder: rungs (0.1,0.15,0.2) or a range low:high[:log] "
                                         "cut into rungs --lr-step apart"))
@@ -97,7 +96,7 @@ class EdgeDesign:
 
     def spaces(self) -> dict[str, Space]:
         """Each axis's values, the ladder's rungs for lr: what a probe's params are drawn from."""
-        return {name: self.ladder() if name == "lr" else getattr(self, name) for name in SEARCHED}
+        return {name: self.ladder() if name == "lr" else getattr(self, name) for name in axes.NAMES}
 
     def stored(self) -> dict:
         """The design's part of the stored configuration (`study.design.study_config`)."""

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from study import interrupts
-from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
+from study.axes import NAMES as AXIS_NAMES
+from study.design import CONFIG_ATTR, upgrade_stored_config
 from study.results import is_lesson_setting, seed_frame, study_threshold, trials_frame
 from study.stats import HIST_BINS, HIST_MAX, LayerHistory
 
@@ -108,7 +109,7 @@ def heatmap_tables(trials: pd.DataFrame, metric: str, log_axes: tuple[str, ...] 
     `log_axes` are binned on a log scale when they must be binned. A cell is the mean over the
     trials that fall in it; a cell without a trial is NaN (drawn blank).
     """
-    axes = [a for a in SEARCHED if a in trials]
+    axes = [a for a in AXIS_NAMES if a in trials]
     frame = trials.assign(**{f"{a}_axis": axis_labels(trials[a], log=a in log_axes) for a in axes})
     facets = [a for a in axes if a not in (x, y) and frame[f"{a}_axis"].nunique() > 1]
     xs, ys = sorted(frame[f"{x}_axis"].unique()), sorted(frame[f"{y}_axis"].unique())
@@ -231,18 +232,21 @@ def signal_figure(profiles, predictions, title: str) -> Figure:
 
 def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figure:
     """The largest stable learning rate of each setting: leak (x) by sub (y) on a log colour scale,
-    one panel per (init_scale, momentum); each cell reads `stable < first unstable`, "< lowest rung"
+    one panel per value of the other axes (init_scale, momentum, ...); each cell reads `stable < first unstable`, "< lowest rung"
     when no rung was stable, "> stable" when the ladder ended first. table: `edge.edge_table`."""
     from matplotlib.colors import LogNorm
 
     below = ladder[0] / (ladder[1] / ladder[0])  # colour of "not stable even at the lowest rung"
-    panels = list(table.groupby(["init_scale", "momentum"]))
+    others = [name for name in AXIS_NAMES if name in table and name not in ("leak", "sub")]
+    varying = [name for name in others if table[name].nunique() > 1]
+    fixed = ", ".join(f"{name} {table[name].iloc[0]:g}" for name in others if name not in varying)
+    panels = list(table.groupby(varying)) if varying else [((), table)]
     leaks, subs = sorted(table["leak"].unique()), sorted(table["sub"].unique())
     fig = Figure(figsize=(max(5.5, 2.4 + 1.1 * len(leaks) * len(panels)), 1.8 + 0.65 * len(subs)),
                  layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     norm = LogNorm(vmin=below, vmax=ladder[-1])
-    for ax, ((scale, momentum), group) in zip(axes, panels):
+    for ax, (values, group) in zip(axes, panels):
         cells = group.pivot_table(index="sub", columns="leak", values="max_stable_lr", aggfunc="first",
                                   dropna=False).reindex(index=subs, columns=leaks)
         labels = group.set_index(["sub", "leak"]).apply(_edge_label, axis=1, ladder=ladder)
@@ -253,10 +257,11 @@ def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figur
         ax.invert_yaxis()
         if ax is axes[-1]:
             ax.collections[0].colorbar.ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.set_title(f"init_scale {scale:g}, momentum {momentum:g}", fontsize=9)
+        ax.set_title(", ".join(f"{name} {value:g}" for name, value in zip(varying, values)) or fixed, fontsize=9)
         ax.set_xlabel("leak")
         ax.set_ylabel("sub")
-    fig.suptitle("Largest lr that trains reliably\n(cell: stable rung < first unstable rung)", fontsize=10)
+    fig.suptitle("Largest lr that trains reliably\n(cell: stable rung < first unstable rung"
+                 + (f"; {fixed}" if varying and fixed else "") + ")", fontsize=10)
     return fig
 
 
@@ -274,7 +279,8 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
     """Per setting, the fraction of seeds trained at each probed rung with its exact 95% interval
     (band), and on the right axis the mean validation accuracy of the seeds that trained.
     probes: `edge.probe_frame`; table: `edge.edge_table` (its order is the panels' order)."""
-    settings = table[["init_scale", "leak", "sub", "momentum"]].to_dict("records")
+    settings = table[[name for name in AXIS_NAMES if name in table]].to_dict("records")
+    varying = [name for name in settings[0] if name not in ("leak", "sub") and table[name].nunique() > 1]
     rungs = sorted(probes["lr"].unique())
     columns = min(5, len(settings))
     rows = -(-len(settings) // columns)
@@ -299,9 +305,7 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
         ax.set_xticks(rungs, [f"{lr:.3g}" for lr in rungs], rotation=60, fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.05, 1.12)
-        ax.set_title(f"leak {setting['leak']:g}, sub {setting['sub']:g}"
-                     + (f", x{setting['init_scale']:g}" if setting["init_scale"] != 1 else "")
-                     + f", mom {setting['momentum']:g}", fontsize=8)
+        ax.set_title(", ".join(f"{name} {setting[name]:g}" for name in ("leak", "sub", *varying)), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
     for ax in axes.flat[len(settings):]:
         ax.set_visible(False)
@@ -362,7 +366,7 @@ def seed_outcome_figure(seeds: pd.DataFrame, threshold: float) -> Figure:
     trained, below the threshold, or diverged with the step it diverged at. seeds: `results.seed_frame`."""
     from matplotlib.colors import ListedColormap
 
-    axes = [a for a in SEARCHED if a in seeds and seeds[a].nunique() > 1] or ["leak", "sub"]
+    axes = [a for a in AXIS_NAMES if a in seeds and seeds[a].nunique() > 1] or ["leak", "sub"]
     outcome = np.where(seeds["val_acc"] > threshold, 2, np.where(seeds["diverged"], 0, 1))
     frame = seeds.assign(outcome=outcome, setting=[", ".join(f"{a} {r[a]:g}" for a in axes)
                                                    for r in seeds.to_dict("records")])

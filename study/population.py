@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from study import axes
 from study.config import RunConfig
 from study.data import FashionMNIST
 from study.errors import BadInput
@@ -180,16 +181,16 @@ class Population:
 
 
 def check_population(configs: list[RunConfig]) -> None:
-    """BadInput unless the configs differ only in init_scale, leak, sub and seed."""
+    """BadInput unless the configs differ only in the model's axes (`study.axes.MODEL`) and seed."""
     if not configs:
         raise BadInput("a population needs at least one configuration")
 
     def shared(config: RunConfig) -> RunConfig:
-        return replace(config, model=replace(config.model, init_scale=1.0, leak=0.0, sub=0.0),
-                       train=replace(config.train, seed=0))
+        defaults = {name: axes.BY_NAME[name].default for name in axes.MODEL}
+        return replace(config, model=replace(config.model, **defaults), train=replace(config.train, seed=0))
 
     if any(shared(c) != shared(configs[0]) for c in configs[1:]):
-        raise BadInput("population members may differ only in init_scale, leak, sub and seed")
+        raise BadInput(f"population members may differ only in {', '.join(axes.MODEL)} and seed")
     if configs[0].train.backend == "triton" and configs[0].model.model == "cnn":
         raise BadInput("population training with --backend triton runs the MLP only: use --backend torch "
                        "for the CNN, or --population off")

@@ -17,7 +17,7 @@ import optuna
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from study.design import describe_setting
+from study.axes import describe_setting
 from study.reliability import clopper_pearson, t_interval
 from study.schedule import fixed_values, point_of
 from study.training import TrainResult

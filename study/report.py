@@ -23,7 +23,8 @@ import optuna
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from study.design import CONFIG_ATTR, SEARCHED, upgrade_stored_config
+from study.axes import NAMES as AXIS_NAMES
+from study.design import CONFIG_ATTR, upgrade_stored_config
 from study.plots import save_figures, study_figures
 from study.reliability import (clopper_pearson, discordant, fisher_exact, holm, mcnemar_exact, seeds_for_power,
                                t_interval)
@@ -44,14 +45,14 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
     threshold = study_threshold(study)
     seeds, trials = seed_frame(study), trials_frame(study)
     rows = []
-    for setting, group in seeds.groupby(list(SEARCHED)):
+    for setting, group in seeds.groupby(list(AXIS_NAMES)):
         accs = group["val_acc"]
         trained = accs[accs > threshold]
         low, high = clopper_pearson(len(trained), len(accs))
         acc_low, acc_high = t_interval(list(trained)) if len(trained) > 1 else (math.nan, math.nan)
-        same = trials[(trials[list(SEARCHED)] == list(setting)).all(axis=1)]
+        same = trials[(trials[list(AXIS_NAMES)] == list(setting)).all(axis=1)]
         rows.append({
-            **dict(zip(SEARCHED, setting)), "n_seeds": len(accs), "n_trained": len(trained),
+            **dict(zip(AXIS_NAMES, setting)), "n_seeds": len(accs), "n_trained": len(trained),
             "trained_low": low, "trained_high": high,
             "trained_mean": trained.mean() if len(trained) else math.nan,
             "trained_acc_low": acc_low, "trained_acc_high": acc_high,
@@ -60,7 +61,7 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
             "diverged_step_median": group["diverged_step"].median(),
             "near_zero_last": same["near_zero_last"].mean(), "dead_units_last": same["dead_units_last"].mean(),
         })
-    columns = [*SEARCHED, "n_seeds", "n_trained", "trained_low", "trained_high", "trained_mean", "trained_acc_low",
+    columns = [*AXIS_NAMES, "n_seeds", "n_trained", "trained_low", "trained_high", "trained_mean", "trained_acc_low",
                "trained_acc_high", "mean", "worst", "best", "n_diverged", "diverged_step_median", "near_zero_last",
                "dead_units_last"]
     return pd.DataFrame(rows, columns=columns)
@@ -84,13 +85,13 @@ def comparisons(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float) -> p
         return pd.DataFrame(columns=columns)
     best, axes = most_reliable(table), varying(table)
     outcomes = {key: dict(zip(group["seed"], group["val_acc"] > threshold))
-                for key, group in seeds.groupby(list(SEARCHED))}
-    best_outcomes = outcomes[tuple(best[a] for a in SEARCHED)]
+                for key, group in seeds.groupby(list(AXIS_NAMES))}
+    best_outcomes = outcomes[tuple(best[a] for a in AXIS_NAMES)]
     rows = []
     for row in table.to_dict("records"):
-        if all(row[a] == best[a] for a in SEARCHED):
+        if all(row[a] == best[a] for a in AXIS_NAMES):
             continue
-        shared, only_best, only_mine = discordant(best_outcomes, outcomes[tuple(row[a] for a in SEARCHED)])
+        shared, only_best, only_mine = discordant(best_outcomes, outcomes[tuple(row[a] for a in AXIS_NAMES)])
         if shared:
             p, test = mcnemar_exact(only_best, only_mine), f"McNemar exact, {shared} shared seeds"
         else:
@@ -178,7 +179,7 @@ def _accuracy_sentences(table: pd.DataFrame, seeds: pd.DataFrame, threshold: flo
     if len(ranked) < 2:
         return []
     first, second = ranked[:2]
-    accs = [seeds[(seeds[list(SEARCHED)] == [r[a] for a in SEARCHED]).all(axis=1)].set_index("seed")["val_acc"]
+    accs = [seeds[(seeds[list(AXIS_NAMES)] == [r[a] for a in AXIS_NAMES]).all(axis=1)].set_index("seed")["val_acc"]
             for r in (first, second)]
     trained = [a[a > threshold] for a in accs]
     both = sorted(set(trained[0].index) & set(trained[1].index))

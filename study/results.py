@@ -9,15 +9,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from study.design import CONFIG_ATTR, SEARCHED, TRAIN_THRESHOLD
-from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
+from study import axes
+from study.design import CONFIG_ATTR, TRAIN_THRESHOLD
+from study.ladder import SETTING_AXES, EdgeDesign, bisection, rung_verdicts, setting_key
 from study.records import seed_records, trial_layers
 from study.schedule import fixed_values, setting_of
 
 
 FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every rung, ten seeds each
-EDGE_COLUMNS = ["leak", "sub", "init_scale", "momentum", "max_stable_lr", "first_unstable_lr", "trainings",
-                "first_unstable_verdict", "probes", "done"]
+EDGE_COLUMNS = [*SETTING_AXES, "max_stable_lr", "first_unstable_lr", "trainings", "first_unstable_verdict",
+                "probes", "done"]
 
 # The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
 LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
@@ -43,7 +44,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "dead_units_last": last["dead_units"],
             "n_seeds": len(seed_records(trial)),
         })
-    columns = ["number", *SEARCHED, "mean_val_acc", "acc_std", "worst_acc", "frac_trained", "n_diverged",
+    columns = ["number", *axes.NAMES, "mean_val_acc", "acc_std", "worst_acc", "frac_trained", "n_diverged",
                "mean_test_acc", "seconds", "near_zero_last", "dead_units_last", "n_seeds"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -57,7 +58,7 @@ def seed_frame(study: optuna.Study) -> pd.DataFrame:
             rows.append({"number": trial.number, **setting_of(trial, fixed),
                          "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
                          "diverged": record["diverged"], "diverged_step": record["diverged_step"]})
-    return pd.DataFrame(rows, columns=["number", *SEARCHED, "seed", "val_acc", "test_acc", "diverged", "diverged_step"])
+    return pd.DataFrame(rows, columns=["number", *axes.NAMES, "seed", "val_acc", "test_acc", "diverged", "diverged_step"])
 
 
 def study_threshold(study: optuna.Study) -> float:
@@ -134,7 +135,7 @@ def probe_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append({**setting_of(trial, fixed), "verdict": attrs["verdict"], "trained": attrs["trained"],
                      "n_seeds": attrs["n_seeds"], "ci_low": low, "ci_high": high,
                      "trained_acc_mean": attrs["trained_acc_mean"]})
-    return pd.DataFrame(rows, columns=[*SEARCHED, "verdict", "trained", "n_seeds", "ci_low", "ci_high",
+    return pd.DataFrame(rows, columns=[*axes.NAMES, "verdict", "trained", "n_seeds", "ci_low", "ci_high",
                                        "trained_acc_mean"])
 
 

@@ -1,4 +1,4 @@
-"""The ask/train/tell loop of a study: one trial = one setting (init_scale, leak, sub, lr, momentum)
+"""The ask/train/tell loop of a study: one trial = one setting (a value per axis, `study.axes`)
 trained once per seed.
 
 `open_search` checks everything that can refuse the command before anything is written, then
@@ -20,7 +20,6 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -29,10 +28,11 @@ from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
 
-from study import interrupts
+from study import axes, interrupts
+from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
-from study.design import MODEL_AXES, OPTIM_AXES, MachineConfig, StudyDesign, StudyPlace, describe_setting
+from study.design import MachineConfig, StudyDesign, StudyPlace
 from study.errors import BadInput
 from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
 from study.plots import activation_figure
@@ -199,10 +199,10 @@ class Search:
             for index, (_, params, seed) in enumerate(models):
                 self.bar.set_description(f"{describe_setting(params)} seed {seed}")
                 store(index, train(self._run_config(params, seed), self.data))
-        else:  # the members of a population share one optimiser: a population per (lr, momentum)
+        else:  # the members of a population share one optimiser: a population per optimiser setting
             groups: dict[tuple, list[int]] = {}
             for index, (_, params, _) in enumerate(models):
-                groups.setdefault(tuple(params[name] for name in OPTIM_AXES), []).append(index)
+                groups.setdefault(tuple(params[name] for name in axes.OPTIM), []).append(index)
             for indices in groups.values():
                 self.bar.set_description(f"{len(indices)} models at once")
                 train_population([self._run_config(*models[i][1:]) for i in indices], self.data,
@@ -283,9 +283,7 @@ class Search:
         return record
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:
-        model = replace(self.run_config.model, **{name: params[name] for name in MODEL_AXES})
-        optim = replace(self.run_config.optim, **{name: params[name] for name in OPTIM_AXES})
-        return replace(self.run_config, model=model, optim=optim, train=replace(self.run_config.train, seed=seed))
+        return self.run_config.at(params, seed)
 
     def _upload_pictures(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
         title = (f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"

@@ -1,6 +1,6 @@
 """Which trial runs next: the grid's order, requeueing what failed, the samplers, and heartbeats.
 
-A trial's setting is its point (init_scale, leak, sub, lr, momentum). Grid points are enqueued in a fixed
+A trial's setting is its point (a value per axis, `study.axes`). Grid points are enqueued in a fixed
 shuffled order; a FAIL trial's setting is queued again (at most MAX_FAILS_PER_SETTING times), so a
 crash or Ctrl-C loses nothing but the seeds in flight. While a worker trains, `Heartbeats` keeps its
 trials alive; a worker killed mid-trial goes silent, and its trials are failed and retried.
@@ -16,7 +16,9 @@ from itertools import product
 import optuna
 from optuna.trial import TrialState
 
-from study.design import CONFIG_ATTR, SEARCHED, Range, StudyDesign, fixed_axis_values
+from study import axes
+from study.axes import Range
+from study.design import CONFIG_ATTR, StudyDesign, fixed_axis_values
 
 MAX_FAILS_PER_SETTING = 3  # a setting that failed this often (a bug, not a crash) is not retried again
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -24,27 +26,27 @@ LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 def grid_points(design: StudyDesign) -> list[dict[str, float]]:
     """Every grid point, in a fixed shuffled order so that a partial grid covers the space evenly."""
-    points = [dict(zip(SEARCHED, values)) for values in product(*design.spaces().values())]
+    points = [dict(zip(axes.NAMES, values)) for values in product(*design.spaces().values())]
     random.Random(0).shuffle(points)
     return points
 
 
 def point(params: dict[str, float]) -> tuple:
-    """A setting's point (init_scale, leak, sub, lr, momentum) from its parameters."""
-    return tuple(params[name] for name in SEARCHED)
+    """A setting's point (a value per axis, `study.axes`) from its parameters."""
+    return tuple(params[name] for name in axes.NAMES)
 
 
 def point_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float] | None = None) -> tuple:
-    """A trial's setting (init_scale, leak, sub, lr, momentum); a WAITING trial's comes from its
+    """A trial's setting (a value per axis, `study.axes`); a WAITING trial's comes from its
     queued params. An axis the trial does not name (it was written before that axis was searched)
     takes its study's one value from `fixed` (`fixed_values`); None if it has none."""
     params = trial.system_attrs.get("fixed_params", trial.params)
-    return tuple(params.get(name, (fixed or {}).get(name)) for name in SEARCHED)
+    return tuple(params.get(name, (fixed or {}).get(name)) for name in axes.NAMES)
 
 
 def setting_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float]) -> dict[str, float]:
     """A trial's setting as {axis: value}."""
-    return dict(zip(SEARCHED, point_of(trial, fixed)))
+    return dict(zip(axes.NAMES, point_of(trial, fixed)))
 
 
 def fixed_values(study: optuna.Study) -> dict[str, float]:
@@ -74,7 +76,7 @@ def requeue(study: optuna.Study, design: StudyDesign) -> int:
     missing = [p for p in candidates if p not in held and fails[p] < MAX_FAILS_PER_SETTING]
     wanted = missing[:max(design.target_trials() - len(live), 0)]
     for setting in wanted:
-        study.enqueue_trial(dict(zip(SEARCHED, setting)))
+        study.enqueue_trial(dict(zip(axes.NAMES, setting)))
     return len(wanted)
 
 
@@ -96,7 +98,9 @@ def n_complete(study: optuna.Study) -> int:
 def suggest(trial: optuna.Trial, design: StudyDesign) -> dict[str, float]:
     params = {}
     for name, space in design.spaces().items():
-        if isinstance(space, Range):
+        if isinstance(space, Range) and axes.BY_NAME[name].integer:
+            params[name] = trial.suggest_int(name, int(space.low), int(space.high), log=space.log)
+        elif isinstance(space, Range):
             params[name] = trial.suggest_float(name, space.low, space.high, log=space.log)
         else:
             params[name] = trial.suggest_categorical(name, list(space))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -206,9 +206,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def make_optimizer(params, optim: OptimConfig, total_steps: int):
-    """SGD and its learning-rate schedule over `total_steps` steps, for any iterable of parameters."""
+    """SGD and its learning-rate schedule over `total_steps` steps, for any iterable of parameters.
+
+    With `warmup_steps` K > 0 the rate of step i (from 0) is the schedule's times (i + 1) / K for
+    the first K steps: it rises linearly from lr/K to lr, then follows the schedule."""
     optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
                                 weight_decay=optim.weight_decay)
+    if optim.warmup_steps:
+        rates = _schedule_rates(replace(optim, warmup_steps=0), total_steps)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: rates[min(step, total_steps - 1)] * min(1.0, (step + 1) / optim.warmup_steps))
     if optim.schedule == "onecycle":
         # cycle_momentum off: the schedule moves the rate only; momentum stays what the config says.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optim.lr, total_steps=total_steps,
@@ -216,3 +223,15 @@ def make_optimizer(params, optim: OptimConfig, total_steps: int):
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     return optimizer, scheduler
+
+
+def _schedule_rates(optim: OptimConfig, total_steps: int) -> list[float]:
+    """The schedule's rate at each step, as a multiple of lr (OneCycle's is not a product of factors,
+    so the warm-up multiplies the rates it would set)."""
+    probe, schedule = make_optimizer([torch.zeros(1, requires_grad=True)], optim, total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(probe.param_groups[0]["lr"] / optim.lr)
+        probe.step()  # no gradient: nothing moves, but the schedule may step after it
+        schedule.step()
+    return rates

@@ -9,7 +9,8 @@ import study
 from study.cli import build_parser
 from study.flags import config_from_flags, parse_space
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import SEARCHED, MachineConfig, Range, StudyDesign, StudyPlace, describe_space
+from study.axes import NAMES as SEARCHED, Range, describe_space
+from study.design import MachineConfig, StudyDesign, StudyPlace
 from study.errors import FieldError
 
 REFUSED = [

@@ -155,3 +155,15 @@ def test_an_edge_search_needs_its_own_name(tmp_path):
     proc = run_cli("edge", "--model", "mlp", cwd=tmp_path)
     assert_one_line_error(proc, "an edge search needs its own --name")
     assert not (tmp_path / "studies").exists()
+
+
+@pytest.mark.slow
+def test_warmup_is_a_setting_axis_of_the_edge(tmp_path):
+    flags = [flag if flag != "0,0.4" else "0.4" for flag in EDGE_FLAGS]
+    proc = run_cli("edge", "--name", "w", "--storage", f"sqlite:///{tmp_path}/w.db", *flags, "--warmup-steps", "0,5",
+                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "out" / "edge.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(float(row["warmup_steps"]) for row in rows) == [0, 5]
+    assert all(row["done"] == "True" for row in rows)

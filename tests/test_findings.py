@@ -10,7 +10,8 @@ from scipy import stats
 from conftest import run_cli
 from study.cli import RUN_CONFIGS, build_parser
 from study.config import RunConfig
-from study.design import SEARCHED, StudyPlace, study_config
+from study.axes import NAMES as SEARCHED
+from study.design import StudyPlace, study_config
 from study.experiments.findings import FULL, QUICK, claims
 from study.flags import config_from_flags
 from study.ladder import EdgeDesign

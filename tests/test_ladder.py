@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from study.design import Range
+from study.axes import Range
 from study.errors import FieldError
 from study.ladder import Bisection, EdgeDesign, bisection
 from study.sequential import RELIABLE, UNDECIDED, UNRELIABLE

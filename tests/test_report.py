@@ -76,7 +76,7 @@ def test_all_seeds_diverged_is_reported_with_when(tmp_path):
 
 def synthetic(outcomes: dict[tuple, list[bool]]) -> tuple:
     """A setting table and seed frame from (leak, sub) -> trained per seed 0, 1, ... (no training)."""
-    from study.design import SEARCHED
+    from study.axes import NAMES as SEARCHED
 
     rows = [{"init_scale": 1.0, "leak": leak, "sub": sub, "lr": 0.2, "momentum": 0.85, "seed": seed,
              "val_acc": 0.8 + 0.001 * seed if ok else 0.1, "diverged": not ok, "diverged_step": 3.0 if not ok else None}

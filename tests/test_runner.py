@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 
 import study as api
 from conftest import TINY, assert_one_line_error, run_cli
-from study.config import ModelConfig, OptimConfig, RunConfig
-from study.design import CONFIG_ATTR, SEARCHED, MachineConfig, Range, StudyDesign, StudyPlace
+from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.axes import NAMES as SEARCHED, Range
+from study.design import CONFIG_ATTR, MachineConfig, StudyDesign, StudyPlace
 from study.errors import BadInput
 from study.plots import HEATMAP_METRICS, heatmap_tables, save_figures, study_figures
 from study.records import seed_records
@@ -263,3 +264,23 @@ def test_damaged_database_is_refused_and_left_as_it_was(tmp_path):
     before = digest(db)
     assert_one_line_error(run_cli("search", "--model", "mlp", cwd=tmp_path), "not a readable SQLite database")
     assert digest(db) == before
+
+
+def test_warmup_is_an_axis_searched_like_the_others_and_each_trial_trains_as_train_does(tmp_path):
+    proc = run_cli("search", "--name", "w", "--storage", f"sqlite:///{tmp_path}/w.db", *TINY, "--leak", "0.1",
+                   "--sub", "0.4", "--lr", "0.5", "--warmup-steps", "0,5", "--seeds", "0", "--max-steps", "8",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = load_existing_study(StudyPlace("w", f"sqlite:///{tmp_path}/w.db"))
+    trials = complete_trials(study)
+    assert sorted(t.params["warmup_steps"] for t in trials) == [0, 5]
+    for trial in trials:
+        config = RunConfig(model=ModelConfig(model="mlp", widths=(16,), leak=0.1, sub=0.4),
+                           optim=OptimConfig(lr=0.5, warmup_steps=trial.params["warmup_steps"]),
+                           train=TrainConfig(max_steps=8, stats_every=10))
+        assert seed_records(trial)[0]["final_loss"] == api.train(**config_kwargs(config)).losses[-1]
+    assert {"warmup_steps"} <= set(trials_frame(study).columns)
+
+
+def config_kwargs(config: RunConfig) -> dict:
+    return {k: v for part in (config.model, config.optim, config.train) for k, v in vars(part).items()}

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, assert_one_line_error, run_cli
 from study.config import ModelConfig, RunConfig, TrainConfig
+from study import axes
 from study.design import CONFIG_ATTR, StudyDesign, fixed_axis_values, study_config, upgrade_stored_config
 from study.results import trials_frame
 from test_storage import tree_digest
@@ -103,6 +104,7 @@ CHANGES = [
     (["--model", "cnn"], "model.model"), (["--widths", "8"], "model.widths"), (["--maxv", "3"], "model.maxv"),
     (["--init", "lsuv"], "model.init"), (["--bias-init", "zero"], "model.bias_init"),
     (["--lr", "0.1"], "space.lr"), (["--momentum", "0.5"], "space.momentum"),
+    (["--warmup-steps", "5"], "space.warmup_steps"),
     (["--weight-decay", "0.01"], "optim.weight_decay"), (["--schedule", "onecycle"], "optim.schedule"),
     (["--batch-size", "512"], "optim.batch_size"), (["--epochs", "2"], "optim.epochs"),
     ("data_dir", "data.data_dir"), (["--n-val", "5000"], "data.n_val"), (["--split-seed", "1"], "data.split_seed"),
@@ -137,4 +139,14 @@ def test_a_0_2_0_configuration_reads_lr_and_momentum_as_one_value_axes():
     for name in ("lr", "momentum"):
         del stored["space"][name]
     assert upgrade_stored_config(stored) == today
-    assert fixed_axis_values(stored) == {"init_scale": 1.0, "sub": 0.0, "lr": 0.05, "momentum": 0.9}
+    assert fixed_axis_values(stored) == {"init_scale": 1.0, "sub": 0.0, "lr": 0.05, "momentum": 0.9,
+                                         "warmup_steps": 0.0}
+
+
+@pytest.mark.parametrize("axis", [a for a in axes.AXES if a.stored_before is not None], ids=lambda a: a.name)
+def test_an_axis_added_later_reads_in_older_studies_as_the_value_they_ran_at(axis):
+    today = study_config(StudyDesign(seeds=(0, 1)), RunConfig())
+    stored = json.loads(json.dumps(today))
+    del stored["space"][axis.name]
+    assert upgrade_stored_config(stored) == today
+    assert fixed_axis_values(stored)[axis.name] == axis.stored_before

@@ -4,9 +4,10 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.training import train
+from study.training import make_optimizer, train
 
 
 def run(fashion, **model_and_more):
@@ -69,7 +70,7 @@ def test_lsuv_and_onecycle_train(fashion, init, schedule):
 def test_result_records_its_configuration(fashion):
     result = run(fashion, model="mlp", widths=(32,), optim=OptimConfig(lr=0.05, batch_size=4096))
     record = result.to_dict()
-    assert record["config"]["optim"] == {"lr": 0.05, "momentum": 0.85, "weight_decay": 0.0,
+    assert record["config"]["optim"] == {"lr": 0.05, "momentum": 0.85, "warmup_steps": 0, "weight_decay": 0.0,
                                          "schedule": "constant", "batch_size": 4096, "epochs": 1}
     assert record["config"]["model"]["widths"] == (32,)
     assert "history" not in record and "history" in result.to_dict(with_history=True)
@@ -113,3 +114,35 @@ def test_fused_kernel_trains_like_the_pytorch_layers(fashion, model, widths, bat
 def test_max_steps_stops_early(fashion):
     result = run(fashion, model="mlp", widths=(16,), optim=OptimConfig(lr=0.05), train=TrainConfig(max_steps=7))
     assert result.steps == 7 and len(result.losses) == 7
+
+
+def rates(optim: OptimConfig, steps: int) -> list[float]:
+    params = [torch.zeros(1, requires_grad=True)]
+    optimizer, schedule = make_optimizer(params, optim, steps)
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return seen
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+@pytest.mark.parametrize("warmup", [1, 4, 12])
+def test_warmup_rises_linearly_from_lr_over_k_to_the_schedule(schedule, warmup):
+    plain = rates(OptimConfig(lr=0.4, schedule=schedule), 10)
+    warmed = rates(OptimConfig(lr=0.4, schedule=schedule, warmup_steps=warmup), 10)
+    expected = [rate * min(1.0, (step + 1) / warmup) for step, rate in enumerate(plain)]
+    assert warmed == pytest.approx(expected, rel=1e-12)
+    if schedule == "constant":
+        assert warmed[0] == pytest.approx(0.4 / warmup)
+
+
+def test_warmup_changes_the_run_and_zero_is_the_plain_run(fashion):
+    small = dict(model="mlp", widths=(32,), optim=OptimConfig(lr=0.5, batch_size=4096))
+    plain = run(fashion, **small)
+    zero = run(fashion, **{**small, "optim": OptimConfig(lr=0.5, batch_size=4096, warmup_steps=0)})
+    warmed = run(fashion, **{**small, "optim": OptimConfig(lr=0.5, batch_size=4096, warmup_steps=5)})
+    assert zero.losses == plain.losses
+    assert warmed.losses[0] == plain.losses[0]  # the same initial weights and first batch
+    assert warmed.losses[1] != plain.losses[1]

@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import Range, StudyDesign, StudyPlace
+from study.axes import Range
+from study.design import StudyDesign, StudyPlace
 from study.ladder import EdgeDesign
 from study.experiments.signal import SignalNet
 
