@@ -83,7 +83,7 @@ def predict(G: int, precision: str = "ieee", shared_x: bool = True, tile: tuple[
 
 def autotuned_tiles() -> list[tuple[int, int]]:
     """(rows, units) of the kernel's autotuned set, each once."""
-    from study.model import fused_kernel  # picks the interpreter first where there is no GPU
+    from study.model import fused_kernel  # the entry point chose the interpreter where there is no GPU
 
     return sorted({(c.kwargs["BLOCK_R"], c.kwargs["BLOCK_C"]) for c in fused_kernel().CONFIGS})
 

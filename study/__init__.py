@@ -8,15 +8,18 @@
     study.load("quick")         # a stored study
     e = study.edge("e", leak=(0, .1), sub=(0, .4), lr=(0.1, 0.2, 0.4), model="mlp")
     e.table()                   # pandas: the largest stable learning rate of each setting
+    e.save("out")               # edge.csv and its pictures, as `python -m study edge` writes them
+    study.sharpness(model="mlp", leak=.1, sub=.4, seeds=(0, 1), steps=5)   # pandas: lambda_max per step
+    study.signal(depth=30)      # pandas: signal propagation against the mean-field prediction
+    study.findings(quick=True)  # runs the findings studies, writes findings.md
 
 See `study.api` for the keywords; `python -m study --help` for the command line.
 """
 
-__version__ = "0.4.0"
-
-from study.api import Edge, Study, edge, load, search, train  # noqa: E402
+from study.api import Edge, Study, edge, findings, load, search, sharpness, signal, train  # noqa: E402
 from study.axes import Range  # noqa: E402
 from study.errors import BadInput, FieldError, Interrupted, StorageFault  # noqa: E402
+from study.version import __version__  # noqa: E402,F401
 
-__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "edge", "load", "search",
-           "train"]
+__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "edge", "findings", "load",
+           "search", "sharpness", "signal", "train"]

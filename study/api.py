@@ -1,178 +1,86 @@
-"""The Python face, for notebooks: `study.search`, `study.ladder`, `study.load`, `study.train`
-(exported by `study`).
+"""The Python face, for notebooks: `study.search`, `study.edge`, `study.load`, `study.train`,
+`study.sharpness`, `study.signal`, `study.findings` (exported by `study`). The command line
+(`study.cli`) parses its flags into the same dataclasses and calls the same functions.
 
 Keywords are the configuration dataclasses' field names, with Python values:
 `study.search(name="nb", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1), model="mlp", max_steps=50)`.
 A bad value raises `FieldError` naming the field; nothing is printed and no process exits. Heavy
-imports (torch, Optuna) wait for the first call, so `import study` stays light.
+imports (torch, Optuna) wait for the first call, so `import study` stays light, and no import
+changes global state: each call sets what it needs (Optuna's log level, warning filters, Triton's
+interpreter where there is no GPU) and restores the log level and filters on return.
 
-An interrupt (a notebook's stop button, Ctrl-C) during `search`, `edge` or `train` stops at the next
-safe point with `Interrupted`, a KeyboardInterrupt: the seed in flight is dropped, finished seeds
-are kept, and calling again continues. The interrupt handlers are the caller's again on return.
+An interrupt (a notebook's stop button, Ctrl-C) during a call stops at the next safe point with
+`Interrupted`, a KeyboardInterrupt: the seed in flight is dropped, finished seeds are kept, and
+calling again continues. The interrupt handlers are the caller's again on return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import warnings
+import os
 from pathlib import Path
+from typing import Iterator
 
-from study import interrupts
+from study import axes, interrupts
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study import axes
-from study.design import MachineConfig, StudyDesign, StudyPlace
+from study.design import MachineConfig, StudyDesign
+from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
-from study.errors import BadInput
+from study.place import StudyPlace
+from study.quiet import libraries_quiet
+from study.views import Edge, Study
 
 RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
-
-# Optuna imports tqdm.auto, which warns in a notebook without ipywidgets; initstudy's bars are plain text.
-warnings.filterwarnings("ignore", message="IProgress not found")
-
-
-class Study:
-    """A stored study: its trials as pandas tables and its pictures as matplotlib Figures.
-
-    `optuna` is the underlying `optuna.Study` for anything else (its trials, user attributes,
-    `optuna.visualization`).
-    """
-
-    def __init__(self, optuna_study, place: StudyPlace):
-        self.optuna, self.place = optuna_study, place
-
-    @property
-    def name(self) -> str:
-        return self.place.name
-
-    def frame(self):
-        """One row per (COMPLETE setting, seed): number, init_scale, leak, sub, lr, momentum, seed,
-        val_acc, test_acc, diverged, diverged_step."""
-        from study.results import seed_frame
-
-        return seed_frame(self.optuna)
-
-    def trials(self):
-        """One row per COMPLETE setting: its summary over seeds (mean_val_acc, worst_acc, frac_trained...)."""
-        from study.results import trials_frame
-
-        return trials_frame(self.optuna)
-
-    def heatmap(self, metric: str = "frac_trained", x: str = "leak", y: str = "sub"):
-        """One metric's heatmap (x by y: leak by sub unless asked; a panel per combination of the
-        other axes that vary) as a matplotlib Figure."""
-        check_axes(x, y)
-        from study.plots import HEATMAP_METRICS, heatmap_figure, log_axes
-
-        metrics = [m[0] for m in HEATMAP_METRICS]
-        if metric not in metrics:
-            raise BadInput(f"no heatmap of {metric!r}: choose one of {', '.join(metrics)}")
-        trials = self.trials()
-        if trials.empty:
-            raise BadInput(f"study {self.name!r} has no COMPLETE trial yet")
-        return heatmap_figure(trials, metric, log_axes(self.optuna), x, y)
-
-    def figures(self) -> dict:
-        """Every picture the command line draws for the study, by file name."""
-        from study.plots import study_figures
-
-        return study_figures(self.optuna)
-
-    def save_figures(self, out_dir: str | Path | None = None) -> list[Path]:
-        """The pictures as PNGs in `out_dir` (default: studies/NAME beside the database)."""
-        from study.plots import save_figures
-
-        return save_figures(self.figures(), Path(out_dir) if out_dir else self.place.out_dir())
-
-    def report(self, out_dir: str | Path | None = None) -> Path:
-        """report.md with its pictures in `out_dir` (default: studies/NAME beside the database)."""
-        from study.report import write_report
-
-        return write_report(self.optuna, Path(out_dir) if out_dir else self.place.out_dir())
-
-    def summary(self) -> str:
-        """The top settings by mean accuracy and by worst seed, as text."""
-        from study.results import summary_table
-
-        return summary_table(self.optuna)
-
-    def __repr__(self) -> str:
-        from optuna.trial import TrialState
-
-        n = len(self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        return f"<study {self.name!r}: {n} COMPLETE settings>"
-
-
-def check_axes(x: str, y: str) -> None:
-    """x and y of a heatmap: two different searched axes."""
-    if x not in axes.NAMES or y not in axes.NAMES or x == y:
-        raise BadInput(f"heatmap axes {x!r} by {y!r}: choose two different of {', '.join(axes.NAMES)}")
 
 
 def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, **settings) -> Study:
     """Run (or continue) study `name` to its target and return it.
 
-    settings: fields of `StudyDesign` (init_scale, leak, sub as a tuple or a `Range`, seeds, sampler,
-    objective, n_trials, train_threshold), of `MachineConfig` (workers, gpus, population, ...) and
-    of the run configuration (model, lr, epochs, max_steps, ...; not seed, which is the design's).
+    settings: fields of `StudyDesign` (init_scale, leak, sub, lr, momentum, warmup_steps as a tuple
+    or a `Range`, seeds, sampler, objective, n_trials, train_threshold), of `MachineConfig`
+    (workers, gpus, population, ...) and of the run configuration (model, epochs, max_steps, ...;
+    not seed, which is the design's).
     """
-    place = StudyPlace(name=name, storage=storage)
     design, machine, *run_parts = _split(settings, (StudyDesign, MachineConfig, *RUN_CLASSES),
                                          skip=axes.NAMES + ("seed",))
-    run = RunConfig(*run_parts)
-    prepare_backend(run.train.backend)
-    from study.runner import run_study
-
-    with interrupts.stop_requests():
-        return Study(run_study(place, design, run, machine, progress), place)
+    return search_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress)
 
 
-class Edge(Study):
-    """A stored edge search (`study.ladder`): its table of edges, its probes, its pictures."""
+def search_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
+                 progress: bool = True) -> Study:
+    """`search` from the configuration dataclasses (the command line's way in)."""
+    with _call(run.train.backend):
+        from study.plots import activation_figure
+        from study.runner import run_study
 
-    def __init__(self, optuna_study, place: StudyPlace, design: EdgeDesign):
-        super().__init__(optuna_study, place)
-        self.design = design
-
-    def table(self):
-        """One row per setting: max_stable_lr, first_unstable_lr, trainings, ... (`results.EDGE_COLUMNS`)."""
-        from study.results import edge_table
-
-        return edge_table(self.optuna, self.design)
-
-    def probes(self):
-        """One row per probe (setting, lr): verdict, trained of n_seeds, exact interval, accuracy of trained seeds."""
-        from study.results import probe_frame
-
-        return probe_frame(self.optuna)
-
-    def figures(self) -> dict:
-        from study.plots import edge_figures
-
-        return edge_figures(self.table(), self.probes(), self.design.ladder())
-
-    def cost(self) -> str:
-        """The trainings used against a fixed 10-seed sweep of the same rungs."""
-        from study.results import cost_line
-
-        return cost_line(self.table(), self.design)
+        return Study(run_study(place, design, run, machine, progress, seed_picture=activation_figure), place)
 
 
 def edge(name: str, *, storage: str | None = None, progress: bool = True, **settings) -> Edge:
-    """Run (or continue) edge search `name` to its end and return it.
+    """Run (or continue) edge search `name` to its end and return it (`.table()`, `.figures()`,
+    `.save(dir)` for edge.csv and the pictures, as `python -m study edge` writes them).
 
-    settings: fields of `EdgeDesign` (init_scale, leak, sub, momentum as tuples; lr as the ladder's
-    rungs or a `Range` cut lr_step apart; reliability, unreliability, error_rate, max_seeds), of
+    settings: fields of `EdgeDesign` (every axis but lr as a tuple; lr as the ladder's rungs or a
+    `Range` cut lr_step apart; reliability, unreliability, error_rate, max_seeds), of
     `MachineConfig` and of the run configuration (model, epochs, max_steps, ...).
     """
-    place = StudyPlace(name=name, storage=storage)
     design, machine, *run_parts = _split(settings, (EdgeDesign, MachineConfig, *RUN_CLASSES),
                                          skip=axes.NAMES + ("seed",))
-    run = RunConfig(*run_parts)
-    prepare_backend(run.train.backend)
-    from study.runner import run_study
+    return edge_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress)
 
-    with interrupts.stop_requests():
-        return Edge(run_study(place, design, run, machine, progress), place, design)
+
+def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
+               progress: bool = True) -> Edge:
+    """`edge` from the configuration dataclasses (the command line's way in)."""
+    with _call(run.train.backend):
+        from study.edge_search import EdgeSearch
+        from study.plots import activation_figure
+        from study.runner import run_study
+
+        optuna_study = run_study(place, design, run, machine, progress, driver=EdgeSearch,
+                                 seed_picture=activation_figure)
+        return Edge(optuna_study, place, design)
 
 
 def load(name: str = "quick", storage: str | None = None) -> Study:
@@ -189,21 +97,94 @@ def train(progress: bool = False, **settings):
     settings: fields of the run configuration (model, leak, sub, init_scale, seed, lr, epochs, ...).
     """
     run = RunConfig(*_split(settings, RUN_CLASSES))
-    prepare_backend(run.train.backend)
-    from study.training import train as train_run
+    with _call(run.train.backend):
+        from study.training import train as train_run
 
-    with interrupts.stop_requests():
         return train_run(run, progress=progress)
 
 
-def _split(settings: dict, classes: tuple, skip: tuple[str, ...] = ()) -> list:
+def sharpness(seeds=(0,), steps: int = 0, progress: bool = False, **settings):
+    """lambda_max of the loss Hessian on each seed's first batch, at initialisation and after each of
+    the first `steps` optimiser steps: a DataFrame, one row per (seed, step) with seed, step, loss,
+    lambda_max, stable_lr_bound (2 (1 + momentum) / lambda_max), iterations, converged.
+
+    settings: fields of the run configuration (model, leak, sub, lr, momentum, ...; not seed)."""
+    if steps < 0:
+        raise FieldError("steps", f"must be >= 0, got {steps}")
+    seeds = StudyDesign(seeds=seeds).seeds
+    run = RunConfig(*_split(settings, RUN_CLASSES, refused=("seed",)))
+    with _call(run.train.backend):
+        import pandas as pd
+
+        from study.experiments.sharpness import sharpness as measure
+
+        points = [point for seed in seeds
+                  for point in measure(dataclasses.replace(run, train=dataclasses.replace(run.train, seed=seed)),
+                                       steps, progress=progress)]
+        return pd.DataFrame([point.to_dict() for point in points])
+
+
+def signal(settings=None, *, depth: int = 30, width: int = 512, init_scale: float = 1.0,
+           bias_init: str = "default", seeds=(0, 1, 2), batch: int = 256, out_dir: str | Path | None = None,
+           data_dir: str | None = None, progress: bool = False):
+    """Signal propagation through a deep MLP at initialisation, measured in float64 against the
+    mean-field prediction (`study.experiments.signal`): a DataFrame, one row per (leak, sub, seed,
+    layer) with mean, var, correlation, grad_norm, and the prediction's rows with seed "mean-field".
+    With `out_dir`, signal.csv and signal.png are written there too.
+
+    settings: (leak, sub) pairs; None is ReLU and the lesson's four (`SIGNAL_SETTINGS`)."""
+    for name, value, least in (("depth", depth, 1), ("width", width, 1), ("batch", batch, 2)):
+        if value < least:
+            raise FieldError(name, f"must be >= {least}, got {value}")
+    for leak, sub in settings or ():  # checks the values, naming the field
+        ModelConfig(model="mlp", leak=leak, sub=sub, init_scale=init_scale, bias_init=bias_init)
+    seeds = StudyDesign(seeds=seeds).seeds
+    with _call("torch"):
+        from study.data import load_fashion_mnist
+        from study.experiments.signal import SIGNAL_SETTINGS, SignalNet, run_signal, signal_frame
+
+        data = load_fashion_mnist(DataConfig(data_dir=data_dir))
+        net = SignalNet(depth, width, init_scale, bias_init)
+        profiles, predictions = run_signal(data.x_train[:batch], data.y_train[:batch],
+                                           tuple(settings or SIGNAL_SETTINGS), seeds, net, progress=progress)
+        frame = signal_frame(profiles, predictions)
+        if out_dir is not None:
+            from study.experiments.signal import save_signal
+
+            save_signal(frame, profiles, predictions, net, seeds, min(batch, len(data.x_train)), Path(out_dir))
+        return frame
+
+
+def findings(quick: bool = False, out_dir: str | Path | None = None, progress: bool = True, **machine) -> Path:
+    """Run (or resume) the findings studies and write findings.md with its figures; its path.
+
+    quick: a small MLP and grid, minutes instead of about 90. out_dir: default docs (studies/findings-quick
+    with `quick`). machine: fields of `MachineConfig` (workers, population, ...)."""
+    machine_config = MachineConfig(**machine)
+    with _call("torch"):
+        from study.experiments.findings import FULL, QUICK, write_findings
+
+        out = Path(out_dir or ("studies/findings-quick" if quick else "docs"))
+        return write_findings(QUICK if quick else FULL, out, machine_config, progress=progress)
+
+
+@contextlib.contextmanager
+def _call(backend: str) -> Iterator[None]:
+    """What every call that trains or reads a study sets for its length (see the module docstring)."""
+    prepare_backend(backend)
+    with interrupts.stop_requests(), libraries_quiet():
+        yield
+
+
+def _split(settings: dict, classes: tuple, skip: tuple[str, ...] = (), refused: tuple[str, ...] = ()) -> list:
     """One instance of each class, each keyword going to the first class with a field of its name;
-    a name in `skip` is refused unless the first class has it (search's leak is the design's)."""
+    a name in `skip` is refused unless the first class has it (search's leak is the design's), a
+    name in `refused` always."""
     names = [[f.name for f in dataclasses.fields(cls)] for cls in classes]
     owners = {}
     for index, fields in enumerate(names):
         for name in fields:
-            if name not in owners and (index == 0 or name not in skip):
+            if name not in owners and name not in refused and (index == 0 or name not in skip):
                 owners[name] = index
     given = [{} for _ in classes]
     for key, value in settings.items():
@@ -214,8 +195,10 @@ def _split(settings: dict, classes: tuple, skip: tuple[str, ...] = ()) -> list:
 
 
 def prepare_backend(backend: str) -> None:
-    """Before torch is imported: the Triton interpreter where the fused kernel has no GPU to run on."""
+    """Before anything trains: Triton's interpreter where the fused kernel has no GPU to run on.
+    Triton reads TRITON_INTERPRET when it is first imported (torch._dynamo imports it too)."""
     if backend == "triton":
-        from study.model import choose_triton_interpreter
+        import torch
 
-        choose_triton_interpreter()
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -20,16 +20,18 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from study import interrupts
-from study.api import check_axes, prepare_backend
+from study import api, axes, interrupts
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study import axes
-from study.design import STORAGE_ENV, MachineConfig, StudyDesign, StudyPlace
-from study.ladder import EdgeDesign
+from study.design import MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
-from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, config_from_flags, flag_of, int_tuple,
+from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, as_flags, config_from_flags, flag_of,
+                         int_tuple,
                          words)
+from study.ladder import EdgeDesign
 from study.masking import guard_output, mask_url, redact
+from study.place import STORAGE_ENV, StudyPlace
+from study.quiet import libraries_quiet
+from study.views import check_axes
 
 PROG = "python -m study"
 EXIT_STORAGE_FAULT = 3
@@ -136,28 +138,20 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     config = RunConfig(*(config_from_flags(cls, args) for cls in RUN_CONFIGS))
-    prepare_backend(config.train.backend)
-    from study.training import train  # torch is imported only once the flags are known to be good
-
-    result = train(config, progress=not args.json and sys.stderr.isatty())
+    result = api.train(progress=not args.json and sys.stderr.isatty(), **_fields(config))
     if args.json:
         print(json.dumps(result.to_dict(with_history=args.history)))
     else:
-        print(format_result(result))
+        print(result.text())
     return 0
 
 
 def run_search(args: argparse.Namespace) -> int:
     place, design, machine = (config_from_flags(cls, args) for cls in SEARCH_CONFIGS)
     run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
-    prepare_backend(run_config.train.backend)
-    from study import plots, results
-    from study.runner import run_study
-
-    study = run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
-    print(results.summary_table(study))
-    pictures = plots.save_figures(plots.study_figures(study), place.out_dir())
-    print("\nheatmaps: " + ", ".join(str(p) for p in pictures))
+    study = api.search_study(place, design, run_config, machine, progress=sys.stderr.isatty())
+    print(study.summary())
+    print("\nheatmaps: " + ", ".join(str(p) for p in study.save_figures()))
     print(f"dashboard: {PROG} dashboard --name {place.name}"
           + (f" --storage {mask_url(place.storage)}" if place.storage else ""))
     return 0
@@ -168,49 +162,33 @@ def run_edge(args: argparse.Namespace) -> int:
         raise BadInput("an edge search needs its own --name (its probes are a study of their own)")
     place, design, machine = (config_from_flags(cls, args) for cls in (StudyPlace, EdgeDesign, MachineConfig))
     run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
-    prepare_backend(run_config.train.backend)
-    from study import plots, results
-    from study.runner import run_study
-    from study.schedule import MAX_FAILS_PER_SETTING
-
     print(f"ladder: {', '.join(f'{lr:g}' for lr in design.ladder())}\ntest: {design.test().describe()}",
           file=sys.stderr)
-    study = run_study(place, design, run_config, machine, progress=sys.stderr.isatty())
-    out = Path(args.out) if args.out else place.out_dir()
-    table = results.edge_table(study, design)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "edge.csv", index=False)
+    edge = api.edge_study(place, design, run_config, machine, progress=sys.stderr.isatty())
+    table = edge.table()
     print(table.drop(columns="done").to_string(index=False, na_rep="-", float_format="{:g}".format))
     unfinished = int((~table["done"]).sum())
     if unfinished:
+        from study.schedule import MAX_FAILS_PER_SETTING
+
         print(f"\n{unfinished} settings have no edge yet: their probes failed {MAX_FAILS_PER_SETTING} times "
               f"(see the FAIL trials)")
-    print("\n" + results.cost_line(table, design))
-    figures = plots.edge_figures(table, results.probe_frame(study), design.ladder())
-    print("\n".join(str(p) for p in [out / "edge.csv", *plots.save_figures(figures, out)]))
+    print("\n" + edge.cost())
+    print("\n".join(str(p) for p in edge.save(args.out)))
     return 0
 
 
 def run_heatmaps(args: argparse.Namespace) -> int:
-    from study import plots
-    from study.storage import load_existing_study
-
-    place = config_from_flags(StudyPlace, args)
     check_axes(args.x, args.y)
-    study = load_existing_study(place)
-    figures = plots.study_figures(study, args.x, args.y)
-    for path in plots.save_figures(figures, Path(args.out) if args.out else place.out_dir()):
+    study = api.load(**_fields(config_from_flags(StudyPlace, args)))
+    for path in study.save_figures(args.out, args.x, args.y):
         print(path)
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from study import report
-    from study.storage import load_existing_study
-
-    place = config_from_flags(StudyPlace, args)
-    study = load_existing_study(place)
-    print(report.write_report(study, Path(args.out) if args.out else place.out_dir()))
+    study = api.load(**_fields(config_from_flags(StudyPlace, args)))
+    print(study.report(args.out))
     return 0
 
 
@@ -223,65 +201,33 @@ def _setting(text: str) -> tuple[float, float]:
 
 
 def run_depth(args: argparse.Namespace) -> int:
-    if args.depth < 1 or args.width < 1 or args.batch < 2:
-        raise BadInput("--depth and --width must be >= 1 and --batch >= 2")
-    from study.data import load_fashion_mnist
-    from study.experiments.signal import SIGNAL_SETTINGS, SignalNet, agreement, run_signal
+    frame = api.signal(args.setting, depth=args.depth, width=args.width, init_scale=args.init_scale,
+                       bias_init=args.bias_init, seeds=args.seeds, batch=args.batch, out_dir=args.out,
+                       data_dir=config_from_flags(DataConfig, args).data_dir, progress=sys.stderr.isatty())
+    from study.experiments.signal import agreement_text
 
-    settings = args.setting or SIGNAL_SETTINGS
-    for leak, sub in settings:  # checks the values, naming the field
-        ModelConfig(model="mlp", leak=leak, sub=sub, init_scale=args.init_scale, bias_init=args.bias_init)
-    seeds = StudyDesign(seeds=args.seeds).seeds
-    data = load_fashion_mnist(config_from_flags(DataConfig, args))
-    net = SignalNet(args.depth, args.width, args.init_scale, args.bias_init)
-    profiles, predictions, paths = run_signal(data.x_train[:args.batch], data.y_train[:args.batch], Path(args.out),
-                                              settings, seeds, net, progress=sys.stderr.isatty())
-    print(f"layer {args.depth}: measured (mean over seeds {','.join(map(str, seeds))}) / mean-field; "
-          "largest error over layers and seeds")
-    for prediction in predictions:
-        mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
-        errors = agreement(profiles, prediction)
-        print(f"  leak {prediction.leak:g}, sub {prediction.sub:g}: "
-              f"var {sum(p.var[-1] for p in mine) / len(mine):.4g} / {prediction.var[-1]:.4g}, "
-              f"mean {sum(p.mean[-1] for p in mine) / len(mine):.3f} / {prediction.mean[-1]:.3f}, "
-              f"correlation {sum(p.correlation[-1] for p in mine) / len(mine):.3f} / {prediction.correlation[-1]:.3f}"
-              f"   (var {errors['var_rel_error']:.0%}, mean {errors['mean_abs_error']:.3f}, "
-              f"correlation {errors['correlation_abs_error']:.3f})")
-    for path in paths.values():
-        print(path)
+    print(agreement_text(frame))
+    for name in ("signal.csv", "signal.png"):
+        print(Path(args.out) / name)
     return 0
 
 
 def run_sharpness(args: argparse.Namespace) -> int:
-    if args.steps < 0:
-        raise BadInput(f"--steps must be >= 0, got {args.steps}")
-    seeds = StudyDesign(seeds=args.seeds).seeds
     config = RunConfig(*(config_from_flags(cls, args, skip=("seed",)) for cls in RUN_CONFIGS))
-    prepare_backend(config.train.backend)
-    from study.experiments.sharpness import TOLERANCE, sharpness
-
-    points = [point for seed in seeds
-              for point in sharpness(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
-                                     args.steps, progress=sys.stderr.isatty() and not args.json)]
+    fields = {k: v for k, v in _fields(config).items() if k != "seed"}
+    points = api.sharpness(args.seeds, args.steps, progress=sys.stderr.isatty() and not args.json, **fields)
     if args.json:
-        print("\n".join(json.dumps(point.to_dict()) for point in points))
+        print("\n".join(json.dumps(point) for point in points.to_dict("records")))
         return 0
-    print(f"largest Hessian eigenvalue of the loss on each seed's first batch (power iteration, {TOLERANCE:.0%}); "
-          f"bound = 2 (1 + momentum) / lambda_max, momentum {config.optim.momentum:g}, lr {config.optim.lr:g}")
-    print(f"{'seed':>5} {'step':>5} {'loss':>8} {'lambda_max':>11} {'lr bound':>9} {'products':>9}")
-    for p in points:
-        print(f"{p.seed:>5} {p.step:>5} {p.loss:>8.4f} {p.lambda_max:>11.4g} {p.stable_lr_bound:>9.4g} "
-              f"{p.iterations:>9}" + ("" if p.converged else "  (not converged)"))
+    from study.experiments.sharpness import sharpness_text
+
+    print(sharpness_text(points, config.optim))
     return 0
 
 
 def run_findings(args: argparse.Namespace) -> int:
-    from study.experiments.findings import FULL, QUICK, write_findings
-
-    plan = QUICK if args.quick else FULL
-    out = Path(args.out or ("studies/findings-quick" if args.quick else "docs"))
     machine = config_from_flags(MachineConfig, args)
-    print(write_findings(plan, out, machine, progress=sys.stderr.isatty()))
+    print(api.findings(args.quick, args.out, progress=sys.stderr.isatty(), **_fields(machine)))
     return 0
 
 
@@ -297,6 +243,7 @@ def run_bench_study(args: argparse.Namespace) -> int:
 
 
 def run_bench_kernel(args: argparse.Namespace) -> int:
+    api.prepare_backend("triton")  # the interpreter where there is no GPU, before triton is imported
     from benchmarks.fused_linear_act import report
 
     print(report())
@@ -310,6 +257,14 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fields(config) -> dict:
+    """A configuration as the API's keywords (a RunConfig's four parts flattened)."""
+    if isinstance(config, RunConfig):
+        return {key: value for part in (config.data, config.model, config.optim, config.train)
+                for key, value in _fields(part).items()}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
 def resume_command(argv: Sequence[str]) -> str:
     """The command as given, with any password masked and a word on how to give it instead."""
     command = " ".join([PROG, *argv])
@@ -320,32 +275,13 @@ def resume_command(argv: Sequence[str]) -> str:
     return shown
 
 
-def format_result(result) -> str:
-    model, optim, run = result.config["model"], result.config["optim"], result.config["train"]
-    status = f"DIVERGED at step {result.diverged_step}" if result.diverged else "trained"
-    lines = [
-        f"{model['model']}  GeneralRelu(leak={model['leak']}, sub={model['sub']}, maxv={model['maxv']})  "
-        f"init {model['init']} x {model['init_scale']}  seed {run['seed']}",
-        f"SGD lr {optim['lr']} momentum {optim['momentum']} ({optim['schedule']}), batch {optim['batch_size']}, "
-        f"{optim['epochs']} epoch(s): {status}",
-        f"val acc {result.val_acc:.4f}   test acc {result.test_acc:.4f}   "
-        f"{result.steps} steps in {result.seconds:.1f} s",
-        "",
-        f"{'layer':>5} {'units':>5} {'mean':>8} {'std':>8} {'near-zero':>9} {'dead units':>10}",
-    ]
-    for index, layer in enumerate(result.layers, start=1):
-        lines.append(f"{index:>5} {layer['units']:>5} {layer['mean']:>8.3f} {layer['std']:>8.3f} "
-                     f"{layer['near_zero_frac']:>9.3f} {layer['dead_units']:>10}")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     guard_output()  # first: argparse's own errors may quote a --storage value
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None
     try:
         # Ctrl-C and SIGTERM from here on are requests that the work below honours at safe points.
-        with interrupts.stop_requests():
+        with interrupts.stop_requests(), libraries_quiet():
             import matplotlib
 
             matplotlib.use("Agg")  # files only: no display on servers and in CI
@@ -353,10 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.argv = argv  # workers and the resume hint repeat the command as given
             return args.handler(args)
     except FieldError as e:
-        print(f"{PROG}: error: {flag_of(e.field)} {e.problem}", file=sys.stderr)
+        print(f"{PROG}: error: {flag_of(e.field)} {as_flags(e.problem)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BadInput as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {as_flags(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except WorkerStopped as e:
         print(f"{PROG}: {e}", file=sys.stderr)
@@ -380,5 +316,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _storage_fault(fault: StorageFault) -> int:
-    print(f"{PROG}: error: {fault}", file=sys.stderr)
+    print(f"{PROG}: error: {as_flags(str(fault))}", file=sys.stderr)
     return EXIT_STORAGE_FAULT

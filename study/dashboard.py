@@ -6,7 +6,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import run_server
 
 from study import interrupts
-from study.design import StudyPlace
+from study.place import StudyPlace
 from study.storage import load_existing_study
 
 

@@ -70,7 +70,7 @@ def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> torch.Tensor:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise BadInput(f"cannot read {path}: {e}; reinstall the data or pass another --data-dir") from e
+        raise BadInput(f"cannot read {path}: {e}; reinstall the data or pass another `data_dir`") from e
     header_len = 4 + 4 * len(shape)
     if len(raw) < header_len:
         raise BadInput(f"{path} is truncated ({len(raw)} bytes): not a FashionMNIST IDX file")
@@ -90,7 +90,7 @@ def find_idx_dir(data_dir: str | None) -> Path:
     if data_dir is not None:
         path = Path(data_dir)
         if not path.is_dir():
-            raise BadInput(f"--data-dir {data_dir} is not a directory")
+            raise BadInput(f"`data_dir` {data_dir} is not a directory")
         _require_files(path)
         return path
     if _has_files(DEBIAN_DIR):
@@ -180,7 +180,7 @@ def _download_with_torchvision() -> Path:
             raise BadInput(
                 "FashionMNIST not found and the download failed "
                 f"({type(e).__name__}); install it with 'apt-get install dataset-fashion-mnist' "
-                "or pass --data-dir"
+                "or pass `data_dir`"
             ) from e
     return raw
 

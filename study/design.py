@@ -1,5 +1,5 @@
-"""A study's three parts: what it is (`StudyDesign`), where it is kept (`StudyPlace`), and how this
-machine runs it (`MachineConfig`).
+"""What a study is (`StudyDesign`) and how this machine runs it (`MachineConfig`); where it is kept
+is `study.place.StudyPlace`.
 
 The design decides the results: it is stored in the study and compared, whole, when the study is
 continued. The machine side may differ from worker to worker (four workers on one machine, one per
@@ -15,9 +15,9 @@ import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
-from study import __version__, axes
+from study import axes
+from study.version import __version__
 from study.axes import Range, check_space, space_fields, upgrade_space
 from study.config import PER_TRIAL_OR_MACHINE, RunConfig, TrainConfig, check_choices, describe
 from study.errors import FieldError
@@ -26,7 +26,6 @@ SAMPLERS = ("grid", "tpe", "random", "qmc")
 OBJECTIVES = ("accuracy", "stability")
 AUTO_POPULATION_MODELS = 32  # models per population that population="auto" aims for on CUDA
 DEFAULT_OTHER_SAMPLER_TRIALS = 30  # a study of a non-grid sampler stops here unless told otherwise
-STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
 STORAGE_RETRY_SECONDS = 180  # rides out a server restart or failover; past it the command stops, resumable
 CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study's design
 TRAIN_THRESHOLD = 0.5  # chance is 0.1; a run below 0.5 after training has not learnt the task
@@ -91,35 +90,6 @@ class StudyDesign:
 
 
 @dataclass(frozen=True)
-class StudyPlace:
-    """Which study, in which storage."""
-
-    name: str = field(default="quick", metadata=describe("study name"))
-    storage: str | None = field(
-        default=None,
-        metadata=describe(f"Optuna storage URL (default: ${STORAGE_ENV} if set, else sqlite:///studies/NAME.db); "
-                          "for PostgreSQL leave the password out and let libpq read PGPASSWORD or ~/.pgpass"))
-
-    def __post_init__(self):
-        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
-            raise FieldError("name", f"{self.name!r}: use letters, digits, '-', '_' (no '/')")
-
-    def storage_url(self) -> str:
-        return self.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{self.name}.db"
-
-    def out_dir(self) -> Path:
-        """studies/NAME/ beside a SQLite database (or under ./studies for a server storage): heatmaps, report."""
-        from study.storage import sqlite_path
-
-        db = sqlite_path(self.storage_url())
-        return (db.parent if db is not None else Path("studies")) / self.name
-
-    def artifacts(self) -> Path:
-        """The FileSystemArtifactStore of the activation pictures."""
-        return self.out_dir() / "artifacts"
-
-
-@dataclass(frozen=True)
 class MachineConfig:
     """How this machine runs a study; never stored, so each worker may set its own."""
 
@@ -158,7 +128,7 @@ class MachineConfig:
         if self.storage_retry_seconds < 0:
             raise FieldError("storage_retry_seconds", f"must be >= 0, got {self.storage_retry_seconds}")
         if self.grace_seconds <= self.heartbeat_seconds:
-            raise FieldError("grace_seconds", f"({self.grace_seconds}) must exceed --heartbeat-seconds "
+            raise FieldError("grace_seconds", f"({self.grace_seconds}) must exceed `heartbeat_seconds` "
                                               f"({self.heartbeat_seconds})")
 
     def worker_count(self, device_type: str) -> int:

@@ -6,7 +6,9 @@ import signal
 class BadInput(ValueError):
     """Input a user can fix: a flag out of range, a missing or damaged file, an unusable storage.
 
-    The message is one sentence naming the problem and, where there is one, the fix. Exit code 2.
+    The message is one sentence naming the problem and, where there is one, the fix. A setting the
+    user can change is named as its field in backticks (`data_dir`): so the Python face shows it,
+    and the command line as its flag (--data-dir). Exit code 2.
     """
 
 

@@ -232,7 +232,7 @@ class SqliteWatch:
         if stat is None or (self.identity is not None and _identity(stat) != self.identity):
             raise StorageFault(f"{self.db} was replaced or removed while this command ran: it stopped without "
                                f"writing to it{self._move_old_wal_aside()}; put the study's file back (or use "
-                               "another --name) and run the same command again")
+                               "another `name`) and run the same command again")
         if stat.st_size < self.size:
             raise StorageFault(f"{self.db} was truncated ({self.size} -> {stat.st_size} bytes) while this "
                                "command ran: it stopped; restore the file from a copy")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from typing import Sequence
 
 from study.axes import Range, Space, describe_space
@@ -32,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kwargs = {"help": f.metadata.get("help", ""), "default": None, "dest": f.name}
+        kwargs = {"help": as_flags(f.metadata.get("help", "")), "default": None, "dest": f.name}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if f.default is not None:
@@ -50,6 +51,11 @@ def config_from_flags(cls: type, args: argparse.Namespace, skip: Sequence[str] =
 
 def flag_of(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+def as_flags(text: str) -> str:
+    """A message or help text with each field named in backticks (`data_dir`) as its flag (--data-dir)."""
+    return re.sub(r"`(\w+)`", lambda match: flag_of(match.group(1)), text)
 
 
 def parse_field(f: dataclasses.Field, text: str):

@@ -37,7 +37,7 @@ class EdgeDesign:
 
     lr: Space = field(default=Range(0.025, 1.6, log=True),
                       metadata=describe("the learning-rate ladder: rungs (0.1,0.15,0.2) or a range low:high[:log] "
-                                        "cut into rungs --lr-step apart"))
+                                        "cut into rungs `lr_step` apart"))
     lr_step: float = field(default=math.sqrt(2), metadata=describe("factor between rungs of a range ladder"))
     reliability: float = field(
         default=0.9, metadata=describe("a rung is stable when the test decides the setting trains for at least "
@@ -62,11 +62,11 @@ class EdgeDesign:
             raise FieldError("lr_step", f"must be a factor > 1, got {self.lr_step:g}")
         if len(self.ladder()) < 2:
             raise FieldError("lr", f"{describe_space(self.lr)} gives one rung: a ladder needs two or more "
-                                   "(widen the range or lower --lr-step)")
+                                   "(widen the range or lower `lr_step`)")
         if not 0 < self.reliability < 1:
             raise FieldError("reliability", f"must be in (0, 1), got {self.reliability:g}")
         if not 0 < self.unreliability < self.reliability:
-            raise FieldError("unreliability", f"must be in (0, --reliability), got {self.unreliability:g}")
+            raise FieldError("unreliability", f"must be in (0, `reliability`), got {self.unreliability:g}")
         if not 0 < self.error_rate < 0.5:
             raise FieldError("error_rate", f"must be in (0, 0.5), got {self.error_rate:g}")
         if self.max_seeds < 1:
@@ -86,6 +86,22 @@ class EdgeDesign:
             return tuple(sorted(self.lr))
         count = math.floor(math.log(self.lr.high / self.lr.low) / math.log(self.lr_step) + 1e-9) + 1
         return tuple(float(f"{self.lr.low * self.lr_step ** i:.6g}") for i in range(count))
+
+    def bisections(self, probes: dict[tuple, list]) -> dict[tuple, "Bisection"]:
+        """Where each setting's search stands (by `setting_key`), from its COMPLETE probes
+        (`study.records.probes_by_setting`)."""
+        ladder = self.ladder()
+        return {setting_key(s): bisection(rung_verdicts(ladder, probes.get(setting_key(s), [])), len(ladder))
+                for s in self.settings()}
+
+    def seeds_to_train(self, trained: dict[int, bool]) -> list[int]:
+        """The seeds a probe trains next, given whether each seed it holds trained: none once the test
+        has decided; else the fewest further seeds that could decide it, lowest first among those it
+        lacks (`seeds`), so that every probe draws the same seeds in the same order."""
+        test, k, n = self.test(), sum(trained.values()), len(trained)
+        if test.verdict(k, n):
+            return []
+        return [seed for seed in self.seeds if seed not in trained][:test.seeds_to_verdict(k, n)]
 
     def test(self) -> Sprt:
         return Sprt(self.reliability, self.unreliability, self.error_rate, self.max_seeds)

@@ -79,19 +79,12 @@ class FusedConvAct(nn.Conv2d):
         return y.reshape(batch, out_h * out_w, -1).transpose(1, 2).reshape(batch, -1, out_h, out_w)
 
 
-def choose_triton_interpreter() -> None:
-    """Without CUDA, run Triton kernels in Triton's interpreter. Triton reads this when it is first
-    imported (torch._dynamo imports it too), so call this before anything trains."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
 def fused_kernel():
-    """kernels.fused_linear_act, with the interpreter chosen where there is no CUDA."""
-    choose_triton_interpreter()
+    """kernels.fused_linear_act. Without CUDA it runs under Triton's interpreter, which the entry
+    points choose (`study.api.prepare_backend`) before triton is first imported."""
     if os.environ.get("TRITON_INTERPRET") == "1" and _triton_compiled_already():
         raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set: call "
-                           "study.model.choose_triton_interpreter() first (the command line does)")
+                           "study.api.prepare_backend('triton') first (the command line and study.train do)")
     from kernels import fused_linear_act
     return fused_linear_act
 

@@ -192,8 +192,8 @@ def check_population(configs: list[RunConfig]) -> None:
     if any(shared(c) != shared(configs[0]) for c in configs[1:]):
         raise BadInput(f"population members may differ only in {', '.join(axes.MODEL)} and seed")
     if configs[0].train.backend == "triton" and configs[0].model.model == "cnn":
-        raise BadInput("population training with --backend triton runs the MLP only: use --backend torch "
-                       "for the CNN, or --population off")
+        raise BadInput("population training with `backend` triton runs the MLP only: use `backend` torch "
+                       "for the CNN, or `population` off")
 
 
 def train_population(configs: list[RunConfig], data: FashionMNIST | None = None, progress: bool = False,

@@ -1,6 +1,8 @@
-"""The record format of a seed and of a trial: written and read here only.
+"""The record format of a seed, of a trial and of a study's stored configuration: written and read
+here only.
 
-A trial keeps each seed's record in the user attribute `seed_<n>` (written as that seed finishes, so
+A study keeps its design, whole, in the user attribute `initstudy_config` (`write_config`,
+`stored_config`, which reads what earlier versions stored in today's layout). A trial keeps each seed's record in the user attribute `seed_<n>` (written as that seed finishes, so
 an interrupted trial keeps the seeds it finished), the summary across seeds as one user attribute
 per key, and a Markdown note for the dashboard. Each layer's statistics are those of its activations
 at the last recorded step: `mean`, `std`, `near_zero_frac` (the share of |a| in the histogram's
@@ -17,14 +19,63 @@ import optuna
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
+from study import axes
 from study.axes import describe_setting
+from study.design import CONFIG_ATTR, TRAIN_THRESHOLD, fixed_axis_values, upgrade_stored_config
+from study.ladder import setting_key
 from study.reliability import clopper_pearson, t_interval
-from study.schedule import fixed_values, point_of
 from study.training import TrainResult
 
 SEED_PREFIX = "seed_"
 LAYER_KEYS = ("mean", "std", "near_zero_frac", "dead_units")
 OLD_NAMES = {"dead_frac": "near_zero_frac"}  # as stored before 0.2.0
+
+
+def write_config(study: optuna.Study, config: dict) -> None:
+    study.set_user_attr(CONFIG_ATTR, config)
+
+
+def raw_config(study: optuna.Study) -> dict | None:
+    """The configuration as stored, in the layout of the version that stored it; None if none is."""
+    return study.user_attrs.get(CONFIG_ATTR)
+
+
+def stored_config(study: optuna.Study) -> dict:
+    """The study's stored configuration in today's layout ({} for a study initstudy did not make)."""
+    return upgrade_stored_config(raw_config(study) or {})
+
+
+def study_threshold(study: optuna.Study) -> float:
+    """The validation accuracy above which the study counts a seed as trained."""
+    return stored_config(study).get("train_threshold", TRAIN_THRESHOLD)
+
+
+def is_trained(val_acc: float, threshold: float) -> bool:
+    """Whether a seed trained: its validation accuracy above the study's threshold. The one rule."""
+    return val_acc > threshold
+
+
+def fixed_values(study: optuna.Study) -> dict[str, float]:
+    """The axes the stored study holds at one value (see `point_of`)."""
+    return fixed_axis_values(raw_config(study) or {})
+
+
+def point(params: dict[str, float]) -> tuple:
+    """A setting's point (a value per axis, `study.axes`) from its parameters."""
+    return tuple(params[name] for name in axes.NAMES)
+
+
+def point_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float] | None = None) -> tuple:
+    """A trial's setting (a value per axis, `study.axes`); a WAITING trial's comes from its
+    queued params. An axis the trial does not name (it was written before that axis was searched)
+    takes its study's one value from `fixed` (`fixed_values`); None if it has none."""
+    params = trial.system_attrs.get("fixed_params", trial.params)
+    return tuple(params.get(name, (fixed or {}).get(name)) for name in axes.NAMES)
+
+
+def setting_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float]) -> dict[str, float]:
+    """A trial's setting as {axis: value}."""
+    return dict(zip(axes.NAMES, point_of(trial, fixed)))
 
 
 def seed_record(result: TrainResult) -> dict:
@@ -34,6 +85,16 @@ def seed_record(result: TrainResult) -> dict:
         "diverged_step": result.diverged_step, "steps": result.steps, "seconds": round(result.seconds, 3),
         "final_loss": result.losses[-1] if result.losses else None, "layers": result.layers,
     }
+
+
+def write_seed(trial: optuna.Trial, seed: int, record: dict) -> None:
+    """Stored as the seed finishes: kept even if a later seed of the trial is interrupted."""
+    trial.set_user_attr(f"{SEED_PREFIX}{seed}", record)
+
+
+def write_summary(trial: optuna.Trial, summary: dict) -> None:
+    for key, value in summary.items():
+        trial.set_user_attr(key, value)
 
 
 def read_layer(layer: dict) -> dict:
@@ -60,7 +121,7 @@ def summarise(records: dict[int, dict], threshold: float) -> dict:
     its t-interval `trained_acc_ci95` from two such seeds on). A mean over trained and diverged
     seeds together (`mean_val_acc`, the objective) has no interval: it mixes two outcomes."""
     accs = [r["val_acc"] for r in records.values()]
-    trained = [a for a in accs if a > threshold]
+    trained = [a for a in accs if is_trained(a, threshold)]
     n_layers = len(next(iter(records.values()))["layers"])
     layers = []
     for index in range(n_layers):
@@ -126,6 +187,15 @@ def stored_seed_results(study: optuna.Study, storage: optuna.storages.BaseStorag
             clean = {k: v for k, v in record.items() if k != "reused_from"}
             stored[seed] = StoredSeed(clean, first_run, pictures.get(activation_picture_name(seed)))
     return stored
+
+
+def probes_by_setting(study: optuna.Study) -> dict[tuple, list[optuna.trial.FrozenTrial]]:
+    """An edge search's COMPLETE probes (trials that hold a verdict), by `setting_key(setting)`."""
+    fixed, found = fixed_values(study), {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "verdict" in trial.user_attrs:
+            found.setdefault(setting_key(setting_of(trial, fixed)), []).append(trial)
+    return found
 
 
 def activation_picture_name(seed: int) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import stats
 
+ALPHA = 0.05  # every test's level; family-wise over the comparisons of one report or document (Holm)
 MOST_SEEDS_FOR_POWER = 200  # past this a report says "more than 200 seeds"
 
 

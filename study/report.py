@@ -24,13 +24,12 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from study.axes import NAMES as AXIS_NAMES
-from study.design import CONFIG_ATTR, upgrade_stored_config
 from study.plots import save_figures, study_figures
-from study.reliability import (clopper_pearson, discordant, fisher_exact, holm, mcnemar_exact, seeds_for_power,
+from study.reliability import (ALPHA, clopper_pearson, discordant, fisher_exact, holm, mcnemar_exact, seeds_for_power,
                                t_interval)
-from study.results import is_lesson_setting, seed_frame, study_threshold, training_minutes, trials_frame, wall_time
+from study.records import is_trained, stored_config, study_threshold
+from study.results import is_lesson_setting, seed_frame, training_minutes, trials_frame, wall_time
 
-ALPHA = 0.05  # family-wise, over the comparisons of one report (Holm)
 
 
 def setting_table(study: optuna.Study) -> pd.DataFrame:
@@ -47,7 +46,7 @@ def setting_table(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for setting, group in seeds.groupby(list(AXIS_NAMES)):
         accs = group["val_acc"]
-        trained = accs[accs > threshold]
+        trained = accs[is_trained(accs, threshold)]
         low, high = clopper_pearson(len(trained), len(accs))
         acc_low, acc_high = t_interval(list(trained)) if len(trained) > 1 else (math.nan, math.nan)
         same = trials[(trials[list(AXIS_NAMES)] == list(setting)).all(axis=1)]
@@ -84,7 +83,7 @@ def comparisons(table: pd.DataFrame, seeds: pd.DataFrame, threshold: float) -> p
     if len(table) < 2:
         return pd.DataFrame(columns=columns)
     best, axes = most_reliable(table), varying(table)
-    outcomes = {key: dict(zip(group["seed"], group["val_acc"] > threshold))
+    outcomes = {key: dict(zip(group["seed"], is_trained(group["val_acc"], threshold)))
                 for key, group in seeds.groupby(list(AXIS_NAMES))}
     best_outcomes = outcomes[tuple(best[a] for a in AXIS_NAMES)]
     rows = []
@@ -181,7 +180,7 @@ def _accuracy_sentences(table: pd.DataFrame, seeds: pd.DataFrame, threshold: flo
     first, second = ranked[:2]
     accs = [seeds[(seeds[list(AXIS_NAMES)] == [r[a] for a in AXIS_NAMES]).all(axis=1)].set_index("seed")["val_acc"]
             for r in (first, second)]
-    trained = [a[a > threshold] for a in accs]
+    trained = [a[is_trained(a, threshold)] for a in accs]
     both = sorted(set(trained[0].index) & set(trained[1].index))
     if len(both) > 1:
         p, test = scipy_stats.ttest_rel(trained[0][both], trained[1][both]).pvalue, f"paired t-test on {len(both)} seeds"
@@ -219,7 +218,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = save_figures(study_figures(study), out_dir)
     table, seeds = setting_table(study), seed_frame(study)
-    config = upgrade_stored_config(study.user_attrs.get(CONFIG_ATTR, {}))
+    config = stored_config(study)
     threshold = study_threshold(study)
     lines = [f"# Study {study.study_name!r}", "", _duration(study), "", "## Configuration", "",
              "| | |", "|---|---|"]

@@ -10,10 +10,9 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from study import axes
-from study.design import CONFIG_ATTR, TRAIN_THRESHOLD
-from study.ladder import SETTING_AXES, EdgeDesign, bisection, rung_verdicts, setting_key
-from study.records import seed_records, trial_layers
-from study.schedule import fixed_values, setting_of
+from study.ladder import SETTING_AXES, EdgeDesign, rung_verdicts, setting_key
+from study.records import (fixed_values, is_trained, probes_by_setting, seed_records, setting_of, study_threshold,
+                           trial_layers)
 
 
 FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every rung, ten seeds each
@@ -50,20 +49,18 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def seed_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per (COMPLETE trial, seed): number, the searched axes, seed, val_acc, test_acc, diverged,
-    diverged_step (NaN where it did not diverge)."""
-    rows, fixed = [], fixed_values(study)
+    """One row per (COMPLETE trial, seed): number, the searched axes, seed, val_acc, trained (by the
+    study's threshold, `records.is_trained`), test_acc, diverged, diverged_step (NaN where it did not
+    diverge)."""
+    rows, fixed, threshold = [], fixed_values(study), study_threshold(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         for seed, record in seed_records(trial).items():
             rows.append({"number": trial.number, **setting_of(trial, fixed),
-                         "seed": seed, "val_acc": record["val_acc"], "test_acc": record["test_acc"],
+                         "seed": seed, "val_acc": record["val_acc"],
+                         "trained": is_trained(record["val_acc"], threshold), "test_acc": record["test_acc"],
                          "diverged": record["diverged"], "diverged_step": record["diverged_step"]})
-    return pd.DataFrame(rows, columns=["number", *axes.NAMES, "seed", "val_acc", "test_acc", "diverged", "diverged_step"])
-
-
-def study_threshold(study: optuna.Study) -> float:
-    """The validation accuracy above which the study counts a seed as trained."""
-    return study.user_attrs.get(CONFIG_ATTR, {}).get("train_threshold", TRAIN_THRESHOLD)
+    return pd.DataFrame(rows, columns=["number", *axes.NAMES, "seed", "val_acc", "trained", "test_acc", "diverged",
+                                       "diverged_step"])
 
 
 def wall_time(study: optuna.Study) -> tuple[datetime.datetime, float] | None:
@@ -94,23 +91,14 @@ def summary_table(study: optuna.Study, top: int = 5) -> str:
     return "\n".join(blocks)
 
 
-def edge_probes(study: optuna.Study) -> dict[tuple, list[optuna.trial.FrozenTrial]]:
-    """Setting -> its COMPLETE probes (trials that hold a verdict)."""
-    fixed, found = fixed_values(study), {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "verdict" in trial.user_attrs:
-            found.setdefault(setting_key(setting_of(trial, fixed)), []).append(trial)
-    return found
-
-
 def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
     """One row per setting: EDGE_COLUMNS. max_stable_lr and first_unstable_lr are probed rungs (NaN
     where the ladder ended first); trainings = seeds trained over the setting's probes."""
-    ladder, found, rows = design.ladder(), edge_probes(study), []
+    ladder, found, rows = design.ladder(), probes_by_setting(study), []
+    states = design.bisections(found)
     for setting in design.settings():
         done = found.get(setting_key(setting), [])
-        verdicts = rung_verdicts(ladder, done)
-        state = bisection(verdicts, len(ladder))
+        verdicts, state = rung_verdicts(ladder, done), states[setting_key(setting)]
         rows.append({
             **setting,
             "max_stable_lr": ladder[state.stable] if state.stable >= 0 else math.nan,

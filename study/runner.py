@@ -9,18 +9,20 @@ seed is a result: its trial is COMPLETE with the chance-level accuracy it reache
 activation pictures are uploaded as artifacts, its training loss reported as intermediate values.
 
 Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
-and `EdgeSearch` (`study.ladder`: probes of a learning-rate ladder, seeds added in rounds until the
-sequential test decides).
+and `study.edge_search.EdgeSearch` (probes of a learning-rate ladder, seeds added in rounds until the
+sequential test decides); the caller says which. Each seed's picture is drawn by the function the
+caller hands in (`seed_picture`, `study.plots.activation_figure`), so the loop imports no plotting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
@@ -32,57 +34,65 @@ from study import axes, interrupts
 from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
-from study.design import MachineConfig, StudyDesign, StudyPlace
+from study.design import MachineConfig, StudyDesign
+from study.place import StudyPlace, sqlite_path
 from study.errors import BadInput
-from study.ladder import EdgeDesign, bisection, rung_verdicts, setting_key
-from study.plots import activation_figure
 from study.population import train_population
-from study.records import (StoredSeed, activation_picture_name, seed_record, stored_seed_results, summarise,
-                           trial_note)
-from study.results import edge_probes, edge_table
-from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, n_complete,
-                            fixed_values, point, point_of, setting_of, suggest)
-from study.storage import open_storage, open_study, prepare_for_workers, sqlite_path
+from study.quiet import libraries_quiet
+from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, seed_record,
+                           stored_seed_results, summarise, trial_note, write_seed, write_summary)
+from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
+                            n_complete, suggest)
+from study.stats import LayerHistory
+from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
 from study.workers import run_workers
 
-# ERROR: Optuna's "Trial N failed" warning carries a traceback; the command line says it in one line.
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# Trials are asked and told here, with their heartbeats kept by `Heartbeats` (see `_run_trials`).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
+SeedPicture = Callable[[list[LayerHistory], str], object]  # (a seed's history, title) -> a matplotlib Figure
 
 
-def run_study(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunConfig,
-              machine: MachineConfig = MachineConfig(), progress: bool = True) -> optuna.Study:
-    """Run (or continue) a study to its target, or an edge search to its end, here or in the worker
-    processes `machine` asks for."""
-    runner = open_search(place, design, run, machine, progress)
+def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
+              progress: bool = True, driver: type["Search"] | None = None,
+              seed_picture: SeedPicture | None = None) -> optuna.Study:
+    """Run (or continue) a study to its target with `driver` (`Search` unless told: an edge search's
+    is `study.edge_search.EdgeSearch`), here or in the worker processes `machine` asks for. Each
+    seed's picture, where `seed_picture` is given, is stored as an artifact of its trial."""
+    driver = driver or Search
+    runner = open_search(place, design, run, machine, progress, driver, seed_picture)
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
         return runner.work()
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
-        run_workers(place, design, run, machine, device_type, while_waiting=runner.show_progress)
+        work = functools.partial(work_here, place, design, machine, driver, seed_picture)
+        run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)
     finally:
         runner.bar.close()
     return runner.study
 
 
-def open_search(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunConfig,
-                machine: MachineConfig = MachineConfig(), progress: bool = True) -> "Search":
-    """Everything that can refuse the command, before anything is written, then the study."""
+def work_here(place: StudyPlace, design, machine: MachineConfig, driver: type["Search"],
+              seed_picture: SeedPicture | None, run: RunConfig) -> None:
+    """A worker process's share of a study (its entry point): the loop on this process, without a bar."""
+    with libraries_quiet():
+        open_search(place, design, run, machine, False, driver, seed_picture).work()
+
+
+def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
+                progress: bool = True, driver: type["Search"] | None = None,
+                seed_picture: SeedPicture | None = None) -> "Search":
+    """Everything that can refuse the command, before anything is written, then the study and its
+    driver (`Search` unless told)."""
     data = load_fashion_mnist(run.data, resolve_device(run.train.device))
     db = sqlite_path(place.storage_url())
     if db is not None:
         _make_dir(db.parent)
     storage = open_storage(place.storage_url(), machine.heartbeat_seconds, machine.grace_seconds,
                            machine.storage_retry_seconds)
-    study = open_study(place, design, run, storage)
+    study = open_study(place, design, run, storage, make_sampler(design))
     prepare_for_workers(place.storage_url())  # only once the study is known to be good
     _make_dir(place.artifacts())
-    driver = EdgeSearch if isinstance(design, EdgeDesign) else Search
-    return driver(study, storage, design, run, machine, data, place.artifacts(), progress)
+    return (driver or Search)(study, storage, design, run, machine, data, place.artifacts(), progress, seed_picture)
 
 
 class Search:
@@ -92,8 +102,10 @@ class Search:
     _bar_unit = "run"
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, design: StudyDesign,
-                 run: RunConfig, machine: MachineConfig, data: FashionMNIST, artifacts: Path, progress: bool):
+                 run: RunConfig, machine: MachineConfig, data: FashionMNIST, artifacts: Path, progress: bool,
+                 seed_picture: SeedPicture | None = None):
         self.study, self.storage, self.design, self.run_config = study, storage, design, run
+        self.seed_picture = seed_picture
         self.data, self.seeds = data, design.seeds
         self.store = FileSystemArtifactStore(str(artifacts))
         self.population = machine.population_size(resolve_device(run.train.device).type, self._models_per_trial())
@@ -224,8 +236,9 @@ class Search:
 
     def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> dict:
         record = seed_record(result)
-        trial.set_user_attr(f"seed_{seed}", record)  # kept even if a later seed is interrupted
-        self._upload_pictures(trial, result, params, seed)
+        write_seed(trial, seed, record)
+        if self.seed_picture is not None:
+            self._upload_picture(trial, result, params, seed)
         self._report_losses(trial, params, seed, result)
         self._seeds_stored(1)
         return record
@@ -250,8 +263,7 @@ class Search:
     def _finish(self, trial: optuna.Trial, params: dict, records: dict[int, dict]):
         """Summary attributes and note; returns the objective value(s)."""
         summary = self._summary(records)
-        for key, value in summary.items():
-            trial.set_user_attr(key, value)
+        write_summary(trial, summary)
         save_note(trial, trial_note(params, dict(sorted(records.items())), summary, self.design.train_threshold))
         self._show_best(trial.study, summary)
         if self.design.objective == "stability":
@@ -273,7 +285,7 @@ class Search:
     def _reuse(self, trial: optuna.Trial, stored: StoredSeed, seed: int) -> dict:
         """A seed finished by an earlier, failed trial of the same setting: its record and picture."""
         record = {**stored.record, "reused_from": stored.trial_number}
-        trial.set_user_attr(f"seed_{seed}", record)
+        write_seed(trial, seed, record)
         if stored.artifact_id is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / activation_picture_name(seed)
@@ -285,12 +297,12 @@ class Search:
     def _run_config(self, params: dict, seed: int) -> RunConfig:
         return self.run_config.at(params, seed)
 
-    def _upload_pictures(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
+    def _upload_picture(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
         title = (f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
                  + (" (diverged)" if result.diverged else ""))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / activation_picture_name(seed)
-            activation_figure(result.history, title).savefig(path, dpi=80)
+            self.seed_picture(result.history, title).savefig(path, dpi=80)
             upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
                             mimetype="image/png")
 
@@ -298,84 +310,6 @@ class Search:
         best = max([t.user_attrs.get("mean_val_acc", 0.0) for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
-
-
-class EdgeSearch(Search):
-    """Probes of an edge search (`study.ladder`): each trial is one (setting, rung), its seeds trained
-    in rounds of the fewest that could reach the sequential test's verdict; the next rung of each
-    setting is queued once its last probe is told, one probe per setting at a time."""
-
-    design: EdgeDesign
-    _bar_unit = "setting"
-
-    def __init__(self, *args, **kwargs):
-        self.trainings = 0
-        super().__init__(*args, **kwargs)
-        self.test = self.design.test()
-
-    def show_progress(self) -> None:
-        """The bar at the settings whose edge is found."""
-        self.bar.n = int(edge_table(self.study, self.design)["done"].sum())
-        self.bar.set_postfix(trainings=self.trainings, refresh=False)
-        self.bar.refresh()
-
-    def _bar_total(self) -> int:
-        return len(self.design.settings())
-
-    def _models_per_trial(self) -> int:
-        return self.design.test().seeds_to_verdict(0, 0)  # the first round of every probe
-
-    def _seeds_stored(self, count: int) -> None:
-        self.trainings += count
-        self.bar.set_postfix(trainings=self.trainings)
-
-    def _room(self, states: Counter) -> int:
-        return states[TrialState.WAITING]
-
-    def _next_step(self, study: optuna.Study) -> bool:
-        """True when a probe waits; False once every setting's edge is found (or its probes failed
-        MAX_FAILS_PER_SETTING times). Waits while other workers' probes run."""
-        while True:
-            interrupts.check()
-            states = self._queue_probes(study)
-            if states[TrialState.WAITING]:
-                return True
-            if not states[TrialState.RUNNING]:
-                return False
-            time.sleep(1)
-
-    def _queue_probes(self, study: optuna.Study) -> Counter:
-        """Fail silent probes, queue the next rung of every setting that no live probe holds; the states."""
-        optuna.storages.fail_stale_trials(study)
-        trials, fixed, ladder = study.get_trials(deepcopy=False), fixed_values(study), self.design.ladder()
-        busy = {setting_key(setting_of(t, fixed)) for t in trials
-                if t.state in (TrialState.RUNNING, TrialState.WAITING)}
-        fails = Counter(point_of(t, fixed) for t in trials if t.state == TrialState.FAIL)
-        found = edge_probes(study)
-        for setting in self.design.settings():
-            key = setting_key(setting)
-            rung = bisection(rung_verdicts(ladder, found.get(key, [])), len(ladder)).next_rung
-            if rung is None or key in busy:
-                continue
-            params = {**setting, "lr": ladder[rung]}
-            if fails[point(params)] < MAX_FAILS_PER_SETTING:
-                study.enqueue_trial(params)
-        return count_states(study)
-
-    def _seeds_to_train(self, records: dict[int, dict]) -> list[int]:
-        """Nothing once the test has decided; else the fewest further seeds that could decide it."""
-        trained, seeds = self._trained(records), len(records)
-        if self.test.verdict(trained, seeds):
-            return []
-        unused = [seed for seed in self.seeds if seed not in records]
-        return unused[:self.test.seeds_to_verdict(trained, seeds)]
-
-    def _summary(self, records: dict[int, dict]) -> dict:
-        summary = summarise(dict(sorted(records.items())), self.design.train_threshold)
-        return {**summary, "verdict": self.test.verdict(self._trained(records), len(records))}
-
-    def _trained(self, records: dict[int, dict]) -> int:
-        return sum(r["val_acc"] > self.design.train_threshold for r in records.values())
 
 
 def _make_dir(directory: Path) -> None:

@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 from study import axes
 from study.axes import Range
-from study.design import CONFIG_ATTR, StudyDesign, fixed_axis_values
+from study.design import StudyDesign
+from study.records import fixed_values, point, point_of
 
 MAX_FAILS_PER_SETTING = 3  # a setting that failed this often (a bug, not a crash) is not retried again
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -29,29 +30,6 @@ def grid_points(design: StudyDesign) -> list[dict[str, float]]:
     points = [dict(zip(axes.NAMES, values)) for values in product(*design.spaces().values())]
     random.Random(0).shuffle(points)
     return points
-
-
-def point(params: dict[str, float]) -> tuple:
-    """A setting's point (a value per axis, `study.axes`) from its parameters."""
-    return tuple(params[name] for name in axes.NAMES)
-
-
-def point_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float] | None = None) -> tuple:
-    """A trial's setting (a value per axis, `study.axes`); a WAITING trial's comes from its
-    queued params. An axis the trial does not name (it was written before that axis was searched)
-    takes its study's one value from `fixed` (`fixed_values`); None if it has none."""
-    params = trial.system_attrs.get("fixed_params", trial.params)
-    return tuple(params.get(name, (fixed or {}).get(name)) for name in axes.NAMES)
-
-
-def setting_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float]) -> dict[str, float]:
-    """A trial's setting as {axis: value}."""
-    return dict(zip(axes.NAMES, point_of(trial, fixed)))
-
-
-def fixed_values(study: optuna.Study) -> dict[str, float]:
-    """The axes the stored study holds at one value (see `point_of`)."""
-    return fixed_axis_values(study.user_attrs.get(CONFIG_ATTR, {}))
 
 
 def requeue(study: optuna.Study, design: StudyDesign) -> int:

@@ -30,27 +30,22 @@ from optuna.storages._rdb import models as optuna_models  # the schema's table n
 from sqlalchemy import event
 
 from study.config import RunConfig
-from study.design import (CONFIG_ATTR, STORAGE_RETRY_SECONDS, StudyDesign, StudyPlace, study_config,
-                          upgrade_stored_config)
+from study.design import STORAGE_RETRY_SECONDS, StudyDesign, study_config, upgrade_stored_config
 from study.errors import BadInput
 from study.faults import ResilientStorage, SqliteWatch
 from study.masking import mask_url, remember
-from study.schedule import make_sampler
+from study.place import StudyPlace, sqlite_path
+from study.records import raw_config, write_config
 
 # Optuna creates its tables one by one: a command started beside another on a new database may find
 # some of them and not yet `version_info`. Only a table Optuna would not make marks a foreign file.
 OPTUNA_TABLES = frozenset(optuna_models.BaseModel.metadata.tables) | {"alembic_version"}
 
-SQLITE_PREFIX = "sqlite:///"
 BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats and tells are milliseconds
 SCHEMA_RACE_RETRIES = 5
 SETTLE_READS, SETTLE_SECONDS = 5, 0.3  # a database that keeps changing while checked is read again
 NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails in seconds, not after TCP's minutes
-
-
-def sqlite_path(url: str) -> Path | None:
-    return Path(url[len(SQLITE_PREFIX):]) if url.startswith(SQLITE_PREFIX) else None
 
 
 def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: int | None = None,
@@ -103,11 +98,11 @@ def prepare_for_workers(url: str) -> None:
 def check_sqlite_file(db: Path) -> None:
     """Refuse, before Optuna writes anything, a path that cannot hold a healthy SQLite database."""
     if db.is_dir():
-        raise BadInput(f"{db} is a directory, not a SQLite file: pass --storage sqlite:///path/to/file.db")
+        raise BadInput(f"{db} is a directory, not a SQLite file: pass `storage` sqlite:///path/to/file.db")
     directory = db.parent if str(db.parent) else Path(".")
     if directory.is_dir() and not os.access(directory, os.W_OK):
         raise BadInput(f"{directory} is not writable (SQLite writes its journal there): "
-                       "make it writable or choose another --storage")
+                       "make it writable or choose another `storage`")
     if db.exists():
         if not os.access(db, os.R_OK | os.W_OK):
             raise BadInput(f"{db} is not readable and writable by this user")
@@ -131,13 +126,13 @@ def _check_sqlite_contents(db: Path) -> None:
             result = conn.execute("PRAGMA quick_check").fetchone()
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as e:
-        raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another --name") from e
+        raise BadInput(f"{db} is not a readable SQLite database ({e}): move it away or use another `name`") from e
     if result is None or result[0] != "ok":
         raise BadInput(f"{db} is damaged (SQLite quick_check: {result[0] if result else 'no answer'}): "
-                       "restore it from a copy, or move it away and use another --name")
+                       "restore it from a copy, or move it away and use another `name`")
     if foreign := sorted(tables - OPTUNA_TABLES):
         raise BadInput(f"{db} is a SQLite database of something else (tables: {', '.join(foreign[:3])}): "
-                       "it is left alone; choose another --storage")
+                       "it is left alone; choose another `storage`")
 
 
 def _stamp(db: Path) -> tuple:
@@ -201,9 +196,10 @@ def config_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str
     return differences
 
 
-def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig,
-               storage: optuna.storages.RDBStorage) -> optuna.Study:
-    """Load the study named `place.name` (refusing a different configuration) or create it.
+def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig, storage: optuna.storages.RDBStorage,
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Load the study named `place.name` (refusing a different configuration) or create it, with
+    `sampler` (`study.schedule.make_sampler`).
 
     Several commands may start on one new study at once: the one that loses the race to create it
     loads it, and waits briefly for the winner to store the configuration.
@@ -213,26 +209,26 @@ def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig,
     if place.name not in optuna.get_all_study_names(storage):
         try:
             study = optuna.create_study(study_name=place.name, storage=storage, directions=directions,
-                                        sampler=make_sampler(design))
+                                        sampler=sampler)
             study.set_metric_names(["mean_val_acc", "acc_std"][:len(directions)])  # shown by the dashboard
-            study.set_user_attr(CONFIG_ATTR, wanted)
+            write_config(study, wanted)
             return study
         except optuna.exceptions.DuplicatedStudyError:
             pass
-    study = optuna.load_study(study_name=place.name, storage=storage, sampler=make_sampler(design))
-    stored = study.user_attrs.get(CONFIG_ATTR)
+    study = optuna.load_study(study_name=place.name, storage=storage, sampler=sampler)
+    stored = raw_config(study)
     for _ in range(20):
         if stored is not None or study.trials:
             break
         time.sleep(0.5)  # a racing command created the study and is about to store its configuration
-        stored = study.user_attrs.get(CONFIG_ATTR)
+        stored = raw_config(study)
     if stored is None:
         raise BadInput(f"study {place.name!r} in {mask_url(place.storage_url())} was not made by initstudy: "
-                       "use another --name")
+                       "use another `name`")
     differences = config_differences(upgrade_stored_config(stored), wanted)
     if differences:
         raise BadInput(f"study {place.name!r} was run with another configuration ({'; '.join(differences)}): "
-                       "run it with its own flags, or use another --name")
+                       "run it with its own flags, or use another `name`")
     return study
 
 

@@ -49,6 +49,27 @@ class TrainResult:
             del record["history"]
         return record
 
+    def text(self) -> str:
+        """The run for people: its configuration, outcome and each layer's statistics."""
+        model, optim, run = self.config["model"], self.config["optim"], self.config["train"]
+        status = f"DIVERGED at step {self.diverged_step}" if self.diverged else "trained"
+        lines = [
+            f"{model['model']}  GeneralRelu(leak={model['leak']}, sub={model['sub']}, maxv={model['maxv']})  "
+            f"init {model['init']} x {model['init_scale']}  seed {run['seed']}",
+            f"SGD lr {optim['lr']} momentum {optim['momentum']} ({optim['schedule']}"
+            + (f", warm-up {optim['warmup_steps']} steps" if optim.get("warmup_steps") else "")
+            + f"), batch {optim['batch_size']}, "
+            f"{optim['epochs']} epoch(s): {status}",
+            f"val acc {self.val_acc:.4f}   test acc {self.test_acc:.4f}   "
+            f"{self.steps} steps in {self.seconds:.1f} s",
+            "",
+            f"{'layer':>5} {'units':>5} {'mean':>8} {'std':>8} {'near-zero':>9} {'dead units':>10}",
+        ]
+        for index, layer in enumerate(self.layers, start=1):
+            lines.append(f"{index:>5} {layer['units']:>5} {layer['mean']:>8.3f} {layer['std']:>8.3f} "
+                         f"{layer['near_zero_frac']:>9.3f} {layer['dead_units']:>10}")
+        return "\n".join(lines)
+
 
 # --dtype -> the dtype of weights and data (bfloat16 autocasts the compute, weights stay float32)
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.float32, "float64": torch.float64}
@@ -125,7 +146,7 @@ def initial_model(config: RunConfig, data: FashionMNIST, device: torch.device) -
     init_gen = torch.Generator().manual_seed(2 * config.train.seed)
     order_gen = torch.Generator().manual_seed(2 * config.train.seed + 1)
     if config.train.backend == "triton" and device.type != "cuda" and torch.cuda.is_available():
-        raise BadInput("--backend triton runs on CUDA here: use --device cuda (the interpreter is for machines "
+        raise BadInput("`backend` triton runs on CUDA here: use `device` cuda (the interpreter is for machines "
                        "without a GPU)")
     model = build_model(config.model, config.train.backend).to(device, WEIGHT_DTYPES[config.train.dtype])
     init_weights(model, config.model, init_gen, batch=data.x_train[:config.optim.batch_size])

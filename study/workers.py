@@ -20,7 +20,7 @@ from typing import Callable
 
 from study import interrupts
 from study.config import RunConfig
-from study.design import MachineConfig, StudyDesign, StudyPlace
+from study.design import MachineConfig
 from study.errors import Interrupted, WorkerStopped
 
 WATCH_SECONDS = 2  # how often the starting process looks at the study while its workers run
@@ -37,9 +37,10 @@ def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> lis
     return [(run, threads)] * count
 
 
-def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig,
-                device_type: str, while_waiting: Callable[[], None] = lambda: None) -> None:
-    """Start every worker, wait for all, calling `while_waiting()` every WATCH_SECONDS meanwhile.
+def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: MachineConfig, device_type: str,
+                while_waiting: Callable[[], None] = lambda: None) -> None:
+    """Start every worker, each calling `work(its run configuration)` (`study.runner.work_here`; it
+    must pickle), and wait for all, calling `while_waiting()` every WATCH_SECONDS meanwhile.
     Re-raises the first error a worker raised (BadInput, StorageFault); WorkerStopped when one
     ended otherwise (killed, crashed).
 
@@ -52,7 +53,7 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
     """
     context = multiprocessing.get_context("spawn")
     errors, stop = context.Queue(), context.Event()
-    processes = [context.Process(target=_work, args=(place, design, worker_run, machine, threads, errors, stop),
+    processes = [context.Process(target=_work, args=(work, worker_run, threads, errors, stop),
                                  name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(worker_runs(run, machine, device_type))]
     with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
@@ -90,9 +91,9 @@ def run_workers(place: StudyPlace, design: StudyDesign, run: RunConfig, machine:
         raise WorkerStopped(codes[0])
 
 
-def _work(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig, threads: int,
-          errors: multiprocessing.Queue, stop: multiprocessing.synchronize.Event) -> None:
-    """One worker: the study's loop on this process until the study is done or `stop` is set.
+def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, errors: multiprocessing.Queue,
+          stop: multiprocessing.synchronize.Event) -> None:
+    """One worker: `work(run)` on this process until the study is done or `stop` is set.
 
     Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
@@ -104,12 +105,11 @@ def _work(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: Machi
                 import torch
 
                 from study.masking import guard_output
-                from study.runner import open_search
 
                 guard_output()
                 torch.set_num_threads(threads)
                 interrupts.check()
-                open_search(place, design, run, machine, progress=False).work()
+                work(run)
             finally:
                 interrupts.block()  # a late Ctrl-C must not raise in the process's teardown
     except Interrupted as e:

@@ -10,7 +10,8 @@ from study.cli import build_parser
 from study.flags import config_from_flags, parse_space
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.axes import NAMES as SEARCHED, Range, describe_space
-from study.design import MachineConfig, StudyDesign, StudyPlace
+from study.design import MachineConfig, StudyDesign
+from study.place import StudyPlace
 from study.errors import FieldError
 
 REFUSED = [

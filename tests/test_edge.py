@@ -14,7 +14,8 @@ import study as api
 from conftest import assert_one_line_error, run_cli
 from study.ladder import bisection, rung_verdicts
 from study.records import seed_records
-from study.results import EDGE_COLUMNS, edge_probes
+from study.records import probes_by_setting
+from study.results import EDGE_COLUMNS
 from study.sequential import RELIABLE
 
 EDGE = dict(model="mlp", widths=(32,), max_steps=30, stats_every=10, leak=(0.0,), sub=(0.0, 0.4), momentum=(0.9,),
@@ -76,7 +77,7 @@ def test_each_probe_stores_k_of_n_with_its_exact_interval_and_stops_at_its_verdi
 def test_the_bisection_probed_what_the_stored_verdicts_ask_for(searched):
     _, _, edge = searched
     ladder = edge.design.ladder()
-    for setting, probes in edge_probes(edge.optuna).items():
+    for setting, probes in probes_by_setting(edge.optuna).items():
         verdicts = rung_verdicts(ladder, probes)
         state = bisection(verdicts, len(ladder))
         assert state.next_rung is None
@@ -102,6 +103,10 @@ def test_running_again_trains_nothing_and_writes_the_edge_csv(searched):
     assert "trainings for 2 settings, against 100 for a fixed 10-seed sweep" in proc.stdout
     for picture in ("edge_heatmap.png", "edge_curves.png"):
         assert (home / "studies" / "e" / picture).stat().st_size > 10_000
+    # The Python face writes what the command does.
+    saved = edge.save(home / "api")
+    assert [p.name for p in saved] == ["edge.csv", "edge_heatmap.png", "edge_curves.png"]
+    assert (home / "api" / "edge.csv").read_bytes() == (home / "studies" / "e" / "edge.csv").read_bytes()
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from study import interrupts
 from study.errors import Interrupted, StorageFault
 from study.faults import fault_of
 from study.records import seed_records
-from study.schedule import point_of
+from study.records import point_of
 from study.storage import open_storage
 
 PASSWORD = "Numbat-5d1a-Secret"

@@ -11,7 +11,8 @@ from conftest import run_cli
 from study.cli import RUN_CONFIGS, build_parser
 from study.config import RunConfig
 from study.axes import NAMES as SEARCHED
-from study.design import StudyPlace, study_config
+from study.design import study_config
+from study.place import StudyPlace
 from study.experiments.findings import FULL, QUICK, claims
 from study.flags import config_from_flags
 from study.ladder import EdgeDesign

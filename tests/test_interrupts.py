@@ -18,7 +18,6 @@ import torch
 from optuna.trial import TrialState
 
 import study.plots
-import study.runner
 from conftest import ROOT, TINY, sigint_as_in_a_terminal
 from study import interrupts
 from study.cli import main
@@ -26,7 +25,7 @@ from study.errors import Interrupted
 from study.faults import ResilientStorage
 from study.records import seed_records
 from study.runner import Search
-from study.schedule import point, point_of
+from study.records import point, point_of
 
 ONE_SETTING = ("--leak", "0.1", "--sub", "0.4", "--seeds", "0,1,2,3")
 TWO_SETTINGS = ("--leak", "0.1,0.2", "--sub", "0.4", "--seeds", "0,1,2")
@@ -201,7 +200,7 @@ POINTS = {
     "after the third seed is stored": (Search, "_store_seed", 3, True, ONE_SETTING),
     "between two training steps": (torch.optim.SGD, "step", 7, False, ONE_SETTING),
     "during a storage write": (ResilientStorage, "set_trial_user_attr", 2, False, ONE_SETTING),
-    "while a seed's picture is drawn": (study.runner, "activation_figure", 2, False, ONE_SETTING),
+    "while a seed's picture is drawn": (study.plots, "activation_figure", 2, False, ONE_SETTING),
     "while the study's pictures are drawn": (study.plots, "study_figures", 1, False, ONE_SETTING),
     "inside a population of two settings": (torch.optim.SGD, "step", 7, False,
                                             TWO_SETTINGS + ("--population", "2")),

@@ -25,7 +25,7 @@ def test_a_log_range_is_cut_into_rungs_a_constant_factor_apart():
     (dict(lr=Range(0.1, 0.12, log=True)), "lr", "gives one rung"),
     (dict(lr_step=1.0), "lr_step", "must be a factor > 1"),
     (dict(reliability=1.5), "reliability", "must be in (0, 1)"),
-    (dict(unreliability=0.95), "unreliability", "must be in (0, --reliability)"),
+    (dict(unreliability=0.95), "unreliability", "must be in (0, `reliability`)"),
     (dict(max_seeds=0), "max_seeds", "must be >= 1"),
     (dict(error_rate=0.5), "error_rate", "must be in (0, 0.5)"),
     (dict(leak=Range(0, 0.5)), "leak", "an edge search takes a list"),
@@ -60,5 +60,17 @@ def test_undecided_ends_the_search_above_it_like_unreliable():
     assert bisection({}, 13).next_rung == 6  # the first probe: the middle rung
 
 
-def test_every_probe_draws_its_seeds_in_the_same_order():
-    assert EdgeDesign(max_seeds=5).seeds == (0, 1, 2, 3, 4)
+def test_a_probe_adds_the_fewest_seeds_that_could_decide_lowest_first_and_none_once_decided():
+    design = EdgeDesign(max_seeds=20)  # Wald's SPRT of 0.9 against 0.6
+    test = design.test()
+    assert design.seeds_to_train({}) == list(range(test.seeds_to_verdict(0, 0)))
+    # A probe that reused seeds 0 and 2 from a failed trial fills the gap first: seeds are shared.
+    held = {0: True, 2: True}
+    following = design.seeds_to_train(held)
+    assert following[0] == 1 and following == sorted(following)
+    assert len(following) == test.seeds_to_verdict(2, 2)
+    decided = {seed: True for seed in range(next(n for n in range(1, 21) if test.verdict(n, n) == RELIABLE))}
+    assert design.seeds_to_train(dict(list(decided.items())[:-1]))  # one short of the verdict
+    assert design.seeds_to_train(decided) == []
+    # Every seed used up: the probe stops undecided.
+    assert design.seeds_to_train({seed: seed % 3 != 0 for seed in range(20)}) == []

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY, free_port, run_cli, sigint_as_in_a_terminal
 from pg_server import server_with_role
 from study import masking
-from study.design import STORAGE_ENV, StudyPlace
+from study.place import STORAGE_ENV, StudyPlace
 
 PASSWORD = "Quokka-7f3e-Secret"
 OTHER = "Wombat-91c2-Secret"  # the password of a role the study must not see either

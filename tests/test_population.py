@@ -142,5 +142,5 @@ def test_the_fused_population_reads_one_shared_x_without_copies(fashion):
 
 def test_the_cnn_has_no_triton_population():
     runs = configs(CNN, seeds=(0,), settings=SETTINGS[:1])
-    with pytest.raises(BadInput, match="--backend triton runs the MLP only"):
+    with pytest.raises(BadInput, match="`backend` triton runs the MLP only"):
         check_population([replace(c, train=replace(c.train, backend="triton")) for c in runs])

@@ -12,7 +12,8 @@ import study as api
 from conftest import TINY, assert_one_line_error, run_cli
 from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.axes import NAMES as SEARCHED, Range
-from study.design import CONFIG_ATTR, MachineConfig, StudyDesign, StudyPlace
+from study.design import CONFIG_ATTR, MachineConfig, StudyDesign
+from study.place import StudyPlace
 from study.errors import BadInput
 from study.plots import HEATMAP_METRICS, heatmap_tables, save_figures, study_figures
 from study.records import seed_records

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import study
 from conftest import assert_one_line_error, run_cli
 from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.experiments.sharpness import loss_hessian, sharpness, top_eigenvalue
@@ -82,5 +83,7 @@ def test_the_command_prints_one_json_object_per_seed_and_step_and_refuses_bad_in
     assert [(p["seed"], p["step"]) for p in points] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(p["converged"] and p["lambda_max"] > 0 for p in points)
     assert points[0]["lambda_max"] != points[2]["lambda_max"]  # each seed its own network
+    frame = study.sharpness(seeds=(0, 1), steps=1, model="mlp", widths=(4,), batch_size=64)
+    assert frame.to_dict("records") == points  # the Python face measures what the command prints
     assert_one_line_error(run_cli("sharpness", "--steps", "-1", cwd=tmp_path), "--steps must be >= 0")
     assert_one_line_error(run_cli("sharpness", "--seeds", "0,0", cwd=tmp_path), "--seeds")

@@ -4,9 +4,11 @@ on real FashionMNIST images."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+import study
 from conftest import assert_one_line_error, run_cli
 from study.experiments.signal import (SignalNet, agreement, fixed_point_variance, leaky_moments, measure,
                                       pair_moment, predict)
@@ -70,6 +72,9 @@ def test_the_command_writes_its_table_and_picture_and_refuses_bad_input(tmp_path
     rows = (tmp_path / "signal" / "signal.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 + 2 * 3  # header, 2 settings x 3 layers measured and predicted
     assert (tmp_path / "signal" / "signal.png").stat().st_size > 0
+    frame = study.signal([(0.1, 0.4), (0.0, 0.0)], depth=3, width=32, batch=16, seeds=(0,))
+    stored = pd.read_csv(tmp_path / "signal" / "signal.csv", dtype={"seed": str})
+    pd.testing.assert_frame_equal(frame.astype({"seed": str}), stored, check_exact=False, rtol=1e-12)
     assert_one_line_error(run_cli("depth", "--setting", "1.5,0", cwd=tmp_path), "leak")
     assert_one_line_error(run_cli("depth", "--setting", "0.1", cwd=tmp_path), "--setting")
     assert_one_line_error(run_cli("depth", "--depth", "0", cwd=tmp_path), "--depth")

@@ -20,7 +20,7 @@ from conftest import ROOT, TINY, free_port, sigint_as_in_a_terminal
 from study.config import RunConfig
 from study.design import MachineConfig
 from study.records import seed_records
-from study.schedule import point_of
+from study.records import point_of
 from study.workers import worker_runs
 
 GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]

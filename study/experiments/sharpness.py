@@ -19,13 +19,14 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from study import interrupts
-from study.config import RunConfig
+from study.config import OptimConfig, RunConfig
 from study.data import FashionMNIST, shuffled_batches
 from study.training import autocast, initial_model, is_diverged, make_optimizer, prepare_data, step_count
 
@@ -100,6 +101,17 @@ def loss_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[fl
         return torch.cat([p.reshape(-1) for p in parts])
 
     return loss.item(), hvp, flat_grad.numel()
+
+
+def sharpness_text(points: pd.DataFrame, optim: OptimConfig) -> str:
+    """`study.sharpness`'s table for people: a line per seed and step."""
+    lines = [f"largest Hessian eigenvalue of the loss on each seed's first batch (power iteration, {TOLERANCE:.0%}); "
+             f"bound = 2 (1 + momentum) / lambda_max, momentum {optim.momentum:g}, lr {optim.lr:g}",
+             f"{'seed':>5} {'step':>5} {'loss':>8} {'lambda_max':>11} {'lr bound':>9} {'products':>9}"]
+    for p in points.itertuples():
+        lines.append(f"{p.seed:>5} {p.step:>5} {p.loss:>8.4f} {p.lambda_max:>11.4g} {p.stable_lr_bound:>9.4g} "
+                     f"{p.iterations:>9}" + ("" if p.converged else "  (not converged)"))
+    return "\n".join(lines)
 
 
 def sharpness(config: RunConfig, steps: int = 0, data: FashionMNIST | None = None,

@@ -33,12 +33,12 @@ With sub > 0 and init_scale 1 the map q -> q' has the fixed point q* = pi sub^2 
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -162,41 +162,88 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(0, 2 * count, 2), np.arange(1, 2 * count, 2)
 
 
-def run_signal(x: torch.Tensor, y: torch.Tensor, out_dir: Path, settings=SIGNAL_SETTINGS,
-               seeds: tuple[int, ...] = (0, 1, 2), net: SignalNet = SignalNet(),
-               progress: bool = False) -> tuple[list[SignalProfile], list[SignalPrediction], dict[str, Path]]:
-    """Measure and predict every setting; write signal.csv and signal.png to out_dir."""
-    from study.plots import save_figures, signal_figure
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_signal(x: torch.Tensor, y: torch.Tensor, settings=SIGNAL_SETTINGS, seeds: tuple[int, ...] = (0, 1, 2),
+               net: SignalNet = SignalNet(), progress: bool = False) -> tuple[list[SignalProfile], list[SignalPrediction]]:
+    """Measure every setting with every seed on the images x (labels y), and predict it."""
     runs = [(leak, sub, seed) for leak, sub in settings for seed in seeds]
     profiles = [measure(x, y, leak, sub, seed, net)
                 for leak, sub, seed in tqdm(runs, desc="signal propagation", disable=not progress, leave=False)]
     predictions = [predict(x, leak, sub, net) for leak, sub in settings]
+    return profiles, predictions
+
+
+def signal_frame(profiles: list[SignalProfile], predictions: list[SignalPrediction]) -> pd.DataFrame:
+    """One row per (leak, sub, seed, layer from 1): mean, var, correlation, grad_norm; the
+    predictions' rows have seed "mean-field" and no grad_norm."""
+    rows = [{"leak": p.leak, "sub": p.sub, "seed": p.seed, "layer": layer, "mean": mean, "var": var,
+             "correlation": correlation, "grad_norm": grad_norm}
+            for p in profiles
+            for layer, (mean, var, correlation, grad_norm) in enumerate(zip(p.mean, p.var, p.correlation, p.grad_norm),
+                                                                        start=1)]
+    rows += [{"leak": p.leak, "sub": p.sub, "seed": "mean-field", "layer": layer, "mean": mean, "var": var,
+              "correlation": correlation, "grad_norm": None}
+             for p in predictions for layer, (mean, var, correlation) in enumerate(zip(p.mean, p.var, p.correlation),
+                                                                                   start=1)]
+    return pd.DataFrame(rows, columns=["leak", "sub", "seed", "layer", "mean", "var", "correlation", "grad_norm"])
+
+
+def save_signal(frame: pd.DataFrame, profiles: list[SignalProfile], predictions: list[SignalPrediction],
+                net: SignalNet, seeds: tuple[int, ...], images: int, out_dir: Path) -> dict[str, Path]:
+    """signal.csv (`signal_frame`) and signal.png in out_dir; their paths by name. images: how
+    many the measurement saw (for the title)."""
+    from study.plots import save_figures, signal_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"signal_csv": out_dir / "signal.csv"}
-    with open(paths["signal_csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["leak", "sub", "seed", "layer", "mean", "var", "correlation", "grad_norm"])
-        for p in profiles:
-            for layer, values in enumerate(zip(p.mean, p.var, p.correlation, p.grad_norm), start=1):
-                writer.writerow([p.leak, p.sub, p.seed, layer, *values])
-        for p in predictions:  # seed "mean-field": the prediction
-            for layer, values in enumerate(zip(p.mean, p.var, p.correlation), start=1):
-                writer.writerow([p.leak, p.sub, "mean-field", layer, *values, ""])
+    frame.to_csv(paths["signal_csv"], index=False)
     title = (f"{net.depth} layers of width {net.width}, init_scale {net.init_scale:g}, {net.bias_init} biases, "
-             f"float64, {len(x)} FashionMNIST images, seeds {','.join(map(str, seeds))}")
+             f"float64, {images} FashionMNIST images, seeds {','.join(map(str, seeds))}")
     figures = {"signal": signal_figure(profiles, predictions, title)}
     paths.update(zip(figures, save_figures(figures, out_dir)))
-    return profiles, predictions, paths
+    return paths
 
 
 def agreement(profiles: list[SignalProfile], prediction: SignalPrediction) -> dict[str, float]:
-    """For one setting, over layers and seeds: the largest relative error of the measured variance,
-    the largest absolute error of the mean and of the correlation, against the prediction."""
+    """For one setting, over layers and seeds: `agreement_frame`'s three errors."""
     mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
-    measured = {key: np.array([getattr(p, key) for p in mine]) for key in ("mean", "var", "correlation")}
-    return {
-        "var_rel_error": float(np.max(np.abs(measured["var"] / np.array(prediction.var) - 1))),
-        "mean_abs_error": float(np.max(np.abs(measured["mean"] - np.array(prediction.mean)))),
-        "correlation_abs_error": float(np.max(np.abs(measured["correlation"] - np.array(prediction.correlation)))),
-    }
+    row = agreement_frame(signal_frame(mine, [prediction])).iloc[0]
+    return {key: float(row[key]) for key in ("var_rel_error", "mean_abs_error", "correlation_abs_error")}
+
+
+def agreement_text(frame: pd.DataFrame) -> str:
+    """`agreement_frame` for people: per setting, the last layer measured against mean-field and
+    the largest errors. frame: `signal_frame`."""
+    measured = frame[frame["seed"] != "mean-field"]
+    seeds = ",".join(str(s) for s in sorted(measured["seed"].unique()))
+    lines = [f"layer {measured['layer'].max()}: measured (mean over seeds {seeds}) / mean-field; "
+             "largest error over layers and seeds"]
+    for r in agreement_frame(frame).to_dict("records"):
+        lines.append(f"  leak {r['leak']:g}, sub {r['sub']:g}: var {r['var']:.4g} / {r['var_predicted']:.4g}, "
+                     f"mean {r['mean']:.3f} / {r['mean_predicted']:.3f}, "
+                     f"correlation {r['correlation']:.3f} / {r['correlation_predicted']:.3f}"
+                     f"   (var {r['var_rel_error']:.0%}, mean {r['mean_abs_error']:.3f}, "
+                     f"correlation {r['correlation_abs_error']:.3f})")
+    return "\n".join(lines)
+
+
+def agreement_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (leak, sub) of a `signal_frame`: the last layer's var, mean and correlation
+    (measured, mean over seeds) and their mean-field values (`*_predicted`); over layers and seeds,
+    the largest relative error of the measured variance and the largest absolute errors of the mean
+    and of the correlation (var_rel_error, mean_abs_error, correlation_abs_error)."""
+    predicted = frame[frame["seed"] == "mean-field"].set_index(["leak", "sub", "layer"])
+    rows = []
+    for (leak, sub), group in frame[frame["seed"] != "mean-field"].groupby(["leak", "sub"], sort=False):
+        mine = predicted.loc[(leak, sub)]
+        aligned = mine.reindex(group["layer"])
+        last = group[group["layer"] == group["layer"].max()]
+        rows.append({
+            "leak": leak, "sub": sub,
+            **{key: float(last[key].mean()) for key in ("var", "mean", "correlation")},
+            **{f"{key}_predicted": float(mine[key].iloc[-1]) for key in ("var", "mean", "correlation")},
+            "var_rel_error": float(np.max(np.abs(group["var"].to_numpy() / aligned["var"].to_numpy() - 1))),
+            "mean_abs_error": float(np.max(np.abs(group["mean"].to_numpy() - aligned["mean"].to_numpy()))),
+            "correlation_abs_error": float(np.max(np.abs(group["correlation"].to_numpy()
+                                                         - aligned["correlation"].to_numpy()))),
+        })
+    return pd.DataFrame(rows)

@@ -18,10 +18,10 @@ import pandas as pd
 from scipy import stats
 
 from study.ladder import EdgeDesign
-from study.reliability import clopper_pearson, discordant, holm, mcnemar_exact
+from study.records import is_trained
+from study.reliability import ALPHA, clopper_pearson, discordant, holm, mcnemar_exact
 
 RELIABLE, UNRELIABLE = EdgeDesign.reliability, EdgeDesign.unreliability
-ALPHA = 0.05
 HOLDS, DOES_NOT_HOLD = "holds", "does not hold"
 
 
@@ -39,7 +39,7 @@ class Outcomes:
     @classmethod
     def of(cls, name: str, frame: pd.DataFrame, threshold: float) -> "Outcomes":
         """From `results.seed_frame` rows of one setting."""
-        return cls(name, {int(r.seed): (bool(r.val_acc > threshold), float(r.val_acc),
+        return cls(name, {int(r.seed): (is_trained(r.val_acc, threshold), float(r.val_acc),
                                         None if pd.isna(r.diverged_step) else int(r.diverged_step))
                           for r in frame.itertuples()})
 

@@ -8,27 +8,27 @@ complete and the sharpness values are cached beside the database.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from study.design import MachineConfig
 from study.data import load_fashion_mnist
+from study.design import MachineConfig
+from study.edge_plots import edge_figures, sharpness_figure
+from study.edge_search import EdgeSearch
 from study.experiments.findings import claims
+from study.experiments.findings.curvature import measure_sharpness, sharpness_section
 from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_RELU, RELU, FindingsPlan
-from study.experiments.sharpness import TOLERANCE, sharpness
-from study.experiments.signal import agreement, fixed_point_variance, run_signal
-from study.plots import edge_figures, save_figures, sharpness_figure
-from study.results import edge_table, probe_frame, seed_frame, study_threshold, wall_time
+from study.experiments.findings.tables import lesson_outcome, markdown_table
+from study.experiments.signal import agreement, fixed_point_variance, run_signal, save_signal, signal_frame
+from study.plots import activation_figure, save_figures
+from study.records import study_threshold
+from study.results import edge_table, probe_frame, seed_frame, wall_time
 from study.runner import run_study
-from study.storage import sqlite_path
 from study.training import device_name
 
 COMMAND = "python -m study findings"
@@ -40,9 +40,10 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
     started = time.perf_counter()
     figures_dir = out_dir / "findings"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    edges = {name: (design, run_study(plan.place(name), design, plan.run, machine, progress))
+    edges = {name: (design, run_study(plan.place(name), design, plan.run, machine, progress, EdgeSearch,
+                                      activation_figure))
              for name, design in plan.edge_studies().items()}
-    lesson = {name: run_study(plan.place(name), design, run, machine, progress)
+    lesson = {name: run_study(plan.place(name), design, run, machine, progress, seed_picture=activation_figure)
               for name, (design, run) in plan.lesson_studies().items()}
     outcomes = {name: _outcomes(study) for name, study in lesson.items()}
 
@@ -50,15 +51,16 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
     grid = edge_table(grid_study, grid_design)
     step = grid_design.ladder()[1] / grid_design.ladder()[0]
     probes = probe_frame(grid_study)
-    sharp = _sharpness(plan, grid, outcomes, progress)
+    sharp = measure_sharpness(plan, grid, outcomes, progress)
     pictures = save_figures({
         **edge_figures(grid, probes, grid_design.ladder()),
         "sharpness": sharpness_figure(grid, sharp["init"], sharp["steps"], step, plan.run.optim.momentum),
     }, figures_dir)
     data = load_fashion_mnist(plan.run.data)
-    profiles, predictions, signal_paths = run_signal(
-        data.x_train[:plan.signal_images], data.y_train[:plan.signal_images], figures_dir, seeds=plan.signal_seeds,
-        net=plan.signal, progress=progress)
+    profiles, predictions = run_signal(data.x_train[:plan.signal_images], data.y_train[:plan.signal_images],
+                                       seeds=plan.signal_seeds, net=plan.signal, progress=progress)
+    signal_paths = save_signal(signal_frame(profiles, predictions), profiles, predictions, plan.signal,
+                               plan.signal_seeds, plan.signal_images, figures_dir)
 
     sections = [
         _header(plan, list(lesson.values()) + [s for _, s in edges.values()], time.perf_counter() - started),
@@ -66,7 +68,7 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
         _edge_section(grid, probes, grid_design, pictures),
         _lesson_section(plan, outcomes),
         _shift_section(plan, edges, grid),
-        _sharpness_section(plan, grid, sharp, outcomes, step, pictures),
+        sharpness_section(plan, grid, sharp, outcomes, step, pictures),
         _signal_section(plan, profiles, predictions, signal_paths),
         _setup_change_section(plan, outcomes),
     ]
@@ -80,41 +82,6 @@ def _outcomes(study) -> claims.Outcomes:
     row = frame.iloc[0]
     return claims.Outcomes.of(f"({row['leak']:g}, {row['sub']:g})", frame, study_threshold(study))
 
-
-def _lesson(outcomes: dict, variant: str, setting: tuple[float, float]) -> claims.Outcomes:
-    return outcomes[f"findings-{variant}-{setting[0]:g}-{setting[1]:g}"]
-
-
-# -- sharpness ---------------------------------------------------------------------------------------
-
-def _sharpness(plan: FindingsPlan, grid: pd.DataFrame, outcomes: dict, progress: bool) -> dict:
-    """lambda_max at init per grid setting and seed, per seed of the mixed lesson settings, and
-    along the first steps for the shifted settings; cached beside the database by configuration."""
-    cache_path = Path(str(sqlite_path(plan.storage)).replace(".db", ".sharpness.json"))
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    jobs = [(leak, sub, seed, 0) for leak, sub in zip(grid["leak"], grid["sub"]) for seed in range(plan.sharpness_seeds)]
-    lesson_outcomes = [(setting, _lesson(outcomes, "lesson", setting)) for setting in plan.lesson_settings]
-    jobs += [(leak, sub, seed, 0) for (leak, sub), setting in lesson_outcomes if 0 < setting.k < setting.n
-             for seed in setting.seeds]
-    jobs += [(leak, sub, seed, plan.sharpness_steps) for leak, sub in plan.shifted for seed in range(2)]
-    run_key = json.dumps(plan.run.to_dict(), sort_keys=True)
-    results = {}
-    for leak, sub, seed, steps in tqdm(sorted(set(jobs)), desc="sharpness", disable=not progress, leave=False):
-        key = f"{run_key}|{leak:g}|{sub:g}|{seed}|{steps}"
-        if key not in cache:
-            config = replace(plan.run, model=replace(plan.run.model, leak=leak, sub=sub),
-                             train=replace(plan.run.train, seed=seed))
-            cache[key] = [p.to_dict() for p in sharpness(config, steps)]
-            cache_path.write_text(json.dumps(cache))
-        results[(leak, sub, seed, steps)] = cache[key]
-    init = pd.DataFrame([{"leak": leak, "sub": sub, "seed": seed, "lambda_max": points[0]["lambda_max"]}
-                         for (leak, sub, seed, steps), points in results.items() if steps == 0])
-    along = pd.DataFrame([{"leak": leak, "sub": sub, "seed": seed, **point}
-                          for (leak, sub, seed, steps), points in results.items() if steps > 0 for point in points])
-    return {"init": init, "steps": along}
-
-
-# -- sections ----------------------------------------------------------------------------------------
 
 def _header(plan: FindingsPlan, studies: list, seconds: float) -> str:
     gpu = device_name(torch.device("cuda")) if torch.cuda.is_available() else "no GPU"
@@ -187,22 +154,10 @@ def _edge_section(grid: pd.DataFrame, probes: pd.DataFrame, design, pictures: li
         f"{len(grid)} settings; above it (or undecided there) for {len(above)}: "
         f"{', '.join(_name(r) for r in above) or 'none'}.",
         "",
-        _markdown(shown),
+        markdown_table(shown),
         "",
         *[f"![{p.stem}](findings/{p.name})" for p in pictures if p.stem in ("edge_heatmap", "edge_curves")],
     ])
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    """A frame as a Markdown table: numbers to 3 significant digits, "-" for a missing value."""
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "-" if math.isnan(value) else f"{value:.3g}"
-        return str(value)
-
-    rows = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    rows += ["| " + " | ".join(cell(v) for v in record) + " |" for record in frame.itertuples(index=False)]
-    return "\n".join(rows)
 
 
 def _name(row: dict) -> str:
@@ -211,7 +166,7 @@ def _name(row: dict) -> str:
 
 def _lesson_section(plan: FindingsPlan, outcomes: dict) -> str:
     def at(setting):
-        return _lesson(outcomes, "lesson", setting)
+        return lesson_outcome(outcomes, "lesson", setting)
 
     relu, general = at(RELU), at(LESSON_RELU)
     verdicts = [claims.trains_reliably(f"GeneralRelu{LESSON_RELU}, the lesson's choice, trains reliably at lr {LESSON_LR:g}", general)]
@@ -245,74 +200,11 @@ def _shift_section(plan: FindingsPlan, edges: dict, grid: pd.DataFrame) -> str:
         kept = ", ".join(name for name, ok in consistent.items() if ok) or "none of them"
         ruled_out = ", ".join(name for name, ok in consistent.items() if not ok) or "none of them"
         columns = ["momentum", "init_scale", "max_stable_lr", "first_unstable_lr", "first_unstable_verdict", "trainings"]
-        lines += [f"### ({leak:g}, {sub:g})", "", _markdown(by_momentum[columns]), "",
+        lines += [f"### ({leak:g}, {sub:g})", "", markdown_table(by_momentum[columns]), "",
                   f"Constant across momenta within the rung intervals: {kept}; ruled out by them: {ruled_out}. "
                   "(Each interval rests on sequential-test verdicts with 5% error each way.)", "",
-                  _markdown(by_scale[columns]), ""]
+                  markdown_table(by_scale[columns]), ""]
     return "\n".join(lines).rstrip()
-
-
-def _sharpness_section(plan: FindingsPlan, grid: pd.DataFrame, sharp: dict, outcomes: dict, step: float,
-                       pictures: list[Path]) -> str:
-    init = sharp["init"]
-    momentum = plan.run.optim.momentum
-    rows = []
-    for r in grid.to_dict("records"):
-        values = init[(init["leak"] == r["leak"]) & (init["sub"] == r["sub"]) & (init["seed"] < plan.sharpness_seeds)]
-        rows.append({"leak": r["leak"], "sub": r["sub"], "lambda_max (median)": float(values["lambda_max"].median()),
-                     "bound 2(1+mu)/lambda": 2 * (1 + momentum) / float(values["lambda_max"].median()),
-                     "largest stable lr": r["max_stable_lr"], "first unstable lr": r["first_unstable_lr"],
-                     "edge (middle)": claims.edge_point(r, step)})
-    table = pd.DataFrame(rows)
-    bound, low, high = table["bound 2(1+mu)/lambda"], table["largest stable lr"], table["first unstable lr"]
-    rho, p = claims.rank_agreement(list(bound), list(table["edge (middle)"]))
-    within = int(((bound >= low.fillna(0)) & (bound <= high.fillna(math.inf))).sum())
-    seed_lines = []
-    for leak, sub in plan.lesson_settings:
-        mine = _lesson(outcomes, "lesson", (leak, sub))
-        if not 0 < mine.k < mine.n:
-            continue
-        values = init[(init["leak"] == leak) & (init["sub"] == sub)].set_index("seed")["lambda_max"]
-        failed = [values[s] for s, (ok, _, _) in mine.seeds.items() if not ok and s in values]
-        trained = [values[s] for s, (ok, _, _) in mine.seeds.items() if ok and s in values]
-        p_seed, verdict = claims.sharper_seeds_diverge(failed, trained)
-        seed_lines.append(f"- ({leak:g}, {sub:g}) at lr {LESSON_LR:g}: lambda_max at init of the {len(failed)} failed seeds "
-                          f"median {np.median(failed):.3g}, of the {len(trained)} trained {np.median(trained):.3g}: "
-                          f"{verdict} (one-sided Mann-Whitney U, p = {p_seed:.2g}).")
-    along = sharp["steps"]
-    step_lines = []
-    for (leak, sub), group in along.groupby(["leak", "sub"]):
-        first, last = group[group["step"] == 0]["lambda_max"], group[group["step"] == group["step"].max()]["lambda_max"]
-        step_lines.append(f"- ({leak:g}, {sub:g}): lambda_max {first.median():.3g} at init, {last.median():.3g} after "
-                          f"{int(group['step'].max())} steps at lr {plan.run.optim.lr:g} (median of {group['seed'].nunique()} seeds).")
-    if math.isnan(rho):
-        agreement_word = "cannot be ranked against the edge: the measured edge is the same for every setting"
-    else:
-        agreement_word = ("orders the settings as the edge does" if p < claims.ALPHA and rho > 0 else
-                          "orders them against the edge" if p < claims.ALPHA else
-                          f"does not order them the way the edge does (not established with {len(table)} settings)")
-    return "\n".join([
-        "## 4. Why: sharpness at initialisation",
-        "",
-        f"`python -m study sharpness`: the largest eigenvalue lambda_max of the training loss's Hessian on the seed's "
-        f"first batch (power iteration on Hessian-vector products, residual within {TOLERANCE:.0%}). Heavy-ball "
-        f"SGD on a quadratic is stable for lr < 2 (1 + momentum) / lambda_max: the bound below "
-        f"(momentum {momentum:g}, median lambda_max of {plan.sharpness_seeds} seeds).",
-        "",
-        _markdown(table),
-        "",
-        f"The bound at initialisation {agreement_word}: Spearman's rank correlation with the measured edge "
-        f"rho = {rho:.2f}, p = {p:.2g} over {len(table)} settings; it falls inside the measured edge interval for "
-        f"{within} of {len(table)}.",
-        "",
-        "Across seeds of one setting:",
-        *(seed_lines or ["- no lesson setting had both trained and failed seeds."]),
-        "",
-        "What the first steps do to lambda_max:",
-        *step_lines,
-        "",
-        *[f"![{p.stem}](findings/{p.name})" for p in pictures if p.stem == "sharpness"],
-    ])
 
 
 def _signal_section(plan: FindingsPlan, profiles, predictions, paths: dict) -> str:
@@ -355,7 +247,7 @@ def _setup_change_section(plan: FindingsPlan, outcomes: dict) -> str:
     verdicts = []
     for variant, text in (("zero-bias", "zero biases"), ("split-50k", "the 50,000-image split (49 steps)")):
         for setting in plan.setup_settings:
-            ours, theirs = _lesson(outcomes, "lesson", setting), _lesson(outcomes, variant, setting)
+            ours, theirs = lesson_outcome(outcomes, "lesson", setting), lesson_outcome(outcomes, variant, setting)
             theirs = claims.Outcomes(f"{theirs.name} with {text}", theirs.seeds)
             verdicts += [claims.more_reliable(f"{ours.name}: the lesson's set-up trains for more seeds than {text}",
                                               ours, theirs),

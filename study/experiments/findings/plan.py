@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.axes import Range
-from study.design import StudyDesign, StudyPlace
+from study.design import StudyDesign
+from study.place import StudyPlace
 from study.ladder import EdgeDesign
 from study.experiments.signal import SignalNet
 

@@ -1,0 +1,135 @@
+"""Stored studies as Python objects: tables (pandas), pictures (matplotlib) and files, for the API
+(`study.load`, the return values of `study.search` and `study.edge`) and the command line alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from study import axes
+from study.errors import BadInput
+from study.ladder import EdgeDesign
+from study.place import StudyPlace
+
+
+class Study:
+    """A stored study: its trials as pandas tables and its pictures as matplotlib Figures.
+
+    `optuna` is the underlying `optuna.Study` for anything else (its trials, user attributes,
+    `optuna.visualization`).
+    """
+
+    def __init__(self, optuna_study, place: StudyPlace):
+        self.optuna, self.place = optuna_study, place
+
+    @property
+    def name(self) -> str:
+        return self.place.name
+
+    def frame(self):
+        """One row per (COMPLETE setting, seed): number, init_scale, leak, sub, lr, momentum, seed,
+        val_acc, test_acc, diverged, diverged_step."""
+        from study.results import seed_frame
+
+        return seed_frame(self.optuna)
+
+    def trials(self):
+        """One row per COMPLETE setting: its summary over seeds (mean_val_acc, worst_acc, frac_trained...)."""
+        from study.results import trials_frame
+
+        return trials_frame(self.optuna)
+
+    def heatmap(self, metric: str = "frac_trained", x: str = "leak", y: str = "sub"):
+        """One metric's heatmap (x by y: leak by sub unless asked; a panel per combination of the
+        other axes that vary) as a matplotlib Figure."""
+        check_axes(x, y)
+        from study.plots import HEATMAP_METRICS, heatmap_figure, log_axes
+
+        metrics = [m[0] for m in HEATMAP_METRICS]
+        if metric not in metrics:
+            raise BadInput(f"no heatmap of {metric!r}: choose one of {', '.join(metrics)}")
+        trials = self.trials()
+        if trials.empty:
+            raise BadInput(f"study {self.name!r} has no COMPLETE trial yet")
+        return heatmap_figure(trials, metric, log_axes(self.optuna), x, y)
+
+    def figures(self, x: str = "leak", y: str = "sub") -> dict:
+        """Every picture the command line draws for the study, by file name; heatmaps x by y."""
+        check_axes(x, y)
+        from study.plots import study_figures
+
+        return study_figures(self.optuna, x, y)
+
+    def save_figures(self, out_dir: str | Path | None = None, x: str = "leak", y: str = "sub") -> list[Path]:
+        """The pictures as PNGs in `out_dir` (default: studies/NAME beside the database)."""
+        from study.plots import save_figures
+
+        return save_figures(self.figures(x, y), Path(out_dir) if out_dir else self.place.out_dir())
+
+    def report(self, out_dir: str | Path | None = None) -> Path:
+        """report.md with its pictures in `out_dir` (default: studies/NAME beside the database)."""
+        from study.report import write_report
+
+        return write_report(self.optuna, Path(out_dir) if out_dir else self.place.out_dir())
+
+    def summary(self) -> str:
+        """The top settings by mean accuracy and by worst seed, as text."""
+        from study.results import summary_table
+
+        return summary_table(self.optuna)
+
+    def __repr__(self) -> str:
+        from optuna.trial import TrialState
+
+        n = len(self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return f"<study {self.name!r}: {n} COMPLETE settings>"
+
+
+def check_axes(x: str, y: str) -> None:
+    """x and y of a heatmap: two different searched axes."""
+    if x not in axes.NAMES or y not in axes.NAMES or x == y:
+        raise BadInput(f"heatmap axes {x!r} by {y!r}: choose two different of {', '.join(axes.NAMES)}")
+
+
+
+class Edge(Study):
+    """A stored edge search (`study.ladder`): its table of edges, its probes, its pictures."""
+
+    def __init__(self, optuna_study, place: StudyPlace, design: EdgeDesign):
+        super().__init__(optuna_study, place)
+        self.design = design
+
+    def table(self):
+        """One row per setting: max_stable_lr, first_unstable_lr, trainings, ... (`results.EDGE_COLUMNS`)."""
+        from study.results import edge_table
+
+        return edge_table(self.optuna, self.design)
+
+    def probes(self):
+        """One row per probe (setting, lr): verdict, trained of n_seeds, exact interval, accuracy of trained seeds."""
+        from study.results import probe_frame
+
+        return probe_frame(self.optuna)
+
+    def figures(self, x: str = "leak", y: str = "sub") -> dict:
+        """The edge's heatmap (leak by sub, the only axes it takes) and its curves, by file name."""
+        if (x, y) != ("leak", "sub"):
+            raise BadInput(f"an edge search's heatmap is leak by sub, not {x} by {y}")
+        from study.edge_plots import edge_figures
+
+        return edge_figures(self.table(), self.probes(), self.design.ladder())
+
+    def cost(self) -> str:
+        """The trainings used against a fixed 10-seed sweep of the same rungs."""
+        from study.results import cost_line
+
+        return cost_line(self.table(), self.design)
+
+    def save(self, out_dir: str | Path | None = None) -> list[Path]:
+        """edge.csv (`table()`) and the pictures in `out_dir` (default: studies/NAME beside the
+        database): what `python -m study edge` writes. Returns their paths, edge.csv first."""
+        from study.plots import save_figures
+
+        out = Path(out_dir) if out_dir else self.place.out_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        self.table().to_csv(out / "edge.csv", index=False)
+        return [out / "edge.csv", *save_figures(self.figures(), out)]
