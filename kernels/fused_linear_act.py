@@ -59,6 +59,10 @@ PRECISIONS = ("ieee", "tf32", "tf32x3")
 # units of positive counts (the target shape's in one step each, at 64 x 64 tiles).
 MERGE_TILES = tl.constexpr(64)
 POS_ROWS, POS_COLS = tl.constexpr(16), tl.constexpr(256)
+# The activations the epilogue knows (study/activations.py declares each): name -> the constexpr id
+# its branch in `_activate` and `_slope` tests. A new one is a name here and a branch in each.
+ACTIVATIONS = {"general_relu": 0}
+GENERAL_RELU = tl.constexpr(ACTIVATIONS["general_relu"])
 
 
 class LinearActStats(NamedTuple):
@@ -156,8 +160,16 @@ def _activation(g, value, value_ptr, PER_MODEL: tl.constexpr):
 
 
 @triton.jit
-def _slope(code, leak):
-    """The derivative of GeneralRelu from the forward's code: 0 -> leak, 1 -> 1, 2 (clamped) -> 0."""
+def _activate(z, leak, sub, ACTIVATION: tl.constexpr):
+    """The activation of z before the clamp, and its slope code: 1 where the slope is 1, 0 where leak."""
+    tl.static_assert(ACTIVATION == GENERAL_RELU, "unknown activation")
+    return tl.where(z > 0, z, z * leak) - sub, tl.where(z > 0, 1, 0)
+
+
+@triton.jit
+def _slope(code, leak, ACTIVATION: tl.constexpr):
+    """The activation's derivative from the forward's code: 0 -> leak, 1 -> 1, 2 (clamped) -> 0."""
+    tl.static_assert(ACTIVATION == GENERAL_RELU, "unknown activation")
     return tl.where(code == 1, 1.0, tl.where(code == 0, leak, 0.0))
 
 
@@ -176,7 +188,7 @@ def _forward_kernel(
     LEAK_PER_MODEL: tl.constexpr, SUB_PER_MODEL: tl.constexpr, MAXV_PER_MODEL: tl.constexpr,
     HAS_MAXV: tl.constexpr, SAVE_CODE: tl.constexpr, STATS: tl.constexpr,
     HIST_BINS: tl.constexpr, HIST_BINS_POW2: tl.constexpr,  # Triton shapes are powers of two
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
 ):
     g = tl.program_id(1)
@@ -199,12 +211,11 @@ def _forward_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    # Epilogue: bias, GeneralRelu, y and the slope code.
+    # Epilogue: bias, the activation, y and the slope code.
     bias = tl.load(b_ptr + g64 * stride_bg + offs_n * stride_bn, mask=in_n, other=0.0).to(tl.float32)
     z = acc + bias[None, :]
-    y = tl.where(z > 0, z, z * _activation(g, leak, leak_ptr, LEAK_PER_MODEL)) \
-        - _activation(g, sub, sub_ptr, SUB_PER_MODEL)
-    code = tl.where(z > 0, 1, 0)
+    y, code = _activate(z, _activation(g, leak, leak_ptr, LEAK_PER_MODEL), _activation(g, sub, sub_ptr, SUB_PER_MODEL),
+                        ACTIVATION)
     if HAS_MAXV:
         ceiling = _activation(g, maxv, maxv_ptr, MAXV_PER_MODEL)
         clamped = y >= ceiling  # clamp_max's gradient is 0 at the tie, so the code is too
@@ -317,7 +328,7 @@ def _dx_kernel(
     G, M, N, K,
     stride_dyg, stride_dym, stride_dyn,
     stride_wg, stride_wn, stride_wk,
-    SHARED_X: tl.constexpr, LEAK_PER_MODEL: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SHARED_X: tl.constexpr, LEAK_PER_MODEL: tl.constexpr, INPUT_PRECISION: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
 ):
     """dx[g] = dz[g] @ weight[g], tiles (BLOCK_R rows of M) x (BLOCK_C columns of K), reducing over
@@ -346,7 +357,7 @@ def _dx_kernel(
                          mask=tile, other=0.0)
             code = tl.load(code_ptr + g64 * M * N + offs_m[:, None].to(tl.int64) * N + n0 + offs_n[None, :],
                            mask=tile, other=0)
-            dz = (dy.to(tl.float32) * _slope(code, slope_of_leak)).to(w_ptr.dtype.element_ty)
+            dz = (dy.to(tl.float32) * _slope(code, slope_of_leak, ACTIVATION)).to(w_ptr.dtype.element_ty)
             w = tl.load(w_ptr + g64 * stride_wg + (n0 + offs_n[:, None]) * stride_wn + offs_k[None, :] * stride_wk,
                         mask=in_n[:, None] & in_k[None, :], other=0.0)
             acc = tl.dot(dz, w, acc, input_precision=INPUT_PRECISION)
@@ -361,7 +372,7 @@ def _dweight_kernel(
     G, M, N, K,
     stride_dyg, stride_dym, stride_dyn,
     stride_xg, stride_xm, stride_xk,
-    LEAK_PER_MODEL: tl.constexpr, WITH_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    LEAK_PER_MODEL: tl.constexpr, WITH_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
 ):
     """dweight[g] = dz[g].T @ x[g], tiles (BLOCK_R units) x (BLOCK_C columns of K), reducing over rows
@@ -385,7 +396,7 @@ def _dweight_kernel(
                      mask=tile, other=0.0)
         code = tl.load(code_ptr + g64 * M * N + (m0 + offs_m[None, :]).to(tl.int64) * N + offs_n[:, None],
                        mask=tile, other=0)
-        dz = dy.to(tl.float32) * _slope(code, slope_of_leak)
+        dz = dy.to(tl.float32) * _slope(code, slope_of_leak, ACTIVATION)
         if WITH_BIAS:
             bias_acc += tl.sum(dz, axis=1)
         x = tl.load(x_ptr + g64 * stride_xg + (m0 + offs_m[:, None]) * stride_xm + offs_k[None, :] * stride_xk,
@@ -417,7 +428,7 @@ def _tickets(device: torch.device, models: int) -> torch.Tensor:
 def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 leak: float, sub: float, maxv: Optional[float],
                 leak_g: Optional[torch.Tensor], sub_g: Optional[torch.Tensor], maxv_g: Optional[torch.Tensor],
-                hist_bins: int, hist_max: float, stats: bool, save_code: bool, precision: str
+                hist_bins: int, hist_max: float, stats: bool, save_code: bool, precision: str, activation: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (G, M, N), code (G, M, N) int8 (empty unless save_code), mean, var (G,) float64,
     hist (G, hist_bins), unit_pos (G, N) int64 (empty unless stats)."""
@@ -448,7 +459,7 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         G, M, N, K, *x_strides, *weight.stride(), *bias.stride(), hist_bins / hist_max, hist_max,
         LEAK_PER_MODEL=leak_g is not None, SUB_PER_MODEL=sub_g is not None, MAXV_PER_MODEL=maxv_g is not None,
         HAS_MAXV=maxv is not None or maxv_g is not None, SAVE_CODE=save_code, STATS=stats,
-        HIST_BINS=hist_bins, HIST_BINS_POW2=hist_pow2, INPUT_PRECISION=precision,
+        HIST_BINS=hist_bins, HIST_BINS_POW2=hist_pow2, INPUT_PRECISION=precision, ACTIVATION=activation,
     )
     return y, code, mean, var, hist, unit_pos
 
@@ -456,7 +467,7 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 @triton_op("initstudy::fused_linear_act_backward", mutates_args=())
 def _backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, code: torch.Tensor,
                  leak: float, leak_g: Optional[torch.Tensor], need_dx: bool, need_dweight: bool, need_dbias: bool,
-                 precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 precision: str, activation: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dx (like x), dweight (G, N, K), dbias (G, N); each empty when not needed."""
     G, N, K = weight.shape
     M = x.shape[-2]
@@ -469,7 +480,7 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, code: 
         wrap_triton(_dx_kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_R"]) * triton.cdiv(K, meta["BLOCK_C"]),
                                               1 if shared else G)](
             dy, code, weight, dx, leak_ptr, leak, G, M, N, K, *dy.stride(), *weight.stride(),
-            SHARED_X=shared, LEAK_PER_MODEL=leak_g is not None, INPUT_PRECISION=precision)
+            SHARED_X=shared, LEAK_PER_MODEL=leak_g is not None, INPUT_PRECISION=precision, ACTIVATION=activation)
         dx = dx[0] if shared else dx
     if need_dweight or need_dbias:
         dweight = torch.empty((G, N, K), device=x.device, dtype=weight.dtype)
@@ -478,15 +489,16 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, code: 
         wrap_triton(_dweight_kernel)[lambda meta: (triton.cdiv(N, meta["BLOCK_R"]) * triton.cdiv(K, meta["BLOCK_C"]),
                                                    G)](
             dy, code, x, dweight, dbias, leak_ptr, leak, G, M, N, K, *dy.stride(), *x_strides,
-            LEAK_PER_MODEL=leak_g is not None, WITH_BIAS=need_dbias, INPUT_PRECISION=precision)
+            LEAK_PER_MODEL=leak_g is not None, WITH_BIAS=need_dbias, INPUT_PRECISION=precision,
+            ACTIVATION=activation)
         dweight = dweight if need_dweight else empty
     return dx, dweight, dbias
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, _, leak, _, _, leak_g, *_, precision = inputs
+    x, weight, _, leak, _, _, leak_g, *_, precision, activation = inputs
     ctx.save_for_backward(x, weight, output[1], leak_g)
-    ctx.leak, ctx.precision = leak, precision
+    ctx.leak, ctx.precision, ctx.activation = leak, precision, activation
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # no zero gradients made for the statistics
 
@@ -499,7 +511,7 @@ def _backward(ctx, dy, *unused_grads):
         return (None, None, None, *others)
     x, weight, code, leak_g = ctx.saved_tensors
     dx, dweight, dbias = _backward_op(dy, x, weight, code, ctx.leak, leak_g, need[0], need[1], need[2],
-                                      ctx.precision)
+                                      ctx.precision, ctx.activation)
     return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None, *others)
 
 
@@ -551,11 +563,14 @@ def _per_model(value, G: int, name: str, device: torch.device) -> tuple[float, t
 
 def fused_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, leak, sub, maxv=None, *,
                      hist_bins: int = 40, hist_max: float = 10.0, stats: bool = True,
-                     precision: str | None = None) -> tuple[torch.Tensor, LinearActStats | None]:
+                     precision: str | None = None, activation: str = "general_relu"
+                     ) -> tuple[torch.Tensor, LinearActStats | None]:
     """y = clamp_max(leaky_relu(x @ weight.T + bias, leak) - sub, maxv) and its statistics (None when
     `stats` is False: the kernel then skips them), in one kernel launch for all G models. See the
     module docstring for shapes and semantics; `precision`: tl.dot's ("ieee", "tf32", "tf32x3"),
-    by default what torch.get_float32_matmul_precision() says."""
+    by default what torch.get_float32_matmul_precision() says; `activation`: one of ACTIVATIONS."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: the kernel has {', '.join(ACTIVATIONS)}")
     single = weight.dim() == 2
     if single:
         if x.dim() != 2 or bias.dim() != 1:
@@ -572,7 +587,7 @@ def fused_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     save_code = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
     y, _, mean, var, hist, unit_pos = _forward_op(
         x, weight, bias, leak_s, sub_s, maxv_s if maxv_g is None else None, leak_g, sub_g, maxv_g,
-        hist_bins, float(hist_max), stats, save_code, matmul_precision(precision, x.dtype))
+        hist_bins, float(hist_max), stats, save_code, matmul_precision(precision, x.dtype), ACTIVATIONS[activation])
     if single:  # squeeze, not y[0]: its backward is a view, where select's makes zeros and copies
         y, mean, var, hist, unit_pos = (t.squeeze(0) for t in (y, mean, var, hist, unit_pos))
     return y, (LinearActStats(mean, var, hist, unit_pos, M * N) if stats else None)

@@ -8,29 +8,52 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.activations import GENERAL_RELU
 from study.config import ModelConfig
 from study.data import N_CLASSES
 
 IMAGE_PIXELS = 28 * 28
 CNN_CHANNELS = (1, 8, 16, 32, 64)  # 28 -> 14 -> 7 -> 4 -> 2 with 3x3 stride-2 convolutions
+CONV = dict(kernel_size=3, stride=2, padding=1)  # every convolution of the lesson's CNN
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One weighted layer of the architecture: `linear` (n_in -> n_out features) or `conv` (CONV:
+    n_in -> n_out channels, each side halved, rounding up); `activated`: the activation follows it
+    (every hidden layer)."""
+
+    kind: str
+    n_in: int
+    n_out: int
+    activated: bool
+
+
+def architecture(config: ModelConfig) -> list[Layer]:
+    """The weighted layers, input side first: the one description `build_model` and the
+    population's stacked weights (`study.population`) are both built from. The MLP flattens the
+    image first; the lesson's CNN ends in a convolution to 10 channels at 1x1, then flattens."""
+    kind, sizes = (("linear", (IMAGE_PIXELS, *config.widths, N_CLASSES)) if config.model == "mlp"
+                   else ("conv", (*CNN_CHANNELS, N_CLASSES)))
+    return [Layer(kind, n_in, n_out, activated=index < len(sizes) - 2)
+            for index, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]))]
 
 
 class GeneralRelu(nn.Module):
-    """`clamp_max(leaky_relu(x, leak) - sub, maxv)`; leak 0 is a plain ReLU, maxv None no clamp."""
+    """`clamp_max(leaky_relu(x, leak) - sub, maxv)` as a module (`study.activations.GENERAL_RELU`)."""
 
     def __init__(self, leak: float = 0.0, sub: float = 0.0, maxv: float | None = None):
         super().__init__()
         self.leak, self.sub, self.maxv = leak, sub, maxv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(x, self.leak) if self.leak else F.relu(x)
-        x = x - self.sub
-        return x if self.maxv is None else x.clamp_max(self.maxv)
+        return GENERAL_RELU.forward(x, self.leak, self.sub, self.maxv)
 
     def extra_repr(self) -> str:
         return f"leak={self.leak}, sub={self.sub}, maxv={self.maxv}"
@@ -53,7 +76,8 @@ class FusedLinearAct(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, self.last_stats = fused_kernel().fused_linear_act(x, self.weight, self.bias, self.leak, self.sub, self.maxv,
-                                                             stats=self.record_stats)
+                                                             stats=self.record_stats,
+                                                             activation=GENERAL_RELU.kernel_name)
         return y
 
 
@@ -63,7 +87,7 @@ class FusedConvAct(nn.Conv2d):
     x: (B, C, H, W) -> (B, out_channels, ceil(H/2), ceil(W/2)). Statistics as `FusedLinearAct`'s."""
 
     def __init__(self, in_channels: int, out_channels: int, leak: float, sub: float, maxv: float | None):
-        super().__init__(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        super().__init__(in_channels, out_channels, **CONV)
         self.leak, self.sub, self.maxv = leak, sub, maxv
         self.record_stats = True
         self.last_stats = None
@@ -71,11 +95,11 @@ class FusedConvAct(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         out_h, out_w = (height + 1) // 2, (width + 1) // 2
-        patches = F.unfold(x, kernel_size=3, stride=2, padding=1)  # (B, C*9, L)
+        patches = F.unfold(x, **CONV)  # (B, C*9, L)
         rows = patches.transpose(1, 2).reshape(batch * out_h * out_w, -1)  # (B*L, C*9)
         y, self.last_stats = fused_kernel().fused_linear_act(
             rows, self.weight.flatten(1), self.bias, self.leak, self.sub, self.maxv,
-            stats=self.record_stats)  # (B*L, out)
+            stats=self.record_stats, activation=GENERAL_RELU.kernel_name)  # (B*L, out)
         return y.reshape(batch, out_h * out_w, -1).transpose(1, 2).reshape(batch, -1, out_h, out_w)
 
 
@@ -102,20 +126,16 @@ def build_model(config: ModelConfig, backend: str = "torch") -> nn.Sequential:
     activation fused (`FusedLinearAct`, `FusedConvAct`), with the same parameters and initialisation.
     """
     act = (config.leak, config.sub, config.maxv)
-    if config.model == "mlp":
-        widths = (IMAGE_PIXELS, *config.widths)
-        layers: list[nn.Module] = [nn.Flatten()]
-        for n_in, n_out in zip(widths, widths[1:]):
-            layers += ([FusedLinearAct(n_in, n_out, *act)] if backend == "triton"
-                       else [nn.Linear(n_in, n_out), GeneralRelu(*act)])
-        return nn.Sequential(*layers, nn.Linear(widths[-1], N_CLASSES))
-
-    layers = []
-    for n_in, n_out in zip(CNN_CHANNELS, CNN_CHANNELS[1:]):
-        layers += ([FusedConvAct(n_in, n_out, *act)] if backend == "triton"
-                   else [_conv(n_in, n_out), GeneralRelu(*act)])
-    # The lesson's head: one more stride-2 convolution (2x2 -> 1x1) to 10 channels, then flatten.
-    return nn.Sequential(*layers, _conv(CNN_CHANNELS[-1], N_CLASSES), nn.Flatten())
+    layers: list[nn.Module] = [nn.Flatten()] if config.model == "mlp" else []
+    for layer in architecture(config):
+        linear = layer.kind == "linear"
+        if layer.activated and backend == "triton":
+            layers.append((FusedLinearAct if linear else FusedConvAct)(layer.n_in, layer.n_out, *act))
+            continue
+        layers.append(nn.Linear(layer.n_in, layer.n_out) if linear else nn.Conv2d(layer.n_in, layer.n_out, **CONV))
+        if layer.activated:
+            layers.append(GeneralRelu(*act))
+    return nn.Sequential(*layers) if config.model == "mlp" else nn.Sequential(*layers, nn.Flatten())
 
 
 def activations(model: nn.Module) -> list[nn.Module]:
@@ -130,7 +150,8 @@ def weighted_layers(model: nn.Module) -> list[nn.Module]:
 
 def init_weights(model: nn.Module, config: ModelConfig, generator: torch.Generator,
                  batch: torch.Tensor | None = None) -> None:
-    """Kaiming normal with a=leak (gain sqrt(2 / (1 + leak^2)), fan-in) on every layer; biases as
+    """Kaiming normal (the activation's gain, `GENERAL_RELU.gain(leak)`, over sqrt(fan-in), drawn as
+    torch.nn.init.kaiming_normal_ draws it) on every layer; biases as
     `config.bias_init` says: PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the lesson's) or zero.
 
     Every weight is drawn before any bias, so one seed gives the same weights under both bias inits
@@ -139,7 +160,8 @@ def init_weights(model: nn.Module, config: ModelConfig, generator: torch.Generat
     """
     with torch.no_grad():
         for layer in weighted_layers(model):
-            nn.init.kaiming_normal_(layer.weight, a=config.leak, generator=generator)
+            fan_in = layer.weight[0].numel()
+            layer.weight.normal_(0, GENERAL_RELU.gain(config.leak) / math.sqrt(fan_in), generator=generator)
         for layer in weighted_layers(model):
             if config.bias_init == "zero":
                 nn.init.zeros_(layer.bias)
@@ -186,7 +208,3 @@ def lsuv(model: nn.Module, batch: torch.Tensor, tol: float = 1e-3, max_iters: in
                 hook.remove()
             final.append((mean, std))
     return final
-
-
-def _conv(n_in: int, n_out: int) -> nn.Conv2d:
-    return nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1)

@@ -26,54 +26,33 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from study import axes
+from study.activations import GENERAL_RELU
 from study.config import RunConfig
 from study.data import FashionMNIST
 from study.errors import BadInput
-from study.model import CNN_CHANNELS, build_model, fused_kernel, init_weights, weighted_layers
+from study.model import CONV, architecture, build_model, fused_kernel, init_weights, weighted_layers
 from study.stats import BatchedStats, LayerRecords, batched_stats, from_kernel
-from study.training import (EVAL_BATCH, TrainResult, autocast, is_diverged, make_optimizer, prepare_data,
-                            step_count, training_steps)
-
-
-class _GeneralReluPerMember(torch.autograd.Function):
-    """`leaky_relu(z, leak) - sub` with leak and sub per member (broadcast against z).
-
-    max(z, leak * z) is the leaky ReLU for leak in [0, 1). Saving only z and taking the slope from
-    its sign in backward costs fewer passes than autograd's `where` or `maximum` (MEASUREMENTS.md).
-    """
-
-    @staticmethod
-    def forward(ctx, z, leak, sub):
-        ctx.save_for_backward(z, leak)
-        return torch.maximum(z, z * leak).sub_(sub)
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, leak = ctx.saved_tensors
-        return torch.where(z > 0, grad, grad * leak), None, None
-
-
-def general_relu(z: torch.Tensor, leak: torch.Tensor, sub: torch.Tensor, maxv: float | None) -> torch.Tensor:
-    # In z's dtype: under bfloat16 autocast, float32 leak and sub would promote the activation.
-    y = _GeneralReluPerMember.apply(z, leak.to(z.dtype), sub.to(z.dtype))
-    return y if maxv is None else y.clamp_max(maxv)
+from study.training import (TrainResult, autocast, correct_share, is_diverged, make_optimizer, optimiser_step,
+                            prepare_data, seed_generators, step_count, training_steps)
 
 
 class Population:
     """G members' stacked parameters, their GeneralRelu settings, and the batched forward pass.
 
+    layers: the architecture (`study.model.architecture`), the same as each member's `nn.Module`.
     params: per weighted layer, weight then bias, each (G, ...) with the layer's own shape after G
-    (MLP: (G, out, in) and (G, out); CNN: (G, out, in, 3, 3) and (G, out)).
+    (linear: (G, out, in) and (G, out); conv: (G, out, in, 3, 3) and (G, out)).
     leak, sub: (G,) on the device. `members[i]` is the index (into the configs) of stack row i.
     """
 
     def __init__(self, configs: list[RunConfig], data: FashionMNIST, device: torch.device):
         first = configs[0]
         self.kind, self.maxv, self.backend = first.model.model, first.model.maxv, first.train.backend
+        self.layers = architecture(first.model)
         models = []
         for config in configs:
             model = build_model(config.model).to(device, data.x_train.dtype)
-            init_weights(model, config.model, torch.Generator().manual_seed(2 * config.train.seed),
+            init_weights(model, config.model, seed_generators(config.train.seed)[0],
                          batch=data.x_train[:config.optim.batch_size])
             models.append(model)
         layers = [weighted_layers(model) for model in models]
@@ -90,7 +69,7 @@ class Population:
 
     @property
     def n_hidden(self) -> int:
-        return len(self.params) // 2 - 1
+        return sum(layer.activated for layer in self.layers)
 
     def inputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """The batch layout of `forward`. x: (N, 1, 28, 28) images; index: (G, B) rows of x per
@@ -106,48 +85,33 @@ class Population:
         # Channels-last: grouped convolutions with few channels per group run faster so on the CPU.
         return stacked.contiguous(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor, record: Callable[[int, BatchedStats], None] | None = None) -> torch.Tensor:
-        """Logits (G, B, 10) of every member; `record(layer, stats)` receives each hidden layer's
-        statistics when given."""
-        if self.kind == "mlp":
-            return self._mlp(x, record)
-        return self._cnn(x, record)
-
-    def _mlp(self, h: torch.Tensor, record) -> torch.Tensor:
-        leak, sub = self.leak.view(-1, 1, 1), self.sub.view(-1, 1, 1)
-        for layer in range(self.n_hidden):
-            weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
-            if self.backend == "triton":
+    def forward(self, h: torch.Tensor, record: Callable[[int, BatchedStats], None] | None = None) -> torch.Tensor:
+        """Logits (G, B, 10) of every member from `inputs`; `record(layer, stats)` receives each
+        hidden layer's statistics when given."""
+        for index, layer in enumerate(self.layers):
+            weight, bias = self.params[2 * index], self.params[2 * index + 1]
+            if layer.kind == "linear" and layer.activated and self.backend == "triton":
                 h, fused_stats = fused_kernel().fused_linear_act(h, weight, bias, self.leak, self.sub, self.maxv,
-                                                                 stats=record is not None)
+                                                                 stats=record is not None,
+                                                                 activation=GENERAL_RELU.kernel_name)
                 if record:
-                    record(layer, from_kernel(fused_stats))
+                    record(index, from_kernel(fused_stats))
                 continue
-            z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-            h = general_relu(z, leak, sub, self.maxv)
+            if layer.kind == "linear":
+                z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))  # (G, B, out)
+                leak, sub, split, model_dim = self.leak.view(-1, 1, 1), self.sub.view(-1, 1, 1), z.shape, 0
+            else:  # the members as groups: member g's channels are the g-th block of `n_out`
+                z = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), stride=CONV["stride"], padding=CONV["padding"],
+                             groups=self.size)  # (B, G * out, H, W)
+                leak = self.leak.repeat_interleave(layer.n_out).view(1, -1, 1, 1)
+                sub = self.sub.repeat_interleave(layer.n_out).view(1, -1, 1, 1)
+                split, model_dim = (z.shape[0], self.size, layer.n_out, *z.shape[2:]), 1
+            if not layer.activated:
+                return z if layer.kind == "linear" else z.view(z.shape[0], self.size, -1).transpose(0, 1)
+            h = GENERAL_RELU.batched(z, leak, sub, self.maxv)
             if record:
-                record(layer, batched_stats(z, h, 0, workspace=self.workspace))
-        weight, bias = self.params[-2:]
-        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-
-    def _cnn(self, h: torch.Tensor, record) -> torch.Tensor:
-        members = self.size
-        batch = h.shape[0]
-        for layer, channels in enumerate(CNN_CHANNELS[1:]):
-            z = self._conv(h, layer)  # (B, G * C, H', W')
-            # Channels of member g are the g-th block of C: its leak and sub repeat C times.
-            leak = self.leak.repeat_interleave(channels).view(1, -1, 1, 1)
-            sub = self.sub.repeat_interleave(channels).view(1, -1, 1, 1)
-            h = general_relu(z, leak, sub, self.maxv)
-            if record:
-                split = (batch, members, channels, *z.shape[2:])
-                record(layer, batched_stats(z.view(split), h.view(split), 1, workspace=self.workspace))
-        logits = self._conv(h, len(CNN_CHANNELS) - 1)  # (B, G * 10, 1, 1)
-        return logits.view(batch, members, -1).transpose(0, 1)
-
-    def _conv(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
-        return F.conv2d(h, weight.flatten(0, 1), bias.flatten(), stride=2, padding=1, groups=self.size)
+                record(index, batched_stats(z.view(split), h.view(split), model_dim, workspace=self.workspace))
+        raise ValueError("the architecture ends in a layer without activation")
 
     def select(self, rows: list[int]) -> "Population":
         """A copy holding stack rows `rows` only, detached from training (to score members)."""
@@ -172,12 +136,8 @@ class Population:
 
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        """Per member, the share of correct argmax predictions (non-finite logits count as 0)."""
-        correct = torch.zeros(self.size, dtype=torch.int64, device=x.device)
-        for start in range(0, len(x), EVAL_BATCH):
-            logits = self.forward(self.inputs(x[start:start + EVAL_BATCH])).nan_to_num(0.0, 0.0, 0.0)
-            correct += (logits.argmax(dim=2) == y[start:start + EVAL_BATCH]).sum(dim=1)
-        return (correct.double() / len(x)).tolist()
+        """Per member, the share of correct argmax predictions (`study.training.correct_share`)."""
+        return correct_share(lambda images: self.forward(self.inputs(images)), x, y).tolist()
 
 
 def check_population(configs: list[RunConfig]) -> None:
@@ -213,7 +173,7 @@ def train_population(configs: list[RunConfig], data: FashionMNIST | None = None,
     total_steps = step_count(first, len(data.x_train))
     optimizer, scheduler = make_optimizer(population.params, first.optim, total_steps)
 
-    order_gens = [torch.Generator().manual_seed(2 * c.train.seed + 1) for c in configs]
+    order_gens = [seed_generators(c.train.seed)[1] for c in configs]
     losses: list[list[float]] = [[] for _ in configs]
     epoch_val_acc: list[list[float]] = [[] for _ in configs]
     records = [LayerRecords() for _ in range(population.n_hidden)]
@@ -269,10 +229,7 @@ def train_population(configs: list[RunConfig], data: FashionMNIST | None = None,
             index, y = index[rows], y[rows]
             with autocast(first, device):
                 member_losses = _losses(population.forward(population.inputs(data.x_train, index)), y)
-        optimizer.zero_grad(set_to_none=True)
-        member_losses.sum().backward()
-        optimizer.step()
-        scheduler.step()
+        optimiser_step(member_losses.sum(), optimizer, scheduler)
         bar.update()
         bar.set_postfix(models=population.size, loss=f"{min(values):.3f}", refresh=False)
     bar.close()

@@ -137,14 +137,28 @@ def is_diverged(loss: float, config: RunConfig) -> bool:
     return not math.isfinite(loss) or loss > config.train.diverge_loss
 
 
+def seed_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """The generators of seed `seed`: of its initial weights, and of its data order. Two, so that the
+    seed changes both, and a run and a population member of one seed draw the same."""
+    return torch.Generator().manual_seed(2 * seed), torch.Generator().manual_seed(2 * seed + 1)
+
+
+def optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """One step of every run, a single model's or a population's: gradients of `loss` (a population's
+    is the sum of its members', so each member gets its own), SGD, the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
 def initial_model(config: RunConfig, data: FashionMNIST, device: torch.device) -> tuple[nn.Module, torch.Generator]:
     """The untrained model of `config.train.seed` on `device`, and the generator of its data order.
 
     Two generators so that the seed changes both the initial weights and the data order; anything
     that must see the same network and batches as `train` (the sharpness probe) starts here.
     """
-    init_gen = torch.Generator().manual_seed(2 * config.train.seed)
-    order_gen = torch.Generator().manual_seed(2 * config.train.seed + 1)
+    init_gen, order_gen = seed_generators(config.train.seed)
     if config.train.backend == "triton" and device.type != "cuda" and torch.cuda.is_available():
         raise BadInput("`backend` triton runs on CUDA here: use `device` cuda (the interpreter is for machines "
                        "without a GPU)")
@@ -154,7 +168,9 @@ def initial_model(config: RunConfig, data: FashionMNIST, device: torch.device) -
 
 
 def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = False) -> TrainResult:
-    """Train `config` once. `data` (already on the device) saves reloading in loops over seeds."""
+    """Train `config` once. `data` (already on the device) saves reloading in loops over seeds. The
+    steps, the scoring, the divergence rule and the seeds' generators are those of a population
+    (`study.population.train_population`)."""
     device, data = prepare_data(config, data)
     start = time.perf_counter()
     model, order_gen = initial_model(config, data, device)
@@ -188,10 +204,7 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
             if is_diverged(losses[-1], config):
                 diverged_step = step
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimiser_step(loss, optimizer, scheduler)
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         history = recorder.history()
@@ -215,15 +228,23 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of correct argmax predictions. Non-finite logits count as 0, so a diverged model
-    scores the chance level its predictions reach instead of raising."""
+    """Share of correct argmax predictions (`correct_share`)."""
     model.eval()
+    share = correct_share(model, x, y).item()
+    model.train()
+    return share
+
+
+@torch.no_grad()
+def correct_share(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of correct argmax predictions, scored EVAL_BATCH images at a time: a single model's
+    (logits (B, 10) -> a 0-dim tensor) or a population's ((G, B, 10) -> (G,)). Non-finite logits
+    count as 0, so a diverged model scores the chance level its predictions reach instead of raising."""
     correct = 0
     for start in range(0, len(x), EVAL_BATCH):
-        logits = model(x[start:start + EVAL_BATCH]).nan_to_num(0.0, 0.0, 0.0)
-        correct += (logits.argmax(dim=1) == y[start:start + EVAL_BATCH]).sum().item()
-    model.train()
-    return correct / len(x)
+        logits = logits_of(x[start:start + EVAL_BATCH]).nan_to_num(0.0, 0.0, 0.0)
+        correct = correct + (logits.argmax(dim=-1) == y[start:start + EVAL_BATCH]).sum(dim=-1)
+    return correct.double() / len(x)
 
 
 def make_optimizer(params, optim: OptimConfig, total_steps: int):

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 
 
+@pytest.mark.slow
 def test_train_json_prints_one_object_with_the_result():
     proc = run_cli("train", "--model", "cnn", "--leak", "0.1", "--sub", "0.4", "--init-scale", "1.0",
                    "--seed", "0", "--epochs", "1", "--lr", "0.15", "--json")

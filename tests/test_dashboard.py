@@ -50,6 +50,7 @@ def dashboard(tmp_path):
     assert server.returncode == 143  # SIGTERM (a service manager's stop) ends the server at once
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_and_its_page_renders(dashboard, tmp_path):
     base, server = dashboard
     studies = get_json(f"{base}/api/studies")["study_summaries"]

@@ -177,6 +177,7 @@ def test_a_full_disk_stops_in_one_line_keeps_every_seed_and_the_same_command_fin
     assert all(sorted(seed_records(t)) == [0, 1] for t in complete)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["replaced", "truncated"])
 def test_a_database_file_changed_under_a_running_worker_stops_it(tmp_path, fault):
     db = tmp_path / "studies" / "moved.db"
@@ -205,6 +206,7 @@ def test_a_database_file_changed_under_a_running_worker_stops_it(tmp_path, fault
         assert digest(db) == expected
 
 
+@pytest.mark.slow
 def test_two_studies_in_one_sqlite_file_at_once(tmp_path):
     storage = ["--storage", "sqlite:///studies/shared.db"]
     procs = {name: start(["search", "--name", name, *storage, *TINY, "--leak", leak, "--sub", "0,0.4",

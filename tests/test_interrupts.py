@@ -207,6 +207,7 @@ POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("where", POINTS)
 def test_a_study_interrupted_anywhere_stops_and_resumes_to_the_same_result(where, signum, tmp_path, monkeypatch,

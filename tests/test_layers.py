@@ -18,7 +18,7 @@ from conftest import ROOT
 LAYERS = {
     "declarations": ["study.errors", "study.axes", "study.config", "study.design", "study.place", "study.ladder",
                      "study.sequential", "study.reliability", "study.interrupts", "study.masking", "study.quiet", "study.version"],
-    "training": ["kernels", "kernels.fused_linear_act", "study.data", "study.stats", "study.model", "study.training",
+    "training": ["kernels", "kernels.fused_linear_act", "study.activations", "study.data", "study.stats", "study.model", "study.training",
                  "study.population"],
     "records and storage": ["study.records", "study.faults", "study.storage"],
     "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search"],
@@ -100,6 +100,7 @@ def libraries_imported() -> list[str]:
     return sorted(name for name in found if name.split(".")[0] not in ("study", "kernels", "benchmarks", "__future__"))
 
 
+@pytest.mark.slow
 def test_importing_every_module_changes_no_global_state():
     """What the libraries do when imported (torch and scipy add warning filters, torch.library sets
     TORCHINDUCTOR_CACHE_DIR) is theirs: they are imported first."""

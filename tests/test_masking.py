@@ -96,6 +96,7 @@ def test_the_storage_default_comes_from_the_environment(monkeypatch):
 
 # --- every failing path, as a user meets it ------------------------------------------------------
 
+@pytest.mark.slow
 def test_unreachable_server(tmp_path):
     url = f"postgresql+psycopg2://alice:{PASSWORD}@127.0.0.1:{free_port()}/initstudy"
     for command in (["search", "--name", "s", *TINY, *GRID], ["heatmaps", "--name", "s"], ["report", "--name", "s"],
@@ -111,6 +112,7 @@ def test_a_password_in_a_flag_argparse_refuses(tmp_path):
     assert_no_secret(proc.stdout, proc.stderr, directory=tmp_path)
 
 
+@pytest.mark.slow
 def test_wrong_password_and_bad_database_against_a_real_server(server, tmp_path):
     wrong = server.url("initstudy", "alice", OTHER)
     proc = run_cli("search", "--name", "s", "--storage", wrong, *TINY, *GRID, cwd=tmp_path)
@@ -123,6 +125,7 @@ def test_wrong_password_and_bad_database_against_a_real_server(server, tmp_path)
     assert_no_secret(proc.stdout, proc.stderr, directory=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_study_run_interrupted_and_refused_with_the_password_on_the_command_line(server, tmp_path):
     url = server.url("initstudy", "alice", PASSWORD)
     # 24 seeds of about half a second each: room to interrupt it mid-study even on a loaded machine.
@@ -161,6 +164,7 @@ def test_a_study_run_interrupted_and_refused_with_the_password_on_the_command_li
     assert_no_secret(server.dump("initstudy"))
 
 
+@pytest.mark.slow
 def test_a_study_with_no_password_anywhere_pgpass_and_the_environment(server, tmp_path):
     """The README's many-machines form: the URL names no password; libpq reads it from ~/.pgpass."""
     pgpass = tmp_path / "pgpass"

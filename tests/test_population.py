@@ -12,7 +12,7 @@ import torch
 
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.errors import BadInput
-from study.population import Population, check_population, general_relu, train_population
+from study.population import Population, check_population, train_population
 from study.training import train
 
 SETTINGS = [(0.1, 0.4, 1.0), (0.2, 0.4, 1.0), (0.0, 0.0, 3.0)]  # the last one diverges
@@ -30,6 +30,7 @@ MLP = ModelConfig(model="mlp", widths=(64, 64))
 CNN = ModelConfig(model="cnn")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [MLP, CNN], ids=["mlp", "cnn"])
 def test_one_member_follows_the_single_model_loss_to_1e4(model, fashion):
     config = configs(model, seeds=(3,), settings=[(0.1, 0.4, 1.0)], max_steps=25)[0]
@@ -58,6 +59,7 @@ def assert_members_match_single_runs(runs, fashion):
     return population
 
 
+@pytest.mark.slow
 def test_every_mlp_member_matches_its_single_run_per_epoch(fashion):
     population = assert_members_match_single_runs(configs(MLP, epochs=2), fashion)
     assert any(m.diverged for m in population)  # the test covers both outcomes
@@ -80,15 +82,6 @@ def test_a_diverged_member_is_reported_at_once_and_stops_computing(fashion):
     assert len(diverged.losses) == step + 1 and diverged.steps == step
     assert all(layer.steps == list(range(step + 1)) for layer in diverged.history)  # no record after it
     assert finished == [(1, step), (0, 30)]  # the diverged member first, when it diverged
-
-
-def test_per_member_general_relu_gradient_matches_autograd():
-    z = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
-    leak = torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64).view(3, 1, 1)
-    sub = torch.tensor([0.0, 0.4, -0.2], dtype=torch.float64).view(3, 1, 1)
-    assert torch.autograd.gradcheck(lambda t: general_relu(t, leak, sub, None), (z,))
-    expected = torch.stack([torch.nn.functional.leaky_relu(z[g], leak[g].item()) - sub[g] for g in range(3)])
-    assert torch.equal(general_relu(z, leak, sub, 1.0), expected.clamp_max(1.0))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -21,6 +21,7 @@ def postgres_url():
         server.close()
 
 
+@pytest.mark.slow
 def test_three_workers_share_a_postgresql_study(postgres_url, tmp_path):
     grid = ["--leak", "0,0.1,0.2", "--sub", "0,0.4,0.7", "--seeds", "0"]
     proc = run_cli("search", "--name", "pg", "--storage", postgres_url, *TINY, *grid, "--workers", "3",

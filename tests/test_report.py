@@ -34,6 +34,7 @@ def lesson_study(lesson_dir):
     return run_study(lesson_dir, "lesson", leak=(0, 0.1), sub=(0, 0.4), seeds=(0, 1, 2, 3))
 
 
+@pytest.mark.slow
 def test_table_numbers_are_the_trials_numbers(lesson_study):
     table = setting_table(lesson_study)
     assert len(table) == 4
@@ -51,6 +52,7 @@ def test_table_numbers_are_the_trials_numbers(lesson_study):
         assert row["near_zero_last"] == pytest.approx(trial_layers(trial)[-1]["near_zero_frac"])
 
 
+@pytest.mark.slow
 def test_the_exact_interval_widens_with_fewer_seeds(tmp_path):
     many = setting_table(run_study(tmp_path, "many", leak=0.1, sub=0.4, seeds=(0, 1, 2, 3, 4, 5)))
     few = setting_table(run_study(tmp_path, "few", leak=0.1, sub=0.4, seeds=(0, 1, 2)))
@@ -76,9 +78,10 @@ def test_all_seeds_diverged_is_reported_with_when(tmp_path):
 
 def synthetic(outcomes: dict[tuple, list[bool]]) -> tuple:
     """A setting table and seed frame from (leak, sub) -> trained per seed 0, 1, ... (no training)."""
-    from study.axes import NAMES as SEARCHED
+    from study.axes import AXES, NAMES as SEARCHED
 
-    rows = [{"init_scale": 1.0, "leak": leak, "sub": sub, "lr": 0.2, "momentum": 0.85, "seed": seed,
+    defaults = {axis.name: axis.default for axis in AXES}
+    rows = [{**defaults, "leak": leak, "sub": sub, "seed": seed,
              "val_acc": 0.8 + 0.001 * seed if ok else 0.1, "diverged": not ok, "diverged_step": 3.0 if not ok else None}
             for (leak, sub), trained in outcomes.items() for seed, ok in enumerate(trained)]
     seeds = pd.DataFrame(rows)
@@ -108,6 +111,7 @@ def test_settings_without_shared_seeds_are_compared_with_fishers_test():
     assert row["test"] == "Fisher exact" and row["p"] == pytest.approx(fisher_exact(2, 10, 10, 10))
 
 
+@pytest.mark.slow
 def test_report_sentences_carry_their_evidence(lesson_study):
     table, seeds = setting_table(lesson_study), seed_frame(lesson_study)
     sentences = findings(table, seeds, 0.5)
@@ -118,6 +122,7 @@ def test_report_sentences_carry_their_evidence(lesson_study):
     assert not any("t-interval" in s and "all seeds" in s for s in sentences)
 
 
+@pytest.mark.slow
 def test_report_file_embeds_its_pictures(lesson_study, tmp_path):
     path = write_report(lesson_study, tmp_path)
     text = path.read_text()
@@ -128,6 +133,7 @@ def test_report_file_embeds_its_pictures(lesson_study, tmp_path):
     assert all((tmp_path / picture).stat().st_size > 5000 for picture in embedded)
 
 
+@pytest.mark.slow
 def test_report_command(lesson_study, lesson_dir, tmp_path):
     proc = run_cli("report", "--name", "lesson", "--storage", f"sqlite:///{lesson_dir}/lesson.db", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr

@@ -47,6 +47,7 @@ def finished(tmp_path_factory):
     return StudyPlace("s", f"sqlite:///{tmp_path}/s.db"), small_search(tmp_path)
 
 
+@pytest.mark.slow
 def test_every_trial_stores_each_seed_and_the_summary(finished):
     config, study = finished
     trials = complete_trials(study)
@@ -68,12 +69,14 @@ def test_every_trial_stores_each_seed_and_the_summary(finished):
     assert study.user_attrs[CONFIG_ATTR]["seeds"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_grid_is_covered_once(finished):
     _, study = finished
     points = [(t.params["leak"], t.params["sub"], t.params["init_scale"]) for t in complete_trials(study)]
     assert sorted(points) == [(0.0, 0.0, 1.0), (0.0, 0.4, 1.0), (0.2, 0.0, 1.0), (0.2, 0.4, 1.0)]
 
 
+@pytest.mark.slow
 def test_heatmap_data_matches_the_trials(finished, tmp_path):
     _, study = finished
     trials = trials_frame(study)
@@ -90,6 +93,7 @@ def test_heatmap_data_matches_the_trials(finished, tmp_path):
     assert all(p.stat().st_size > 5000 for p in paths)
 
 
+@pytest.mark.slow
 def test_rerun_adds_nothing_and_a_larger_target_adds_the_difference(tmp_path):
     study = small_search(tmp_path, **BOOKKEEPING, n_trials=2)
     assert len(complete_trials(study)) == 2
@@ -102,6 +106,7 @@ def test_rerun_adds_nothing_and_a_larger_target_adds_the_difference(tmp_path):
     assert len(points) == 4 and len(set(points)) == 4
 
 
+@pytest.mark.slow
 def test_a_failed_grid_point_is_retried(tmp_path):
     study = small_search(tmp_path, **BOOKKEEPING, n_trials=1)
     done = complete_trials(study)[0].params
@@ -125,6 +130,7 @@ def test_a_trial_killed_before_sampling_is_not_retried_as_an_empty_setting(tmp_p
     assert not [t for t in study.trials if t.state == TrialState.WAITING]
 
 
+@pytest.mark.slow
 def test_population_mode_stores_the_same_study_as_one_trial_at_a_time(finished, tmp_path):
     _, alone = finished
     study = small_search(tmp_path, population=3)
@@ -178,6 +184,7 @@ def test_population_mode_reuses_the_seeds_a_failed_trial_stored(tmp_path):
     assert records[0]["val_acc"] > 0.7 and "reused_from" not in records[0]
 
 
+@pytest.mark.slow
 def test_changed_configuration_is_refused_without_touching_the_database(finished):
     place, study = finished
     db = Path(place.storage_url().removeprefix("sqlite:///"))
@@ -209,6 +216,7 @@ def test_stability_objective_is_a_pareto_study(tmp_path):
     assert study.best_trials
 
 
+@pytest.mark.slow
 def test_seed_frame_lists_every_seed(finished):
     _, study = finished
     seeds = seed_frame(study)
@@ -225,6 +233,7 @@ def test_heatmaps_command_redraws_a_stored_study(finished, tmp_path):
     assert all((tmp_path / path).stat().st_size > 5000 for path in printed)
 
 
+@pytest.mark.slow
 def test_load_existing_study_names_what_is_there(finished, tmp_path):
     place, _ = finished
     with pytest.raises(BadInput, match="no study 'nope'.*holds: s"):
@@ -245,6 +254,7 @@ SEARCH_BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", SEARCH_BAD_INPUTS, ids=[m for _, m in SEARCH_BAD_INPUTS])
 def test_search_bad_input_is_one_line_exit_2_and_creates_nothing(flags, message, tmp_path):
     assert_one_line_error(run_cli("search", *flags, cwd=tmp_path), message)
@@ -267,6 +277,7 @@ def test_damaged_database_is_refused_and_left_as_it_was(tmp_path):
     assert digest(db) == before
 
 
+@pytest.mark.slow
 def test_warmup_is_an_axis_searched_like_the_others_and_each_trial_trains_as_train_does(tmp_path):
     proc = run_cli("search", "--name", "w", "--storage", f"sqlite:///{tmp_path}/w.db", *TINY, "--leak", "0.1",
                    "--sub", "0.4", "--lr", "0.5", "--warmup-steps", "0,5", "--seeds", "0", "--max-steps", "8",

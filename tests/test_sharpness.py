@@ -39,6 +39,7 @@ def dense_top_eigenvalue(model, x, y) -> float:
     return torch.linalg.eigvalsh(hessian).max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leak, sub, seed", [(0.0, 0.0, 0), (0.1, 0.4, 1), (0.5, 0.7, 2)])
 def test_lambda_max_agrees_with_a_dense_float64_hessian_within_one_percent(fashion, leak, sub, seed):
     config = tiny(leak, sub, seed=seed)

@@ -75,6 +75,7 @@ AGAINST_THE_STORED_STUDY = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", AGAINST_THE_STORED_STUDY, ids=[m for _, m in AGAINST_THE_STORED_STUDY])
 def test_bad_input_leaves_the_stored_study_unchanged(stored, tmp_path, flags, message):
     if callable(flags):
@@ -91,6 +92,7 @@ def copy_study(stored, tmp_path):
     return target / "base.db"
 
 
+@pytest.mark.slow
 def test_truncated_database_is_refused(stored, tmp_path):
     db = copy_study(stored, tmp_path)
     db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
@@ -99,6 +101,7 @@ def test_truncated_database_is_refused(stored, tmp_path):
     assert tree_digest(tmp_path / "studies") == before
 
 
+@pytest.mark.slow
 def test_garbage_database_is_refused(tmp_path):
     db = tmp_path / "studies" / "base.db"
     db.parent.mkdir()
@@ -109,11 +112,13 @@ def test_garbage_database_is_refused(tmp_path):
     assert tree_digest(tmp_path / "studies") == before
 
 
+@pytest.mark.slow
 def test_directory_where_the_database_should_be(tmp_path):
     (tmp_path / "studies" / "base.db").mkdir(parents=True)
     assert_one_line_error(run_cli("search", "--name", "base", *TINY, *GRID, cwd=tmp_path), "is a directory")
 
 
+@pytest.mark.slow
 def test_foreign_sqlite_database_is_not_taken_over(tmp_path):
     db = tmp_path / "other.db"
     with sqlite3.connect(db) as conn:
@@ -124,12 +129,14 @@ def test_foreign_sqlite_database_is_not_taken_over(tmp_path):
     assert db.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_storage_server_that_is_not_running(tmp_path):
     url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/initstudy"
     assert_one_line_error(run_cli("search", "--storage", url, *TINY, *GRID, cwd=tmp_path), "cannot open storage")
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_read_only_study_directory(stored, tmp_path):
     db = copy_study(stored, tmp_path)
     before = tree_digest(tmp_path / "studies")
@@ -148,6 +155,7 @@ def test_read_only_study_directory(stored, tmp_path):
     assert tree_digest(tmp_path / "studies") == before
 
 
+@pytest.mark.slow
 def test_check_sqlite_file_accepts_a_healthy_database(stored):
     check_sqlite_file(stored / "studies" / "base.db")
     with pytest.raises(BadInput, match="is a directory"):
@@ -209,6 +217,7 @@ def _open_after(barrier, url, answers):
         answers.put(str(e))
 
 
+@pytest.mark.slow
 def test_commands_started_together_on_a_new_database_all_open_it(tmp_path):
     """Four processes create Optuna's tables at the same instant, three rounds; before the fix about
     two rounds in three had a loser fail with "table ... already exists"."""

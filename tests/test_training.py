@@ -16,6 +16,7 @@ def run(fashion, **model_and_more):
     return train(RunConfig(model=ModelConfig(**model_and_more), optim=optim, train=train_config), fashion)
 
 
+@pytest.mark.slow
 def test_lesson_cnn_trains_in_one_epoch(fashion):
     # lr 0.15: at the lesson's 0.2 this setting diverges for seed 0 (measured 2026-11-23, README).
     result = run(fashion, model="cnn", leak=0.1, sub=0.4, optim=OptimConfig(lr=0.15))
@@ -27,6 +28,7 @@ def test_lesson_cnn_trains_in_one_epoch(fashion):
     assert [layer["units"] for layer in result.layers] == [8, 16, 32, 64]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_different_seed_different_run(fashion):
     first = run(fashion, model="cnn", train=TrainConfig(seed=3))
     again = run(fashion, model="cnn", train=TrainConfig(seed=3))
@@ -54,6 +56,7 @@ def test_mlp_trains_and_records_every_step(fashion):
     assert all(len(layer.hist) == 49 for layer in result.history)
 
 
+@pytest.mark.slow
 def test_stats_every_thins_the_record_without_changing_training(fashion):
     every = run(fashion, model="mlp", optim=OptimConfig(lr=0.05))
     sparse = run(fashion, model="mlp", optim=OptimConfig(lr=0.05), train=TrainConfig(stats_every=10))
@@ -61,6 +64,7 @@ def test_stats_every_thins_the_record_without_changing_training(fashion):
     assert sparse.losses == every.losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init, schedule", [("lsuv", "constant"), ("kaiming", "onecycle"), ("lsuv", "onecycle")])
 def test_lsuv_and_onecycle_train(fashion, init, schedule):
     result = run(fashion, model="cnn", init=init, optim=OptimConfig(schedule=schedule))
@@ -85,6 +89,7 @@ def test_more_epochs_take_more_steps_and_train_further(fashion, epochs):
     assert more.val_acc > one.val_acc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, widths, batch_size", [("mlp", (64, 32), 256), ("cnn", (256,), 64)])
 def test_fused_kernel_trains_like_the_pytorch_layers(fashion, model, widths, batch_size):
     """The Triton path (interpreter here) and the PyTorch path from one seed: same losses, and the

@@ -82,6 +82,7 @@ def test_workers_auto_is_one_per_core_on_the_cpu_each_with_its_share_of_threads(
     assert MachineConfig(workers="auto").worker_count("cuda") == 1
 
 
+@pytest.mark.slow
 def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
     db = tmp_path / "studies" / "many.db"
     search = start(["search", "--name", "many", *TINY, *GRID_24, "--seeds", "0", "--workers", "4"], tmp_path)
@@ -111,6 +112,7 @@ def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
     assert "24 COMPLETE trials" in out
 
 
+@pytest.mark.slow
 def test_independent_commands_share_one_study(tmp_path):
     db = tmp_path / "studies" / "shared.db"
     args = ["search", "--name", "shared", *TINY, *GRID_12, "--seeds", "0"]
@@ -121,6 +123,7 @@ def test_independent_commands_share_one_study(tmp_path):
     assert len(complete) == 12 and len(set(points(complete))) == 12
 
 
+@pytest.mark.slow
 def test_ctrl_c_fails_the_trial_and_resuming_reuses_finished_seeds(tmp_path):
     db = tmp_path / "studies" / "stop.db"
     args = ["search", "--name", "stop", *TINY, "--leak", "0.1", "--sub", "0.4", "--seeds", "0,1,2,3,4,5"]

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from study import interrupts
+from study.activations import GENERAL_RELU
 from study.config import ModelConfig
 from study.model import activations, build_model, init_weights, weighted_layers
 
@@ -85,22 +86,6 @@ class SignalPrediction:
     correlation: list[float]
 
 
-def leaky_moments(q: np.ndarray, leak: float, sub: float) -> tuple[np.ndarray, np.ndarray]:
-    """(E[a], E[a^2]) for a = leaky_relu(z, leak) - sub, z ~ N(0, q)."""
-    first = (1 - leak) * np.sqrt(q / (2 * np.pi))
-    second = (1 + leak ** 2) * q / 2
-    return first - sub, second - 2 * sub * first + sub ** 2
-
-
-def pair_moment(q1: np.ndarray, q2: np.ndarray, q12: np.ndarray, leak: float, sub: float) -> np.ndarray:
-    """E[a(z1) a(z2)] for (z1, z2) centred Gaussian with variances q1, q2 and covariance q12."""
-    c = np.clip(q12 / np.sqrt(q1 * q2), -1.0, 1.0)
-    theta = np.arccos(c)
-    ff = (1 - leak) ** 2 * np.sqrt(q1 * q2) * (np.sin(theta) + (np.pi - theta) * c) / (2 * np.pi) + leak * q12
-    f1, f2 = ((1 - leak) * np.sqrt(q / (2 * np.pi)) for q in (q1, q2))
-    return ff - sub * (f1 + f2) + sub ** 2
-
-
 def fixed_point_variance(leak: float, sub: float) -> float:
     """q* of the pre-activation variance for sub > 0, init_scale 1, zero biases (see the docstring)."""
     return math.pi * sub ** 2 / (2 * (1 - leak) ** 2)
@@ -109,7 +94,7 @@ def fixed_point_variance(leak: float, sub: float) -> float:
 def predict(x: torch.Tensor, leak: float, sub: float, net: SignalNet) -> SignalPrediction:
     """The mean-field profile for images x (N, 1, 28, 28) through `net`."""
     images = x.reshape(len(x), -1).double().numpy()
-    gain2 = net.init_scale ** 2 * 2 / (1 + leak ** 2)
+    gain2 = (net.init_scale * GENERAL_RELU.gain(leak)) ** 2
 
     def bias_var(fan_in: int) -> float:
         return 1 / (3 * fan_in) if net.bias_init == "default" else 0.0
@@ -119,11 +104,11 @@ def predict(x: torch.Tensor, leak: float, sub: float, net: SignalNet) -> SignalP
     q12 = gain2 * (images[first] * images[second]).mean(1) + bias_var(images.shape[1])  # (PAIRS,)
     means, variances, correlations = [], [], []
     for _ in range(net.depth):
-        mean, square = leaky_moments(q, leak, sub)
+        mean, square = GENERAL_RELU.moments(q, leak, sub)
         means.append(float(mean.mean()))
         variances.append(float(square.mean() - mean.mean() ** 2))
         correlations.append(float((q12 / np.sqrt(q[first] * q[second])).mean()))
-        q12 = gain2 * pair_moment(q[first], q[second], q12, leak, sub) + bias_var(net.width)
+        q12 = gain2 * GENERAL_RELU.pair_moment(q[first], q[second], q12, leak, sub) + bias_var(net.width)
         q = gain2 * square + bias_var(net.width)
     return SignalPrediction(leak, sub, means, variances, correlations)
 
