@@ -32,8 +32,29 @@ TRAIN_THRESHOLD = 0.5  # chance is 0.1; a run below 0.5 after training has not l
 
 
 @dataclass(frozen=True)
+class Design:
+    """What every design has, a search's (`StudyDesign`) and an edge search's (`study.ladder.EdgeDesign`):
+    a space per axis (the fields `study.axes.space_fields` gives each), checked here against the
+    axis's bounds, and the accuracy above which a seed counts as trained."""
+
+    train_threshold: float = field(
+        default=TRAIN_THRESHOLD,
+        metadata=describe("validation accuracy above which a seed counts as trained"))
+
+    def __post_init__(self):
+        for name in axes.NAMES:
+            object.__setattr__(self, name, check_space(name, getattr(self, name)))
+        if not 0 < self.train_threshold < 1:
+            raise FieldError("train_threshold", f"must be in (0, 1), got {self.train_threshold:g}")
+
+    def spaces(self) -> dict[str, axes.Space]:
+        """Each axis's space: what a trial's params are drawn from."""
+        return {name: getattr(self, name) for name in axes.NAMES}
+
+
+@dataclass(frozen=True)
 @space_fields()  # one per axis: study/axes.py
-class StudyDesign:
+class StudyDesign(Design):
     """Everything a study's results depend on besides the run configuration (`RunConfig`)."""
 
     seeds: tuple[int, ...] = field(default=(0, 1, 2),
@@ -47,28 +68,19 @@ class StudyDesign:
         default=None,
         metadata=describe("the study's target number of COMPLETE trials; re-running continues to it "
                           "(default: the grid size, or 30 for other samplers)"))
-    train_threshold: float = field(
-        default=TRAIN_THRESHOLD,
-        metadata=describe("validation accuracy above which a seed counts as trained"))
 
     def __post_init__(self):
-        for name in axes.NAMES:
-            object.__setattr__(self, name, check_space(name, getattr(self, name)))
+        super().__post_init__()
         object.__setattr__(self, "seeds", _distinct_indices("seeds", self.seeds))
         check_choices(self)
         if self.n_trials is not None and self.n_trials < 1:
             raise FieldError("n_trials", f"must be >= 1, got {self.n_trials}")
-        if not 0 < self.train_threshold < 1:
-            raise FieldError("train_threshold", f"must be in (0, 1), got {self.train_threshold}")
         if self.sampler == "grid":
             ranged = [name for name in axes.NAMES if isinstance(getattr(self, name), Range)]
             if ranged:
                 raise FieldError(ranged[0], "is a range, but the grid sampler needs lists: list its values")
             if self.n_trials is not None and self.n_trials > self.grid_size():
                 raise FieldError("n_trials", f"{self.n_trials} exceeds the grid's {self.grid_size()} points")
-
-    def spaces(self) -> dict[str, axes.Space]:
-        return {name: getattr(self, name) for name in axes.NAMES}
 
     def stored(self) -> dict:
         """The design's part of the stored configuration (`study_config`)."""

@@ -21,9 +21,9 @@ from itertools import product
 from dataclasses import dataclass, field
 
 from study import axes
-from study.axes import Range, Space, check_space, describe_space, space_fields
+from study.axes import Range, Space, describe_space, space_fields
 from study.config import describe
-from study.design import TRAIN_THRESHOLD
+from study.design import Design
 from study.errors import FieldError
 from study.sequential import RELIABLE, Sprt
 
@@ -32,7 +32,7 @@ SETTING_AXES = tuple(name for name in axes.NAMES if name != "lr")  # what a sett
 
 @dataclass(frozen=True)
 @space_fields(skip=("lr",), ranges=False)  # one per axis but lr: study/axes.py
-class EdgeDesign:
+class EdgeDesign(Design):
     """What an edge search's results depend on besides the run configuration: stored and compared."""
 
     lr: Space = field(default=Range(0.025, 1.6, log=True),
@@ -46,18 +46,15 @@ class EdgeDesign:
         default=0.6, metadata=describe("... against at most this fraction (the test's other hypothesis)"))
     error_rate: float = field(default=0.05, metadata=describe("the sequential test's error rate, each way"))
     max_seeds: int = field(default=20, metadata=describe("seeds after which an undecided probe stops"))
-    train_threshold: float = field(
-        default=TRAIN_THRESHOLD, metadata=describe("validation accuracy above which a seed counts as trained"))
 
     sampler = "grid"  # every probe is enqueued; the sampler is never asked
     objective = "accuracy"  # each probe's value: the mean validation accuracy of its seeds
 
     def __post_init__(self):
-        for name in SETTING_AXES + ("lr",):
-            space = check_space(name, getattr(self, name))
-            if isinstance(space, Range) and name != "lr":
-                raise FieldError(name, "is a range: an edge search takes a list of values")
-            object.__setattr__(self, name, space)
+        super().__post_init__()
+        ranged = [name for name in SETTING_AXES if isinstance(getattr(self, name), Range)]
+        if ranged:
+            raise FieldError(ranged[0], "is a range: an edge search takes a list of values")
         if not self.lr_step > 1 or not math.isfinite(self.lr_step):
             raise FieldError("lr_step", f"must be a factor > 1, got {self.lr_step:g}")
         if len(self.ladder()) < 2:
@@ -71,8 +68,6 @@ class EdgeDesign:
             raise FieldError("error_rate", f"must be in (0, 0.5), got {self.error_rate:g}")
         if self.max_seeds < 1:
             raise FieldError("max_seeds", f"must be >= 1, got {self.max_seeds}")
-        if not 0 < self.train_threshold < 1:
-            raise FieldError("train_threshold", f"must be in (0, 1), got {self.train_threshold:g}")
 
     @property
     def seeds(self) -> tuple[int, ...]:
