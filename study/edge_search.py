@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from study import interrupts
 from study.ladder import EdgeDesign, setting_key
-from study.records import fixed_values, is_trained, point, point_of, probes_by_setting, setting_of, summarise
+from study.records import fixed_values, is_trained, point, point_of, probe_verdicts, setting_of, summarise
 from study.runner import Search
 from study.schedule import MAX_FAILS_PER_SETTING, count_states
 
@@ -35,7 +35,7 @@ class EdgeSearch(Search):
 
     def show_progress(self) -> None:
         """The bar at the settings whose edge is found."""
-        states = self.design.bisections(probes_by_setting(self.study))
+        states = self.design.bisections(probe_verdicts(self.study))
         self.bar.n = sum(state.next_rung is None for state in states.values())
         self.bar.set_postfix(trainings=self.trainings, refresh=False)
         self.bar.refresh()
@@ -72,7 +72,7 @@ class EdgeSearch(Search):
         busy = {setting_key(setting_of(t, fixed)) for t in trials
                 if t.state in (TrialState.RUNNING, TrialState.WAITING)}
         fails = Counter(point_of(t, fixed) for t in trials if t.state == TrialState.FAIL)
-        states = self.design.bisections(probes_by_setting(study))
+        states = self.design.bisections(probe_verdicts(study))
         for setting in self.design.settings():
             key = setting_key(setting)
             rung = states[key].next_rung

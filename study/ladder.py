@@ -82,9 +82,9 @@ class EdgeDesign(Design):
         count = math.floor(math.log(self.lr.high / self.lr.low) / math.log(self.lr_step) + 1e-9) + 1
         return tuple(float(f"{self.lr.low * self.lr_step ** i:.6g}") for i in range(count))
 
-    def bisections(self, probes: dict[tuple, list]) -> dict[tuple, "Bisection"]:
-        """Where each setting's search stands (by `setting_key`), from its COMPLETE probes
-        (`study.records.probes_by_setting`)."""
+    def bisections(self, probes: dict[tuple, list[tuple[float, str]]]) -> dict[tuple, "Bisection"]:
+        """Where each setting's search stands (by `setting_key`), from its COMPLETE probes as (lr,
+        verdict) pairs (`study.records.probe_verdicts`)."""
         ladder = self.ladder()
         return {setting_key(s): bisection(rung_verdicts(ladder, probes.get(setting_key(s), [])), len(ladder))
                 for s in self.settings()}
@@ -144,6 +144,6 @@ def setting_key(params: dict[str, float]) -> tuple:
     return tuple(params[name] for name in SETTING_AXES)
 
 
-def rung_verdicts(ladder: tuple[float, ...], probes: list) -> dict[int, str]:
-    """Rung index -> verdict of a setting's COMPLETE probes (FrozenTrials)."""
-    return {ladder.index(t.params["lr"]): t.user_attrs["verdict"] for t in probes}
+def rung_verdicts(ladder: tuple[float, ...], probes: list[tuple[float, str]]) -> dict[int, str]:
+    """Rung index -> verdict, from a setting's probes as (lr, verdict) pairs (`study.records.probe_verdicts`)."""
+    return {ladder.index(lr): verdict for lr, verdict in probes}

@@ -97,6 +97,17 @@ def write_summary(trial: optuna.Trial, summary: dict) -> None:
         trial.set_user_attr(key, value)
 
 
+def summary_of(trial: optuna.trial.FrozenTrial) -> dict:
+    """What `write_summary` stored for a told trial (`summarise`'s keys, and an edge probe's `verdict`);
+    {} for a trial not told yet."""
+    return {key: value for key, value in trial.user_attrs.items() if not key.startswith(SEED_PREFIX)}
+
+
+def verdict_of(trial: optuna.trial.FrozenTrial) -> str | None:
+    """An edge probe's verdict (`study.sequential`); None for any other trial."""
+    return trial.user_attrs.get("verdict")
+
+
 def read_layer(layer: dict) -> dict:
     """A stored layer's statistics under today's names."""
     return {OLD_NAMES.get(key, key): value for key, value in layer.items()}
@@ -110,7 +121,7 @@ def seed_records(trial: optuna.trial.FrozenTrial) -> dict[int, dict]:
 
 def trial_layers(trial: optuna.trial.FrozenTrial) -> list[dict]:
     """A COMPLETE trial's per-layer statistics, averaged over its seeds, under today's names."""
-    return [read_layer(layer) for layer in trial.user_attrs["layers"]]
+    return [read_layer(layer) for layer in summary_of(trial)["layers"]]
 
 
 def summarise(records: dict[int, dict], threshold: float) -> dict:
@@ -193,9 +204,15 @@ def probes_by_setting(study: optuna.Study) -> dict[tuple, list[optuna.trial.Froz
     """An edge search's COMPLETE probes (trials that hold a verdict), by `setting_key(setting)`."""
     fixed, found = fixed_values(study), {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "verdict" in trial.user_attrs:
+        if verdict_of(trial) is not None:
             found.setdefault(setting_key(setting_of(trial, fixed)), []).append(trial)
     return found
+
+
+def probe_verdicts(study: optuna.Study) -> dict[tuple, list[tuple[float, str]]]:
+    """Each setting's COMPLETE probes (`probes_by_setting`) as (lr, verdict) pairs."""
+    return {key: [(trial.params["lr"], verdict_of(trial)) for trial in trials]
+            for key, trials in probes_by_setting(study).items()}
 
 
 def activation_picture_name(seed: int) -> str:

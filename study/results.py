@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 
 from study import axes
 from study.ladder import SETTING_AXES, EdgeDesign, rung_verdicts, setting_key
-from study.records import (fixed_values, is_trained, probes_by_setting, seed_records, setting_of, study_threshold,
-                           trial_layers)
+from study.records import (fixed_values, is_trained, probe_verdicts, probes_by_setting, seed_records, setting_of,
+                           study_threshold, summary_of, trial_layers, verdict_of)
 
 
 FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every rung, ten seeds each
@@ -32,7 +32,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frac_trained, n_diverged, mean_test_acc, near_zero_last, dead_units_last, n_seeds, seconds."""
     rows, fixed = [], fixed_values(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
+        attrs = summary_of(trial)
         last = trial_layers(trial)[-1]
         rows.append({
             "number": trial.number,
@@ -75,7 +75,7 @@ def wall_time(study: optuna.Study) -> tuple[datetime.datetime, float] | None:
 
 def training_minutes(study: optuna.Study) -> float:
     """Minutes spent training the seeds of finished trials (their summed `seconds`)."""
-    return sum(t.user_attrs.get("seconds", 0.0) for t in study.get_trials(deepcopy=False) if t.state.is_finished()) / 60
+    return sum(summary_of(t).get("seconds", 0.0) for t in study.get_trials(deepcopy=False) if t.state.is_finished()) / 60
 
 
 def summary_table(study: optuna.Study, top: int = 5) -> str:
@@ -95,10 +95,11 @@ def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
     """One row per setting: EDGE_COLUMNS. max_stable_lr and first_unstable_lr are probed rungs (NaN
     where the ladder ended first); trainings = seeds trained over the setting's probes."""
     ladder, found, rows = design.ladder(), probes_by_setting(study), []
-    states = design.bisections(found)
+    states = design.bisections(probe_verdicts(study))
     for setting in design.settings():
         done = found.get(setting_key(setting), [])
-        verdicts, state = rung_verdicts(ladder, done), states[setting_key(setting)]
+        verdicts = rung_verdicts(ladder, [(t.params["lr"], verdict_of(t)) for t in done])
+        state = states[setting_key(setting)]
         rows.append({
             **setting,
             "max_stable_lr": ladder[state.stable] if state.stable >= 0 else math.nan,
@@ -116,7 +117,7 @@ def probe_frame(study: optuna.Study) -> pd.DataFrame:
     and high, and the mean validation accuracy of the seeds that trained."""
     fixed, rows = fixed_values(study), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
+        attrs = summary_of(trial)
         if "verdict" not in attrs:
             continue
         low, high = attrs["trained_ci95"]

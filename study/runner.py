@@ -40,7 +40,7 @@ from study.errors import BadInput
 from study.population import train_population
 from study.quiet import libraries_quiet
 from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, seed_record,
-                           stored_seed_results, summarise, trial_note, write_seed, write_summary)
+                           stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
                             n_complete, suggest)
 from study.stats import LayerHistory
@@ -307,7 +307,7 @@ class Search:
                             mimetype="image/png")
 
     def _show_best(self, study: optuna.Study, summary: dict) -> None:
-        best = max([t.user_attrs.get("mean_val_acc", 0.0) for t in study.get_trials(
+        best = max([summary_of(t).get("mean_val_acc", 0.0) for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
 

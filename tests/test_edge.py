@@ -14,7 +14,7 @@ import study as api
 from conftest import assert_one_line_error, run_cli
 from study.ladder import bisection, rung_verdicts
 from study.records import seed_records
-from study.records import probes_by_setting
+from study.records import probe_verdicts
 from study.results import EDGE_COLUMNS
 from study.sequential import RELIABLE
 
@@ -77,7 +77,7 @@ def test_each_probe_stores_k_of_n_with_its_exact_interval_and_stops_at_its_verdi
 def test_the_bisection_probed_what_the_stored_verdicts_ask_for(searched):
     _, _, edge = searched
     ladder = edge.design.ladder()
-    for setting, probes in probes_by_setting(edge.optuna).items():
+    for setting, probes in probe_verdicts(edge.optuna).items():
         verdicts = rung_verdicts(ladder, probes)
         state = bisection(verdicts, len(ladder))
         assert state.next_rung is None
