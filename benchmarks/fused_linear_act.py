@@ -127,7 +127,7 @@ def layer_cases(G: int, device: str = "cuda") -> dict:
     """The four layer callables for G models at the target shape, on `device` (the CPU under the
     interpreter in tests): fused and bare forward, fused and bare backward. The bare backward gets
     the same dz the fused one forms from dy and the slope code, so both compute the same gradients."""
-    from kernels.fused_linear_act import _backward_op, fused_linear_act, matmul_precision
+    from kernels.fused_linear_act import ACTIVATIONS, _backward_op, fused_linear_act, matmul_precision
 
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(M, K, device=device, generator=gen)
@@ -151,7 +151,8 @@ def layer_cases(G: int, device: str = "cuda") -> dict:
     return {
         "fused forward": lambda: fused_linear_act(x, trainable, b, leak, 0.4),
         "bare forward": bare_forward,
-        "fused backward": lambda: _backward_op(dy, x, w, code, leak, None, True, True, True, precision),
+        "fused backward": lambda: _backward_op(dy, x, w, code, leak, None, True, True, True, precision,
+                                               ACTIVATIONS["general_relu"]),
         "bare backward": bare_backward,
     }
 
