@@ -23,7 +23,9 @@ BACKENDS = ("torch", "triton")
 DTYPES = ("float32", "bfloat16", "float64")
 
 
-PER_TRIAL_OR_MACHINE = ("seed", "device")  # TrainConfig fields that are not part of a study's design
+# Run-configuration fields that are not part of a study's design: each trial's own (seed), or where a
+# machine runs it (device; data_dir, since machines may keep the same files at other paths).
+NOT_DESIGN = {"data": ("data_dir",), "train": ("seed", "device")}
 
 
 def describe(text: str, **extra) -> dict:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from study import axes
 from study.version import __version__
 from study.axes import Range, check_space, space_fields, upgrade_space
-from study.config import PER_TRIAL_OR_MACHINE, RunConfig, TrainConfig, check_choices, describe
+from study.config import NOT_DESIGN, RunConfig, TrainConfig, check_choices, describe
 from study.errors import FieldError
 
 SAMPLERS = ("grid", "tpe", "random", "qmc")
@@ -176,17 +176,18 @@ def study_config(design, run: RunConfig) -> dict:
     """What decides a study's results, whole: stored in the study and compared when it is continued.
 
     Every field of the run's configuration counts, except the searched ones and the seed (they are
-    each trial's own) and the device (where a worker runs, not what the study is). A field added
-    later is compared without a change here.
+    each trial's own) and the machine's (`config.NOT_DESIGN`: the device and the data directory,
+    where a worker runs and keeps its files, not what the study is). A field added later is compared
+    without a change here.
     """
     model = {k: v for k, v in asdict(run.model).items() if k not in axes.NAMES}
     optim = {k: v for k, v in asdict(run.optim).items() if k not in axes.NAMES}
-    train = {k: v for k, v in asdict(run.train).items() if k not in PER_TRIAL_OR_MACHINE}
+    train = {k: v for k, v in asdict(run.train).items() if k not in NOT_DESIGN["train"]}
     config = {
         **design.stored(),  # a StudyDesign's, or an edge search's (`study.ladder.EdgeDesign`)
         "model": model,
         "optim": optim,
-        "data": asdict(run.data),
+        "data": {k: v for k, v in asdict(run.data).items() if k not in NOT_DESIGN["data"]},
         "train": train,
         "code_version": __version__,
     }
@@ -201,7 +202,8 @@ def upgrade_stored_config(stored: dict) -> dict:
     a 0.1.0 study run with --backend triton or --max-steps is continued only with the defaults).
     Before 0.3.0, lr and momentum were one value each in `optim`; they read as one-value axes, as
     does an axis added since, at the value studies then ran at (`study.axes.upgrade_space`).
-    Before 0.4.0 every bias started at zero and `model` had no `bias_init`.
+    Before 0.4.0 every bias started at zero and `model` had no `bias_init`. Until 0.4.0 the data
+    directory was stored and compared; it is where a machine keeps its files, so it is dropped.
     """
     if not stored:
         return stored
@@ -210,13 +212,15 @@ def upgrade_stored_config(stored: dict) -> dict:
         upgraded = {k: v for k, v in stored.items() if k not in ("stats_every", "diverge_loss", "dtype")}
         defaults = {f.name: f.default for f in fields(TrainConfig)}
         upgraded["train"] = {
-            **{k: v for k, v in defaults.items() if k not in PER_TRIAL_OR_MACHINE},
+            **{k: v for k, v in defaults.items() if k not in NOT_DESIGN["train"]},
             **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
         }
     if "space" in upgraded:
         upgraded = upgrade_space(upgraded)
     if "model" in upgraded and "bias_init" not in upgraded["model"]:
         upgraded["model"] = {**upgraded["model"], "bias_init": "zero"}
+    if "data" in upgraded:
+        upgraded["data"] = {k: v for k, v in upgraded["data"].items() if k not in NOT_DESIGN["data"]}
     return upgraded
 
 

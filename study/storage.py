@@ -210,9 +210,7 @@ def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig, storage: 
         try:
             study = optuna.create_study(study_name=place.name, storage=storage, directions=directions,
                                         sampler=sampler)
-            study.set_metric_names(["mean_val_acc", "acc_std"][:len(directions)])  # shown by the dashboard
-            write_config(study, wanted)
-            return study
+            return _store_design(study, wanted)
         except optuna.exceptions.DuplicatedStudyError:
             pass
     study = optuna.load_study(study_name=place.name, storage=storage, sampler=sampler)
@@ -222,13 +220,33 @@ def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig, storage: 
             break
         time.sleep(0.5)  # a racing command created the study and is about to store its configuration
         stored = raw_config(study)
+    if stored is None and study.trials:
+        raise BadInput(f"study {place.name!r} in {mask_url(place.storage_url())} was not made by initstudy "
+                       "(it has trials but no initstudy design): use another `name`")
     if stored is None:
-        raise BadInput(f"study {place.name!r} in {mask_url(place.storage_url())} was not made by initstudy: "
-                       "use another `name`")
+        return _adopt(study, place, wanted, directions)
     differences = config_differences(upgrade_stored_config(stored), wanted)
     if differences:
         raise BadInput(f"study {place.name!r} was run with another configuration ({'; '.join(differences)}): "
                        "run it with its own flags, or use another `name`")
+    return study
+
+
+def _adopt(study: optuna.Study, place: StudyPlace, wanted: dict, directions: list[str]) -> optuna.Study:
+    """A study with no design and no trial: a command stopped between Optuna's creating it and
+    storing its design. This command finishes the creation with its own design."""
+    made = [direction.name.lower() for direction in study.directions]
+    if made != directions:
+        raise BadInput(f"study {place.name!r} in {mask_url(place.storage_url())} is empty but was made to "
+                       f"{' and '.join(made)}, not {' and '.join(directions)}: use the other `objective`, "
+                       "or another `name`")
+    return _store_design(study, wanted)
+
+
+def _store_design(study: optuna.Study, wanted: dict) -> optuna.Study:
+    """The last steps of creating a study: its metric names (the dashboard shows them), then its design."""
+    study.set_metric_names(["mean_val_acc", "acc_std"][:len(study.directions)])
+    write_config(study, wanted)
     return study
 
 

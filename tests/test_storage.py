@@ -8,10 +8,13 @@ import shutil
 import sqlite3
 from contextlib import closing
 
+import optuna
 import pytest
 from optuna.storages._rdb import models as optuna_models
+from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, assert_one_line_error, free_port, run_cli
+from study.design import CONFIG_ATTR
 from study.errors import BadInput
 from study.storage import check_sqlite_file
 
@@ -233,3 +236,36 @@ def test_commands_started_together_on_a_new_database_all_open_it(tmp_path):
         for p in procs:
             p.join(timeout=120)
         assert [answers.get(timeout=5) for _ in procs] == ["ok"] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective, directions", [("accuracy", ["maximize"]), ("stability", ["maximize", "minimize"])])
+def test_a_creation_stopped_before_the_design_was_stored_is_finished_by_the_next_command(tmp_path, objective,
+                                                                                          directions):
+    """A command killed after Optuna made the study and before its design was stored leaves an empty
+    study without a design: the next command with a design adopts it, for either objective."""
+    storage = f"sqlite:///{tmp_path}/studies/s.db"
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="s", storage=storage, directions=directions)
+    proc = run_cli("search", "--name", "s", "--storage", storage, *TINY, "--leak", "0", "--sub", "0", "--seeds", "0",
+                   "--max-steps", "2", "--objective", objective, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.user_attrs[CONFIG_ATTR]["objective"] == objective
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert study.metric_names == ["mean_val_acc", "acc_std"][:len(directions)]
+
+
+@pytest.mark.slow
+def test_an_empty_study_made_for_the_other_objective_and_a_foreign_study_are_refused(tmp_path):
+    storage = f"sqlite:///{tmp_path}/studies/s.db"
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    flags = ("--storage", storage, *TINY, "--leak", "0", "--sub", "0", "--seeds", "0", "--max-steps", "2")
+    assert_one_line_error(run_cli("search", "--name", "s", *flags, cwd=tmp_path),
+                          "made to maximize and minimize, not maximize: use the other --objective")
+    foreign = optuna.create_study(study_name="f", storage=storage)
+    foreign.enqueue_trial({"x": 1.0})
+    assert_one_line_error(run_cli("search", "--name", "f", *flags, cwd=tmp_path),
+                          "was not made by initstudy (it has trials but no initstudy design)")
+    assert "s" in optuna.get_all_study_names(storage) and not optuna.load_study(study_name="s", storage=storage).user_attrs

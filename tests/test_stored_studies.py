@@ -107,7 +107,7 @@ CHANGES = [
     (["--warmup-steps", "5"], "space.warmup_steps"),
     (["--weight-decay", "0.01"], "optim.weight_decay"), (["--schedule", "onecycle"], "optim.schedule"),
     (["--batch-size", "512"], "optim.batch_size"), (["--epochs", "2"], "optim.epochs"),
-    ("data_dir", "data.data_dir"), (["--n-val", "5000"], "data.n_val"), (["--split-seed", "1"], "data.split_seed"),
+    (["--n-val", "5000"], "data.n_val"), (["--split-seed", "1"], "data.split_seed"),
     (["--backend", "triton"], "train.backend"), (["--dtype", "float64"], "train.dtype"),
     (["--max-steps", "40"], "train.max_steps"), (["--stats-every", "5"], "train.stats_every"),
     (["--diverge-loss", "50"], "train.diverge_loss"),
@@ -121,13 +121,31 @@ def test_every_stored_field_has_a_change_below():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, field", CHANGES, ids=[field for _, field in CHANGES])
-def test_a_change_to_any_design_field_is_refused_and_nothing_is_touched(stored, data_copy, flags, field):
-    if flags == "data_dir":
-        flags = ["--data-dir", str(data_copy)]
+def test_a_change_to_any_design_field_is_refused_and_nothing_is_touched(stored, flags, field):
     before = tree_digest(stored / "studies")
     proc = run_cli("search", "--name", "design", *TINY, *GRID, "--max-steps", "3", *flags, cwd=stored)
     assert_one_line_error(proc, f"{field}: stored ")
     assert tree_digest(stored / "studies") == before
+
+
+@pytest.mark.slow
+def test_a_machine_with_the_data_at_another_path_continues_the_study(stored, data_copy):
+    """The data directory is where a machine keeps its files, not part of the design."""
+    before = [(t.number, t.state, t.user_attrs) for t in optuna.load_study(
+        study_name="design", storage=f"sqlite:///{stored}/studies/design.db").trials]
+    proc = run_cli("search", "--name", "design", *TINY, *GRID, "--max-steps", "3", "--data-dir", str(data_copy),
+                   cwd=stored)
+    assert proc.returncode == 0, proc.stderr
+    after = optuna.load_study(study_name="design", storage=f"sqlite:///{stored}/studies/design.db").trials
+    assert [(t.number, t.state, t.user_attrs) for t in after] == before  # nothing trained again
+
+
+def test_a_data_directory_stored_by_an_earlier_version_is_not_compared():
+    today = study_config(StudyDesign(seeds=(0, 1)), RunConfig())
+    stored = json.loads(json.dumps(today))
+    stored["data"]["data_dir"] = "/mnt/elsewhere/fmnist"  # as 0.4.0 and earlier stored it
+    assert "data_dir" not in today["data"]
+    assert upgrade_stored_config(stored) == today
 
 
 def test_a_0_2_0_configuration_reads_lr_and_momentum_as_one_value_axes():
