@@ -85,10 +85,11 @@ def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: M
 
 def load(name: str = "quick", storage: str | None = None) -> Study:
     """A stored study, for reading; BadInput naming the studies there when it is absent."""
-    from study.storage import load_existing_study
-
     place = StudyPlace(name=name, storage=storage)
-    return Study(load_existing_study(place), place)
+    with libraries_quiet():
+        from study.storage import load_existing_study
+
+        return Study(load_existing_study(place), place)
 
 
 def train(progress: bool = False, **settings):
@@ -126,24 +127,25 @@ def sharpness(seeds=(0,), steps: int = 0, progress: bool = False, **settings):
 
 def signal(settings=None, *, depth: int = 30, width: int = 512, init_scale: float = 1.0,
            bias_init: str = "default", seeds=(0, 1, 2), batch: int = 256, out_dir: str | Path | None = None,
-           data_dir: str | None = None, progress: bool = False):
+           progress: bool = False, **data):
     """Signal propagation through a deep MLP at initialisation, measured in float64 against the
     mean-field prediction (`study.experiments.signal`): a DataFrame, one row per (leak, sub, seed,
     layer) with mean, var, correlation, grad_norm, and the prediction's rows with seed "mean-field".
     With `out_dir`, signal.csv and signal.png are written there too.
 
-    settings: (leak, sub) pairs; None is ReLU and the lesson's four (`SIGNAL_SETTINGS`)."""
+    settings: (leak, sub) pairs; None is ReLU and the lesson's four (`SIGNAL_SETTINGS`). data: fields
+    of `DataConfig` (data_dir, n_val, split_seed): the batch is the first `batch` training images."""
     for name, value, least in (("depth", depth, 1), ("width", width, 1), ("batch", batch, 2)):
         if value < least:
             raise FieldError(name, f"must be >= {least}, got {value}")
-    for leak, sub in settings or ():  # checks the values, naming the field
+    for leak, sub in settings or ((0.0, 0.0),):  # checks the values, naming the field
         ModelConfig(model="mlp", leak=leak, sub=sub, init_scale=init_scale, bias_init=bias_init)
-    seeds = StudyDesign(seeds=seeds).seeds
+    seeds, data_config = StudyDesign(seeds=seeds).seeds, DataConfig(**data)
     with _call("torch"):
         from study.data import load_fashion_mnist
         from study.experiments.signal import SIGNAL_SETTINGS, SignalNet, run_signal, signal_frame
 
-        data = load_fashion_mnist(DataConfig(data_dir=data_dir))
+        data = load_fashion_mnist(data_config)
         net = SignalNet(depth, width, init_scale, bias_init)
         profiles, predictions = run_signal(data.x_train[:batch], data.y_train[:batch],
                                            tuple(settings or SIGNAL_SETTINGS), seeds, net, progress=progress)
@@ -160,7 +162,7 @@ def findings(quick: bool = False, out_dir: str | Path | None = None, progress: b
 
     quick: a small MLP and grid, minutes instead of about 90. out_dir: default docs (studies/findings-quick
     with `quick`). machine: fields of `MachineConfig` (workers, population, ...)."""
-    machine_config = MachineConfig(**machine)
+    (machine_config,) = _split(machine, (MachineConfig,))
     with _call("torch"):
         from study.experiments.findings import FULL, QUICK, write_findings
 

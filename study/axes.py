@@ -94,8 +94,8 @@ AXES = (
     Axis("lr", "optim", 0.2, (0.2,), "SGD learning rate", low=0, low_open=True, log=True),
     Axis("momentum", "optim", 0.85, (0.85,), "SGD momentum (the lesson's MomentumLearner)", low=0, high=1),
     Axis("warmup_steps", "optim", 0, (0,),
-         "learning-rate warm-up: the rate rises linearly from lr/K to lr over the first K steps, then "
-         "follows the schedule", low=0, integer=True, stored_before=0),
+         "learning-rate warm-up: step i of the first K takes the schedule's rate times (i + 1)/K (with the "
+         "constant schedule: from lr/K up to lr), then the schedule's own", low=0, integer=True, stored_before=0),
 )
 BY_NAME = {axis.name: axis for axis in AXES}
 NAMES = tuple(axis.name for axis in AXES)  # a setting is a point on these axes, in this order
@@ -123,15 +123,17 @@ def check_axes(config, section: str) -> None:
             object.__setattr__(config, axis.name, axis.value(getattr(config, axis.name)))
 
 
-def space_fields(skip: tuple[str, ...] = (), ranges: bool = True):
+def space_fields(skip: tuple[str, ...] = (), ranges: bool = True, defaults: dict | None = None):
     """Class decorator, applied before `@dataclass`: a `Space` field per axis (but `skip`), first,
-    defaulting to the values a study tries. `ranges` False: the field takes a list only."""
+    defaulting to the values a study tries (or to `defaults[name]`). `ranges` False: the field takes
+    a list only."""
     def add(cls):
         own = cls.__dict__.get("__annotations__", {})
         mine = [axis for axis in AXES if axis.name not in skip]
         for axis in mine:
             form = "values (list)" + (", or range low:high" + ("[:log]" if axis.log else "") if ranges else "")
-            setattr(cls, axis.name, field(default=axis.search, metadata={"help": f"{axis.help}: {form}"}))
+            default = (defaults or {}).get(axis.name, axis.search)
+            setattr(cls, axis.name, field(default=default, metadata={"help": f"{axis.help}: {form}"}))
         cls.__annotations__ = {**{a.name: "Space" for a in mine}, **own}
         return cls
     return add

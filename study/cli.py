@@ -203,7 +203,7 @@ def _setting(text: str) -> tuple[float, float]:
 def run_depth(args: argparse.Namespace) -> int:
     frame = api.signal(args.setting, depth=args.depth, width=args.width, init_scale=args.init_scale,
                        bias_init=args.bias_init, seeds=args.seeds, batch=args.batch, out_dir=args.out,
-                       data_dir=config_from_flags(DataConfig, args).data_dir, progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), **_fields(config_from_flags(DataConfig, args)))
     from study.experiments.signal import agreement_text
 
     print(agreement_text(frame))

@@ -31,7 +31,9 @@ SETTING_AXES = tuple(name for name in axes.NAMES if name != "lr")  # what a sett
 
 
 @dataclass(frozen=True)
-@space_fields(skip=("lr",), ranges=False)  # one per axis but lr: study/axes.py
+# One per axis but lr (study/axes.py). The edge grid's sub keeps its four values: edge studies made with
+# the default flags before the axes were declared once continue with them.
+@space_fields(skip=("lr",), ranges=False, defaults={"sub": (0.0, 0.4, 0.7, 0.9)})
 class EdgeDesign(Design):
     """What an edge search's results depend on besides the run configuration: stored and compared."""
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.config import describe
-from study.errors import FieldError
+from study.errors import BadInput, FieldError
 
 STORAGE_ENV = "INITSTUDY_STORAGE"  # the default storage URL: a password in it is not on a command line
 SQLITE_PREFIX = "sqlite:///"
@@ -46,3 +46,10 @@ class StudyPlace:
     def artifacts(self) -> Path:
         """The FileSystemArtifactStore of the activation pictures."""
         return self.out_dir() / "artifacts"
+
+
+def make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create {directory}: {e.strerror}; choose a writable place") from e

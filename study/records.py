@@ -215,5 +215,13 @@ def probe_verdicts(study: optuna.Study) -> dict[tuple, list[tuple[float, str]]]:
             for key, trials in probes_by_setting(study).items()}
 
 
+def reused_record(stored: StoredSeed, picture_found: bool) -> dict:
+    """The record of a seed taken over from a failed trial of the same setting: `reused_from` names
+    the trial that trained it, `picture_missing` says its picture could not be read from the artifact
+    store (drawn on a machine with another store, or removed); the seed counts either way."""
+    record = {**stored.record, "reused_from": stored.trial_number}
+    return record if picture_found else {**record, "picture_missing": True}
+
+
 def activation_picture_name(seed: int) -> str:
     return f"activations_seed{seed}.png"

@@ -113,8 +113,9 @@ def setting_name(row, axes: tuple[str, ...] = ()) -> str:
 
 
 def varying(table: pd.DataFrame) -> tuple[str, ...]:
-    """The optimiser axes (lr, momentum) that take several values in the study: named in settings' names."""
-    return tuple(axis for axis in ("lr", "momentum") if table[axis].nunique() > 1)
+    """The axes besides init_scale, leak and sub (lr, momentum, warm-up, ...) that take several values in
+    the study: named in settings' names."""
+    return tuple(axis for axis in AXIS_NAMES if axis not in ("init_scale", "leak", "sub") and table[axis].nunique() > 1)
 
 
 def lesson_rows(table: pd.DataFrame) -> pd.DataFrame:

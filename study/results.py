@@ -16,8 +16,8 @@ from study.records import (fixed_values, is_trained, probe_verdicts, probes_by_s
 
 
 FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every rung, ten seeds each
-EDGE_COLUMNS = [*SETTING_AXES, "max_stable_lr", "first_unstable_lr", "trainings", "first_unstable_verdict",
-                "probes", "done"]
+EDGE_COLUMNS = ["leak", "sub", *(axis for axis in SETTING_AXES if axis not in ("leak", "sub")), "max_stable_lr",
+                "first_unstable_lr", "trainings", "first_unstable_verdict", "probes", "done"]
 
 # The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
 LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
@@ -83,7 +83,9 @@ def summary_table(study: optuna.Study, top: int = 5) -> str:
     frame = trials_frame(study)
     if frame.empty:
         return "no COMPLETE trials yet"
-    columns = ["init_scale", "leak", "sub", "mean_val_acc", "acc_std", "worst_acc", "frac_trained", "n_diverged"]
+    varying = [axis for axis in axes.NAMES if axis not in ("init_scale", "leak", "sub") and frame[axis].nunique() > 1]
+    columns = ["init_scale", "leak", "sub", *varying, "mean_val_acc", "acc_std", "worst_acc", "frac_trained",
+               "n_diverged"]
     blocks = [f"{len(frame)} COMPLETE trials in study {study.study_name!r}"]
     for key, label in (("mean_val_acc", "mean validation accuracy"), ("worst_acc", "worst seed")):
         best = frame.sort_values([key, "mean_val_acc"], ascending=False).head(top)[columns]

@@ -5,10 +5,8 @@ trained once per seed.
 creates or opens the study (`study.storage`); `Search.work` trains trials until the study holds its
 target of COMPLETE trials (`StudyDesign.n_trials`): running the same command again continues to it.
 Which trial comes next is `study.schedule`'s; what a trial stores is `study.records`'. A diverged
-seed is a result: its trial is COMPLETE with the chance-level accuracy it reached. Each seed's
-activation pictures are uploaded as artifacts, its training loss reported as intermediate values.
-
-Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
+seed is a result: its trial is COMPLETE with the chance-level accuracy it reached; its training loss
+is reported as intermediate values. Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
 and `study.edge_search.EdgeSearch` (probes of a learning-rate ladder, seeds added in rounds until the
 sequential test decides); the caller says which. Each seed's picture is drawn by the function the
 caller hands in (`seed_picture`, `study.plots.activation_figure`), so the loop imports no plotting.
@@ -26,6 +24,7 @@ from typing import Callable
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
@@ -35,12 +34,13 @@ from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MachineConfig, StudyDesign
-from study.place import StudyPlace, sqlite_path
+from study.place import StudyPlace, make_dir, sqlite_path
 from study.errors import BadInput
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, seed_record,
-                           stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary)
+from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, reused_record,
+                           seed_record, stored_seed_results, summarise, summary_of, trial_note, write_seed,
+                           write_summary)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
                             n_complete, suggest)
 from study.stats import LayerHistory
@@ -58,7 +58,7 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     """Run (or continue) a study to its target with `driver` (`Search` unless told: an edge search's
     is `study.edge_search.EdgeSearch`), here or in the worker processes `machine` asks for. Each
     seed's picture, where `seed_picture` is given, is stored as an artifact of its trial."""
-    driver = driver or Search
+    driver = _driver(design, driver)
     runner = open_search(place, design, run, machine, progress, driver, seed_picture)
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
@@ -86,13 +86,22 @@ def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfi
     data = load_fashion_mnist(run.data, resolve_device(run.train.device))
     db = sqlite_path(place.storage_url())
     if db is not None:
-        _make_dir(db.parent)
+        make_dir(db.parent)
     storage = open_storage(place.storage_url(), machine.heartbeat_seconds, machine.grace_seconds,
                            machine.storage_retry_seconds)
     study = open_study(place, design, run, storage, make_sampler(design))
     prepare_for_workers(place.storage_url())  # only once the study is known to be good
-    _make_dir(place.artifacts())
-    return (driver or Search)(study, storage, design, run, machine, data, place.artifacts(), progress, seed_picture)
+    make_dir(place.artifacts())
+    return _driver(design, driver)(study, storage, design, run, machine, data, place.artifacts(), progress,
+                                   seed_picture)
+
+
+def _driver(design, driver: type["Search"] | None) -> type["Search"]:
+    if driver is not None:
+        return driver
+    if not isinstance(design, StudyDesign):
+        raise TypeError(f"a {type(design).__name__} needs its driver, e.g. study.edge_search.EdgeSearch")
+    return Search
 
 
 class Search:
@@ -283,16 +292,23 @@ class Search:
                    for t in trials)
 
     def _reuse(self, trial: optuna.Trial, stored: StoredSeed, seed: int) -> dict:
-        """A seed finished by an earlier, failed trial of the same setting: its record and picture."""
-        record = {**stored.record, "reused_from": stored.trial_number}
+        """A seed finished by an earlier, failed trial of the same setting: its record and picture. A
+        picture this machine's store lacks never fails the trial (`records.reused_record`)."""
+        found = stored.artifact_id is None or self._copy_picture(trial, stored.artifact_id, seed)
+        record = reused_record(stored, found)
         write_seed(trial, seed, record)
-        if stored.artifact_id is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / activation_picture_name(seed)
-                download_artifact(artifact_store=self.store, artifact_id=stored.artifact_id, file_path=str(path))
-                upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
-                                mimetype="image/png")
         return record
+
+    def _copy_picture(self, trial: optuna.Trial, artifact_id: str, seed: int) -> bool:
+        """The stored picture attached to `trial` too; False where the store does not have it."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / activation_picture_name(seed)
+            try:
+                download_artifact(artifact_store=self.store, artifact_id=artifact_id, file_path=str(path))
+            except ArtifactNotFound:
+                return False
+            upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
+        return True
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:
         return self.run_config.at(params, seed)
@@ -311,9 +327,3 @@ class Search:
             deepcopy=False, states=(TrialState.COMPLETE,))] + [summary["mean_val_acc"]])
         self.bar.set_postfix(best=f"{best:.3f}", refresh=False)
 
-
-def _make_dir(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cannot create {directory}: {e.strerror}; choose a writable place") from e

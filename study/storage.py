@@ -228,7 +228,7 @@ def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig, storage: 
     differences = config_differences(upgrade_stored_config(stored), wanted)
     if differences:
         raise BadInput(f"study {place.name!r} was run with another configuration ({'; '.join(differences)}): "
-                       "run it with its own flags, or use another `name`")
+                       "run it with its own design, or use another `name`")
     return study
 
 
@@ -254,7 +254,7 @@ def load_existing_study(place: StudyPlace, retry_seconds: float = STORAGE_RETRY_
     """A stored study, for reading; BadInput naming the studies there when it is absent."""
     db = sqlite_path(place.storage_url())
     if db is not None and not db.is_file():
-        raise BadInput(f"no study database at {db}: run 'python -m study search --name {place.name}' first")
+        raise BadInput(f"no study database at {db}: run a search with this `name` first")
     storage = open_storage(place.storage_url(), retry_seconds=retry_seconds)
     names = optuna.get_all_study_names(storage)
     if place.name not in names:

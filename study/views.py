@@ -26,8 +26,8 @@ class Study:
         return self.place.name
 
     def frame(self):
-        """One row per (COMPLETE setting, seed): number, init_scale, leak, sub, lr, momentum, seed,
-        val_acc, test_acc, diverged, diverged_step."""
+        """One row per (COMPLETE setting, seed): number, every axis (`study.axes`), seed, val_acc,
+        trained, test_acc, diverged, diverged_step (`results.seed_frame`)."""
         from study.results import seed_frame
 
         return seed_frame(self.optuna)

@@ -1,6 +1,7 @@
 """The study on real FashionMNIST (small MLP, 2 seeds, a few settings): storage, resume, grid, heatmaps."""
 
 import hashlib
+import shutil
 import statistics
 from pathlib import Path
 
@@ -296,3 +297,30 @@ def test_warmup_is_an_axis_searched_like_the_others_and_each_trial_trains_as_tra
 
 def config_kwargs(config: RunConfig) -> dict:
     return {k: v for part in (config.model, config.optim, config.train) for k, v in vars(part).items()}
+
+
+@pytest.mark.slow
+def test_a_seed_reused_without_its_picture_counts_and_says_the_picture_is_missing(tmp_path, monkeypatch):
+    """A setting retried where the artifact store lacks the failed trial's pictures (another machine's
+    store, or removed): the seed is reused all the same and the trial completes."""
+    from study.runner import Search
+
+    original = Search._store_seed
+
+    def store_then_stop(self, *args):
+        original(self, *args)
+        raise KeyboardInterrupt  # after the first seed and its picture are stored
+
+    monkeypatch.setattr(Search, "_store_seed", store_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        small_search(tmp_path, leak=(0.1,), sub=(0.4,), **BOOKKEEPING)
+    monkeypatch.undo()
+    artifacts = tmp_path / "s" / "artifacts"
+    assert any(artifacts.iterdir())
+    shutil.rmtree(artifacts)
+    study = small_search(tmp_path, leak=(0.1,), sub=(0.4,), **BOOKKEEPING)
+    (trial,) = complete_trials(study)
+    records = seed_records(trial)
+    reused = [seed for seed, r in records.items() if "reused_from" in r]
+    assert len(reused) == 1 and records[reused[0]]["picture_missing"] is True
+    assert all("picture_missing" not in r for seed, r in records.items() if seed not in reused)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from study.axes import BY_NAME
 from study.experiments.findings import claims
 from study.experiments.findings.plan import LESSON_LR, FindingsPlan
 from study.experiments.findings.tables import lesson_outcome, markdown_table
@@ -31,7 +32,7 @@ def measure_sharpness(plan: FindingsPlan, grid: pd.DataFrame, outcomes: dict, pr
     jobs += [(leak, sub, seed, 0) for (leak, sub), setting in lesson_outcomes if 0 < setting.k < setting.n
              for seed in setting.seeds]
     jobs += [(leak, sub, seed, plan.sharpness_steps) for leak, sub in plan.shifted for seed in range(2)]
-    run_key = json.dumps(plan.run.to_dict(), sort_keys=True)
+    run_key = json.dumps(_as_stored_before(plan.run.to_dict()), sort_keys=True)
     results = {}
     for leak, sub, seed, steps in tqdm(sorted(set(jobs)), desc="sharpness", disable=not progress, leave=False):
         key = f"{run_key}|{leak:g}|{sub:g}|{seed}|{steps}"
@@ -49,6 +50,14 @@ def measure_sharpness(plan: FindingsPlan, grid: pd.DataFrame, outcomes: dict, pr
 
 
 # -- sections ----------------------------------------------------------------------------------------
+
+
+def _as_stored_before(run: dict) -> dict:
+    """The run configuration without the axes added since the cache began that sit at the value runs
+    had before them (warm-up 0): entries cached then stay valid."""
+    return {part: {k: v for k, v in values.items()
+                   if not (k in BY_NAME and BY_NAME[k].stored_before is not None and v == BY_NAME[k].stored_before)}
+            for part, values in run.items()}
 
 
 def sharpness_section(plan: FindingsPlan, grid: pd.DataFrame, sharp: dict, outcomes: dict, step: float,

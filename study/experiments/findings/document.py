@@ -20,6 +20,7 @@ from study.data import load_fashion_mnist
 from study.design import MachineConfig
 from study.edge_plots import edge_figures, sharpness_figure
 from study.edge_search import EdgeSearch
+from study.ladder import SETTING_AXES
 from study.experiments.findings import claims
 from study.experiments.findings.curvature import measure_sharpness, sharpness_section
 from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_RELU, RELU, FindingsPlan
@@ -141,7 +142,7 @@ def _edge_section(grid: pd.DataFrame, probes: pd.DataFrame, design, pictures: li
     for r in grid.to_dict("records"):
         at_edge = probes[(probes["leak"] == r["leak"]) & (probes["sub"] == r["sub"]) & (probes["lr"] == r["max_stable_lr"])]
         accuracy.append(float(at_edge["trained_acc_mean"].iloc[0]) if len(at_edge) else math.nan)
-    shown = grid.drop(columns=["done", "init_scale", "momentum"]).assign(
+    shown = grid.drop(columns=["done", *(axis for axis in SETTING_AXES if axis not in ("leak", "sub"))]).assign(
         **{"acc of trained seeds at max_stable_lr": accuracy})
     return "\n".join([
         f"## 1. The edge of the lesson grid (momentum {LESSON_MOMENTUM:g})",
