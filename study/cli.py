@@ -31,7 +31,7 @@ from study.ladder import EdgeDesign
 from study.masking import guard_output, mask_url, redact
 from study.place import STORAGE_ENV, StudyPlace
 from study.quiet import libraries_quiet
-from study.views import check_axes
+from study.views import EXPORT_FORMATS, check_axes
 
 PROG = "python -m study"
 EXIT_STORAGE_FAULT = 3
@@ -71,16 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     edge.set_defaults(handler=run_edge, resumable=True)
 
     heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
-    _add_study_flags(heatmaps)
+    add_config_flags(heatmaps, StudyPlace)
     heatmaps.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
     heatmaps.add_argument("--x", default="leak", help=f"axis across: one of {', '.join(axes.NAMES)} (default: leak)")
     heatmaps.add_argument("--y", default="sub", help="axis up (default: sub); other axes that vary get a panel each")
     heatmaps.set_defaults(handler=run_heatmaps)
 
     report = commands.add_parser("report", help="write a stored study's report.md: numbers, intervals, findings")
-    _add_study_flags(report)
+    add_config_flags(report, StudyPlace)
     report.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
     report.set_defaults(handler=run_report)
+
+    export = commands.add_parser("export", help="write a stored study's tables: per seed and per setting")
+    add_config_flags(export, StudyPlace)
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="csv or json (default: csv)")
+    export.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
+    export.set_defaults(handler=run_export)
 
     depth = commands.add_parser("depth", help="signal propagation through a deep MLP at initialisation, "
                                               "measured in float64 against the mean-field prediction")
@@ -125,15 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.set_defaults(handler=run_bench_kernel)
 
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
-    _add_study_flags(dashboard)
+    add_config_flags(dashboard, StudyPlace)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     dashboard.set_defaults(handler=run_dashboard)
     return parser
-
-
-def _add_study_flags(parser: argparse.ArgumentParser) -> None:
-    add_config_flags(parser, StudyPlace)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -187,8 +189,13 @@ def run_heatmaps(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    print(api.load(**_fields(config_from_flags(StudyPlace, args))).report(args.out))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
     study = api.load(**_fields(config_from_flags(StudyPlace, args)))
-    print(study.report(args.out))
+    print("\n".join(str(path) for path in study.export(args.out, args.format)))
     return 0
 
 

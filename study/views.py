@@ -11,6 +11,9 @@ from study.ladder import EdgeDesign
 from study.place import StudyPlace
 
 
+EXPORT_FORMATS = ("csv", "json")
+
+
 class Study:
     """A stored study: its trials as pandas tables and its pictures as matplotlib Figures.
 
@@ -27,13 +30,14 @@ class Study:
 
     def frame(self):
         """One row per (COMPLETE setting, seed): number, every axis (`study.axes`), seed, val_acc,
-        trained, test_acc, diverged, diverged_step (`results.seed_frame`)."""
+        trained, test_acc, diverged, diverged_step (`results.seed_frame`); `export` writes it."""
         from study.results import seed_frame
 
         return seed_frame(self.optuna)
 
     def trials(self):
-        """One row per COMPLETE setting: its summary over seeds (mean_val_acc, worst_acc, frac_trained...)."""
+        """One row per COMPLETE setting: its summary over seeds (mean_val_acc, worst_acc, frac_trained...);
+        `export` writes it."""
         from study.results import trials_frame
 
         return trials_frame(self.optuna)
@@ -64,6 +68,22 @@ class Study:
         from study.plots import save_figures
 
         return save_figures(self.figures(x, y), Path(out_dir) if out_dir else self.place.out_dir())
+
+    def export(self, out_dir: str | Path | None = None, format: str = "csv") -> list[Path]:
+        """`frame()` as seeds.csv and `trials()` as settings.csv (or .json, records) in `out_dir`
+        (default: studies/NAME beside the database), for pandas, W&B, MLflow or a spreadsheet."""
+        if format not in EXPORT_FORMATS:
+            raise BadInput(f"no export format {format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+        out = Path(out_dir) if out_dir else self.place.out_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, table in (("seeds", self.frame()), ("settings", self.trials())):
+            paths.append(out / f"{name}.{format}")
+            if format == "csv":
+                table.to_csv(paths[-1], index=False)
+            else:
+                table.to_json(paths[-1], orient="records", indent=1)
+        return paths
 
     def report(self, out_dir: str | Path | None = None) -> Path:
         """report.md with its pictures in `out_dir` (default: studies/NAME beside the database)."""

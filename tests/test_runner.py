@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -324,3 +325,22 @@ def test_a_seed_reused_without_its_picture_counts_and_says_the_picture_is_missin
     reused = [seed for seed, r in records.items() if "reused_from" in r]
     assert len(reused) == 1 and records[reused[0]]["picture_missing"] is True
     assert all("picture_missing" not in r for seed, r in records.items() if seed not in reused)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["csv", "json"])
+def test_export_writes_the_tables_of_every_seed_and_every_setting(finished, tmp_path, form):
+    place, study = finished
+    proc = run_cli("export", "--name", place.name, "--storage", place.storage, "--format", form,
+                   "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / f"seeds.{form}"), str(tmp_path / f"settings.{form}")]
+    read = pd.read_csv if form == "csv" else (lambda path: pd.read_json(path, orient="records"))
+    seeds, expected = read(tmp_path / f"seeds.{form}"), seed_frame(study)
+    assert list(seeds.columns) == list(expected.columns) and len(seeds) == len(expected) == 8
+    assert list(seeds["val_acc"]) == pytest.approx(list(expected["val_acc"]))
+    assert list(seeds["trained"]) == list(expected["trained"])
+    settings = read(tmp_path / f"settings.{form}")
+    assert list(settings["mean_val_acc"]) == pytest.approx(list(trials_frame(study)["mean_val_acc"]))
+    assert_one_line_error(run_cli("export", "--name", place.name, "--storage", place.storage, "--format", "xls",
+                                  cwd=tmp_path), "invalid choice: 'xls'")
