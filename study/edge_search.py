@@ -85,12 +85,12 @@ class EdgeSearch(Search):
 
     def _seeds_to_train(self, records: dict[int, dict]) -> list[int]:
         """`EdgeDesign.seeds_to_train` of the seeds the probe holds."""
-        threshold = self.design.train_threshold
-        return self.design.seeds_to_train({seed: is_trained(r["val_acc"], threshold) for seed, r in records.items()})
+        return self.design.seeds_to_train(self._outcomes(records))
 
     def _summary(self, records: dict[int, dict]) -> dict:
         summary = summarise(dict(sorted(records.items())), self.design.train_threshold)
-        return {**summary, "verdict": self.test.verdict(self._trained(records), len(records))}
+        return {**summary, "verdict": self.test.verdict(sum(self._outcomes(records).values()), len(records))}
 
-    def _trained(self, records: dict[int, dict]) -> int:
-        return sum(is_trained(r["val_acc"], self.design.train_threshold) for r in records.values())
+    def _outcomes(self, records: dict[int, dict]) -> dict[int, bool]:
+        """seed -> whether it trained."""
+        return {seed: is_trained(r["val_acc"], self.design.train_threshold) for seed, r in records.items()}

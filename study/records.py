@@ -2,9 +2,9 @@
 here only.
 
 A study keeps its design, whole, in the user attribute `initstudy_config` (`write_config`,
-`stored_config`, which reads what earlier versions stored in today's layout). A trial keeps each seed's record in the user attribute `seed_<n>` (written as that seed finishes, so
-an interrupted trial keeps the seeds it finished), the summary across seeds as one user attribute
-per key, and a Markdown note for the dashboard. Each layer's statistics are those of its activations
+`stored_config`, which reads what earlier versions stored in today's layout). A trial keeps each
+seed's record in the user attribute `seed_<n>` (written as that seed finishes, so an interrupted
+trial keeps the seeds it finished), the summary across seeds as one user attribute per key, and a Markdown note for the dashboard. Each layer's statistics are those of its activations
 at the last recorded step: `mean`, `std`, `near_zero_frac` (the share of |a| in the histogram's
 lowest bin) and `dead_units` (units never positive on the batch). Studies written before 0.2.0 call
 `near_zero_frac` `dead_frac`; `read_layer` reads both.
