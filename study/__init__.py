@@ -6,6 +6,8 @@
     s.heatmap("frac_trained")   # a matplotlib Figure
     study.train(model="cnn", leak=.1, sub=.4, seed=0)
     study.load("quick")         # a stored study
+    study.create("big", storage=url, leak=(0, .1), model="mlp")   # store a design; then on each machine:
+    study.work("big", storage=url, workers="auto")                 # join it, the design read from storage
     e = study.edge("e", leak=(0, .1), sub=(0, .4), lr=(0.1, 0.2, 0.4), model="mlp")
     e.table()                   # pandas: the largest stable learning rate of each setting
     e.save("out")               # edge.csv and its pictures, as `python -m study edge` writes them
@@ -16,10 +18,10 @@
 See `study.api` for the keywords; `python -m study --help` for the command line.
 """
 
-from study.api import Edge, Study, edge, findings, load, search, sharpness, signal, train  # noqa: E402
+from study.api import Edge, Study, create, edge, findings, load, search, sharpness, signal, train, work  # noqa: E402
 from study.axes import Range  # noqa: E402
 from study.errors import BadInput, FieldError, Interrupted, StorageFault  # noqa: E402
 from study.version import __version__  # noqa: E402,F401
 
-__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "edge", "findings", "load",
-           "search", "sharpness", "signal", "train"]
+__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "create", "edge",
+           "findings", "load", "search", "sharpness", "signal", "train", "work"]

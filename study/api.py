@@ -1,5 +1,5 @@
-"""The Python face, for notebooks: `study.search`, `study.edge`, `study.load`, `study.train`,
-`study.sharpness`, `study.signal`, `study.findings` (exported by `study`). The command line
+"""The Python face, for notebooks: `study.search`, `study.edge`, `study.create`, `study.work`,
+`study.load`, `study.train`, `study.sharpness`, `study.signal`, `study.findings` (exported by `study`). The command line
 (`study.cli`) parses its flags into the same dataclasses and calls the same functions.
 
 Keywords are the configuration dataclasses' field names, with Python values:
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from study import axes, interrupts
-from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.config import NOT_DESIGN, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
@@ -32,46 +32,108 @@ from study.quiet import libraries_quiet
 from study.views import Edge, Study
 
 RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
+MACHINE_LOCAL = tuple(name for names in NOT_DESIGN.values() for name in names)  # each machine's own
 
 
-def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, **settings) -> Study:
+def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, callbacks=(),
+           **settings) -> Study:
     """Run (or continue) study `name` to its target and return it.
 
     settings: fields of `StudyDesign` (init_scale, leak, sub, lr, momentum, warmup_steps as a tuple
     or a `Range`, seeds, sampler, objective, n_trials, train_threshold), of `MachineConfig`
-    (workers, gpus, population, ...) and of the run configuration (model, epochs, max_steps, ...;
-    not seed, which is the design's).
+    (workers, gpus, population, artifacts, ...) and of the run configuration (model, epochs,
+    max_steps, ...; not seed, which is the design's). callbacks: Optuna callbacks, each called as
+    `callback(optuna_study, frozen_trial)` after each trial is stored (e.g. optuna-integration's
+    MLflowCallback), by the process that trained it: with `workers`, they must pickle.
     """
     design, machine, *run_parts = _split(settings, (StudyDesign, MachineConfig, *RUN_CLASSES),
                                          skip=axes.NAMES + ("seed",))
-    return search_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress)
+    return search_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress,
+                        callbacks)
 
 
 def search_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
-                 progress: bool = True) -> Study:
+                 progress: bool = True, callbacks=()) -> Study:
     """`search` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
         from study.plots import activation_figure
         from study.runner import run_study
 
-        return Study(run_study(place, design, run, machine, progress, seed_picture=activation_figure), place)
+        return Study(run_study(place, design, run, machine, progress, seed_picture=activation_figure,
+                               callbacks=callbacks), place)
 
 
-def edge(name: str, *, storage: str | None = None, progress: bool = True, **settings) -> Edge:
+def create(name: str, *, storage: str | None = None, edge: bool = False, **settings) -> Study | Edge:
+    """Store study `name`'s design (and a grid's points) and train nothing: machines then join it with
+    `work`, which reads the design from the storage. Creating it again with the same design is
+    harmless; with another, refused.
+
+    settings: the design and run configuration as `search` takes them (as `edge` does, with `edge`),
+    without what a machine keeps for itself: workers and the other `MachineConfig` fields, data_dir,
+    device (each `work` gives its own).
+    """
+    machine_fields = {f.name for f in dataclasses.fields(MachineConfig)}
+    if local := [key for key in settings if key in MACHINE_LOCAL or key in machine_fields]:
+        raise BadInput(f"`{local[0]}` is each machine's own, not the study's design: give it to `work`")
+    design, *run_parts = _split(settings, (EdgeDesign if edge else StudyDesign, *RUN_CLASSES),
+                                skip=axes.NAMES + ("seed",), refused=MACHINE_LOCAL)
+    return create_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts))
+
+
+def create_study(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunConfig) -> Study | Edge:
+    """`create` from the configuration dataclasses (the command line's way in)."""
+    with _call(run.train.backend):
+        from study.runner import create_study as store_design
+
+        optuna_study = store_design(place, design, run)
+        return Edge(optuna_study, place, design) if isinstance(design, EdgeDesign) else Study(optuna_study, place)
+
+
+def work(name: str, *, storage: str | None = None, progress: bool = True, data_dir: str | None = None,
+         device: str = "auto", callbacks=(), **machine) -> Study | Edge:
+    """Join study `name`, on this machine, until it is done: its design (a search's or an edge
+    search's) is read from the storage, where `create` (or a first `search` or `edge`) stored it.
+
+    data_dir, device: where this machine keeps FashionMNIST and trains. machine: fields of
+    `MachineConfig` (workers, gpus, population, artifacts, heartbeat_seconds, ...). callbacks: as
+    `search` takes them.
+    """
+    (machine_config,) = _split(machine, (MachineConfig,))
+    place = StudyPlace(name=name, storage=storage)
+    with libraries_quiet():
+        from study.records import stored_config, stored_target
+        from study.storage import load_existing_study
+        from study.stored_design import design_of, run_of
+
+        optuna_study = load_existing_study(place, machine_config.storage_retry_seconds)
+        stored = stored_config(optuna_study)
+        if not stored:
+            raise BadInput(f"study {name!r} has no initstudy design yet: create it first with "
+                           "`python -m study create` (or a search) with this `name`")
+        design = design_of(stored, stored_target(optuna_study))
+        run = run_of(stored, data_dir, device)
+    if isinstance(design, EdgeDesign):
+        return edge_study(place, design, run, machine_config, progress, callbacks)
+    return search_study(place, design, run, machine_config, progress, callbacks)
+
+
+def edge(name: str, *, storage: str | None = None, progress: bool = True, callbacks=(), **settings) -> Edge:
     """Run (or continue) edge search `name` to its end and return it (`.table()`, `.figures()`,
     `.save(dir)` for edge.csv and the pictures, as `python -m study edge` writes them).
 
     settings: fields of `EdgeDesign` (every axis but lr as a tuple; lr as the ladder's rungs or a
     `Range` cut lr_step apart; reliability, unreliability, error_rate, max_seeds), of
-    `MachineConfig` and of the run configuration (model, epochs, max_steps, ...).
+    `MachineConfig` and of the run configuration (model, epochs, max_steps, ...). callbacks: as
+    `search` takes them.
     """
     design, machine, *run_parts = _split(settings, (EdgeDesign, MachineConfig, *RUN_CLASSES),
                                          skip=axes.NAMES + ("seed",))
-    return edge_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress)
+    return edge_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress,
+                      callbacks)
 
 
 def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
-               progress: bool = True) -> Edge:
+               progress: bool = True, callbacks=()) -> Edge:
     """`edge` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
         from study.edge_search import EdgeSearch
@@ -79,7 +141,7 @@ def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: M
         from study.runner import run_study
 
         optuna_study = run_study(place, design, run, machine, progress, driver=EdgeSearch,
-                                 seed_picture=activation_figure)
+                                 seed_picture=activation_figure, callbacks=callbacks)
         return Edge(optuna_study, place, design)
 
 

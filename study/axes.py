@@ -146,6 +146,16 @@ def describe_space(space: Space) -> str:
     return ",".join(f"{v:g}" for v in space)
 
 
+def parse_space(text: str) -> Space:
+    """`0,0.2,0.4` is a list, `0:0.5` a range, `0.1:10:log` a log range."""
+    if ":" not in text:
+        return tuple(float(v) for v in text.split(","))
+    low, high, *rest = text.split(":")
+    if rest not in ([], ["log"]):
+        raise ValueError(text)
+    return Range(float(low), float(high), log=rest == ["log"])
+
+
 def describe_setting(params: dict[str, float]) -> str:
     """`init_scale 1, leak 0.1, sub 0.4, lr 0.2, momentum 0.85, warmup_steps 0`: a setting in words."""
     return ", ".join(f"{name} {params[name]:g}" for name in NAMES)

@@ -21,121 +21,19 @@ from pathlib import Path
 from typing import Sequence
 
 from study import api, axes, interrupts
-from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.config import DataConfig, RunConfig
 from study.design import MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
-from study.flags import (EXIT_BAD_INPUT, OneLineParser, add_config_flags, as_flags, config_from_flags, flag_of,
-                         int_tuple,
-                         words)
+from study.flags import EXIT_BAD_INPUT, as_flags, config_from_flags, flag_of
 from study.ladder import EdgeDesign
 from study.masking import guard_output, mask_url, redact
+from study.parser import MACHINE_LOCAL, PROG, RUN_CONFIGS, SEARCH_CONFIGS, build_parser
 from study.place import STORAGE_ENV, StudyPlace
 from study.quiet import libraries_quiet
-from study.views import EXPORT_FORMATS, check_axes
+from study.views import check_axes
 
-PROG = "python -m study"
 EXIT_STORAGE_FAULT = 3
 EXIT_INTERRUPTED = 130
-
-
-RUN_CONFIGS = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
-SEARCH_CONFIGS = (StudyPlace, StudyDesign, MachineConfig)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description="Which initialisations and GeneralRelu shapes train, "
-                                                  "and how reliably across seeds.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-
-    train = commands.add_parser("train", help="train one configuration and print its result")
-    for cls in RUN_CONFIGS:
-        add_config_flags(train, cls)
-    train.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    train.add_argument("--history", action="store_true",
-                       help="with --json: include every recorded step's statistics")
-    train.set_defaults(handler=run_train)
-
-    search = commands.add_parser("search", help="run (or continue) a study over " + ", ".join(axes.NAMES))
-    for cls in SEARCH_CONFIGS:
-        add_config_flags(search, cls)
-    for cls in RUN_CONFIGS:
-        add_config_flags(search, cls, skip=axes.NAMES + ("seed",))  # each trial's own
-    search.set_defaults(handler=run_search, resumable=True)
-
-    edge = commands.add_parser("edge", help="the largest learning rate at which each setting trains reliably")
-    for cls in (StudyPlace, EdgeDesign, MachineConfig):
-        add_config_flags(edge, cls)
-    for cls in RUN_CONFIGS:
-        add_config_flags(edge, cls, skip=axes.NAMES + ("seed",))
-    edge.add_argument("--out", help="directory of edge.csv and its pictures (default: studies/NAME)")
-    edge.set_defaults(handler=run_edge, resumable=True)
-
-    heatmaps = commands.add_parser("heatmaps", help="draw a stored study's heatmaps")
-    add_config_flags(heatmaps, StudyPlace)
-    heatmaps.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
-    heatmaps.add_argument("--x", default="leak", help=f"axis across: one of {', '.join(axes.NAMES)} (default: leak)")
-    heatmaps.add_argument("--y", default="sub", help="axis up (default: sub); other axes that vary get a panel each")
-    heatmaps.set_defaults(handler=run_heatmaps)
-
-    report = commands.add_parser("report", help="write a stored study's report.md: numbers, intervals, findings")
-    add_config_flags(report, StudyPlace)
-    report.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
-    report.set_defaults(handler=run_report)
-
-    export = commands.add_parser("export", help="write a stored study's tables: per seed and per setting")
-    add_config_flags(export, StudyPlace)
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="csv or json (default: csv)")
-    export.add_argument("--out", help="output directory (default: studies/NAME beside the database)")
-    export.set_defaults(handler=run_export)
-
-    depth = commands.add_parser("depth", help="signal propagation through a deep MLP at initialisation, "
-                                              "measured in float64 against the mean-field prediction")
-    depth.add_argument("--depth", type=int, default=30, help="hidden layers (default: 30)")
-    depth.add_argument("--width", type=int, default=512, help="units per hidden layer (default: 512)")
-    depth.add_argument("--setting", action="append", type=_setting, metavar="LEAK,SUB",
-                       help="a GeneralRelu setting; repeat for several (default: ReLU and the lesson's)")
-    depth.add_argument("--init-scale", type=float, default=1.0, help="Kaiming multiplier (default: 1)")
-    depth.add_argument("--bias-init", default="default", help="default (PyTorch's) or zero")
-    depth.add_argument("--seeds", type=int_tuple, default=(0, 1, 2), help="seeds, comma separated (default: 0,1,2)")
-    depth.add_argument("--batch", type=int, default=256, help="FashionMNIST images in the batch (default: 256)")
-    depth.add_argument("--out", default="studies/depth", help="output directory (default: studies/depth)")
-    add_config_flags(depth, DataConfig)
-    depth.set_defaults(handler=run_depth)
-
-    sharpness = commands.add_parser("sharpness", help="the loss Hessian's largest eigenvalue at initialisation "
-                                                      "(and along the first steps), per seed")
-    for cls in RUN_CONFIGS:
-        add_config_flags(sharpness, cls, skip=("seed",))
-    sharpness.add_argument("--seeds", type=int_tuple, default=(0,), help="seeds, comma separated (default: 0)")
-    sharpness.add_argument("--steps", type=int, default=0,
-                           help="also after each of the first K optimiser steps (default: 0, initialisation only)")
-    sharpness.add_argument("--json", action="store_true", help="print one JSON object per seed and step")
-    sharpness.set_defaults(handler=run_sharpness)
-
-    findings = commands.add_parser("findings", help="run (or resume) the findings studies and write findings.md")
-    findings.add_argument("--quick", action="store_true",
-                          help="a small MLP and grid, minutes instead of about 90: for trying the command")
-    findings.add_argument("--out", help="directory of findings.md and its figures "
-                                        "(default: docs; studies/findings-quick with --quick)")
-    add_config_flags(findings, MachineConfig)
-    findings.set_defaults(handler=run_findings, resumable=True)
-
-    bench = commands.add_parser("bench", help="benchmarks: print a table of timings (benchmarks/)")
-    benches = bench.add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
-    study_speed = benches.add_parser("study", help="model-epochs per second of the ways to train a study")
-    study_speed.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    study_speed.add_argument("--models", type=words, default=("mlp", "cnn"), help="comma separated (default: mlp,cnn)")
-    study_speed.add_argument("--rows", type=words, default=None, help="comma separated of a,b,c,d8,d32,e (default: all)")
-    study_speed.set_defaults(handler=run_bench_study)
-    kernel = benches.add_parser("kernel", help="the fused kernel: GPU timings on CUDA, the analytic model always")
-    kernel.set_defaults(handler=run_bench_kernel)
-
-    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
-    add_config_flags(dashboard, StudyPlace)
-    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    dashboard.set_defaults(handler=run_dashboard)
-    return parser
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -151,12 +49,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     place, design, machine = (config_from_flags(cls, args) for cls in SEARCH_CONFIGS)
     run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
-    study = api.search_study(place, design, run_config, machine, progress=sys.stderr.isatty())
+    _show_study(api.search_study(place, design, run_config, machine, progress=sys.stderr.isatty()), place)
+    return 0
+
+
+def _show_study(study: api.Study, place: StudyPlace) -> None:
     print(study.summary())
     print("\nheatmaps: " + ", ".join(str(p) for p in study.save_figures()))
     print(f"dashboard: {PROG} dashboard --name {place.name}"
           + (f" --storage {mask_url(place.storage)}" if place.storage else ""))
-    return 0
 
 
 def run_edge(args: argparse.Namespace) -> int:
@@ -166,7 +67,38 @@ def run_edge(args: argparse.Namespace) -> int:
     run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
     print(f"ladder: {', '.join(f'{lr:g}' for lr in design.ladder())}\ntest: {design.test().describe()}",
           file=sys.stderr)
-    edge = api.edge_study(place, design, run_config, machine, progress=sys.stderr.isatty())
+    if args.create_only:
+        return _created(api.create_study(place, design, run_config), place)
+    _show_edge(api.edge_study(place, design, run_config, machine, progress=sys.stderr.isatty()), args.out)
+    return 0
+
+
+def run_create(args: argparse.Namespace) -> int:
+    place, design = (config_from_flags(cls, args) for cls in (StudyPlace, StudyDesign))
+    skip = axes.NAMES + ("seed",) + MACHINE_LOCAL
+    return _created(api.create_study(place, design, RunConfig(*(config_from_flags(cls, args, skip=skip)
+                                                                 for cls in RUN_CONFIGS))), place)
+
+
+def _created(study: api.Study, place: StudyPlace) -> int:
+    where = f" --storage {mask_url(place.storage)}" if place.storage else ""
+    print(f"study {place.name!r} is stored; on each machine run:\n  {PROG} work --name {place.name}{where} "
+          "[--workers auto] [--data-dir DIR] [--artifacts SHARED_DIR]")
+    return 0
+
+
+def run_work(args: argparse.Namespace) -> int:
+    place, machine = config_from_flags(StudyPlace, args), config_from_flags(MachineConfig, args)
+    study = api.work(place.name, storage=place.storage, progress=sys.stderr.isatty(), data_dir=args.data_dir,
+                     device=args.device or "auto", **_fields(machine))
+    if isinstance(study, api.Edge):
+        _show_edge(study, args.out)
+    else:
+        _show_study(study, place)
+    return 0
+
+
+def _show_edge(edge: api.Edge, out: str | None) -> None:
     table = edge.table()
     print(table.drop(columns="done").to_string(index=False, na_rep="-", float_format="{:g}".format))
     unfinished = int((~table["done"]).sum())
@@ -176,8 +108,7 @@ def run_edge(args: argparse.Namespace) -> int:
         print(f"\n{unfinished} settings have no edge yet: their probes failed {MAX_FAILS_PER_SETTING} times "
               f"(see the FAIL trials)")
     print("\n" + edge.cost())
-    print("\n".join(str(p) for p in edge.save(args.out)))
-    return 0
+    print("\n".join(str(p) for p in edge.save(out)))
 
 
 def run_heatmaps(args: argparse.Namespace) -> int:
@@ -197,14 +128,6 @@ def run_export(args: argparse.Namespace) -> int:
     study = api.load(**_fields(config_from_flags(StudyPlace, args)))
     print("\n".join(str(path) for path in study.export(args.out, args.format)))
     return 0
-
-
-def _setting(text: str) -> tuple[float, float]:
-    try:
-        leak, sub = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give LEAK,SUB like 0.1,0.4") from None
-    return leak, sub
 
 
 def run_depth(args: argparse.Namespace) -> int:
@@ -260,7 +183,7 @@ def run_bench_kernel(args: argparse.Namespace) -> int:
 def run_dashboard(args: argparse.Namespace) -> int:
     from study.dashboard import serve_dashboard
 
-    serve_dashboard(config_from_flags(StudyPlace, args), args.host, args.port)
+    serve_dashboard(config_from_flags(StudyPlace, args), args.host, args.port, args.artifacts)
     return 0
 
 
@@ -294,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             matplotlib.use("Agg")  # files only: no display on servers and in CI
             args = build_parser().parse_args(argv)
             args.argv = argv  # workers and the resume hint repeat the command as given
-            return args.handler(args)
+            return HANDLERS[" ".join(filter(None, (args.command, getattr(args, "bench", None))))](args)
     except FieldError as e:
         print(f"{PROG}: error: {flag_of(e.field)} {as_flags(e.problem)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -325,3 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _storage_fault(fault: StorageFault) -> int:
     print(f"{PROG}: error: {as_flags(str(fault))}", file=sys.stderr)
     return EXIT_STORAGE_FAULT
+
+
+HANDLERS = {"train": run_train, "search": run_search, "edge": run_edge, "create": run_create, "work": run_work,
+            "heatmaps": run_heatmaps, "report": run_report, "export": run_export, "depth": run_depth,
+            "sharpness": run_sharpness, "findings": run_findings, "bench study": run_bench_study,
+            "bench kernel": run_bench_kernel, "dashboard": run_dashboard}

@@ -126,6 +126,11 @@ class MachineConfig:
     storage_retry_seconds: int = field(
         default=STORAGE_RETRY_SECONDS,
         metadata=describe("how long a running study retries a database server that does not answer"))
+    artifacts: str | None = field(
+        default=None,
+        metadata=describe("where the per-seed pictures go, the same store on every machine: a directory "
+                          "(a shared one for many machines) or s3://bucket[/prefix] (needs boto3); "
+                          "default: studies/NAME/artifacts beside the study"))
 
     def __post_init__(self):
         if self.workers != "auto" and not (isinstance(self.workers, numbers.Integral) and self.workers >= 1):

@@ -9,9 +9,15 @@
   SQLite rolls the failed transaction back, so everything stored before is intact.
 - **The SQLite file is replaced or truncated** under the running command: `SqliteWatch` refuses
   to start another transaction, so nothing is written to a file that is not the one opened.
-- **A command dies between asking for a trial and its first heartbeat** (killed, or its disk full):
-  Optuna would leave that trial RUNNING forever; here it is stale once the grace period has passed
-  since it started, like one whose heartbeat stopped.
+- **A command dies between asking for a trial and its first heartbeat** (killed, or its disk full;
+  the first heartbeat is written as soon as the trial is asked for): Optuna would leave that trial
+  RUNNING forever; here the first command to look gives it a heartbeat, so it is stale a grace
+  period later like one whose heartbeat stopped.
+- **Clocks**: staleness is judged on the database's clock only (its `now()` against heartbeats it
+  wrote with its own `now()`), never one machine's clock against a time another machine wrote
+  (Optuna's `datetime_start` is the asking machine's): machines whose clocks differ do not fail each
+  other's live trials. (SQLite has no server: its clock is the clock of the process asking, one
+  machine's.)
 
 Heartbeats are best effort: one attempt, and a miss is harmless (the grace period spans several).
 A write whose reply was lost may have been applied: the retry of a state change accepts finding
@@ -25,7 +31,6 @@ import os
 import resource
 import shutil
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -51,9 +56,9 @@ RETRIED = (
     "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
     "get_best_trial", "_get_best_trial_id",
 )
-# RUNNING trials that never recorded a heartbeat (Optuna's schema: trials, trial_heartbeats).
-SILENT_SINCE_START = sqlalchemy.text(
-    "SELECT trials.trial_id, trials.datetime_start FROM trials LEFT JOIN trial_heartbeats "
+# RUNNING trials that have no heartbeat yet (Optuna's schema: trials, trial_heartbeats).
+WITHOUT_HEARTBEAT = sqlalchemy.text(
+    "SELECT trials.trial_id FROM trials LEFT JOIN trial_heartbeats "
     "ON trial_heartbeats.trial_id = trials.trial_id "
     "WHERE trials.study_id = :study_id AND trials.state = 'RUNNING' AND trial_heartbeats.trial_id IS NULL")
 
@@ -73,19 +78,15 @@ class ResilientStorage(optuna.storages.RDBStorage):
             self.retried(lambda: optuna.storages.RDBStorage.record_heartbeat(self, trial_id), best_effort=True)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's stale trials (last heartbeat older than the grace period), and RUNNING trials that
-        never recorded a heartbeat and started longer ago than that: their command died, or its disk
-        filled, between asking for the trial and its first heartbeat. Optuna leaves those RUNNING
-        forever, and a grid study would wait for them."""
-        grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
-
+        """Optuna's stale trials: last heartbeat older than the grace period, both times the
+        database's. A RUNNING trial with no heartbeat yet is given one first (see the module
+        docstring): Optuna would leave it RUNNING forever, and a grid study would wait for it."""
         def stale() -> list[int]:
             with self.engine.connect() as connection:
-                silent = connection.execute(SILENT_SINCE_START, {"study_id": study_id}).all()
-            # datetime_start is the asking machine's local time, as Optuna writes it.
-            cutoff = datetime.now() - grace
-            return (optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id) +
-                    [trial_id for trial_id, started in silent if started is None or _as_datetime(started) < cutoff])
+                silent = connection.execute(WITHOUT_HEARTBEAT, {"study_id": study_id}).scalars().all()
+            for trial_id in silent:  # a command beating at the same moment wins; Optuna ignores the clash
+                optuna.storages.RDBStorage.record_heartbeat(self, trial_id)
+            return optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id)
 
         return self.retried(stale)
 
@@ -154,10 +155,6 @@ def _retrying(name: str):
 
 for _name in RETRIED:
     setattr(ResilientStorage, _name, _retrying(_name))
-
-
-def _as_datetime(value) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def fault_of(error: BaseException, storage: ResilientStorage | None = None) -> StorageFault | None:

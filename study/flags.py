@@ -13,7 +13,7 @@ import dataclasses
 import re
 from typing import Sequence
 
-from study.axes import Range, Space, describe_space
+from study.axes import Range, describe_space, parse_space
 from study.errors import FieldError
 
 EXIT_BAD_INPUT = 2
@@ -64,16 +64,6 @@ def parse_field(f: dataclasses.Field, text: str):
         return _PARSERS[str(f.type)](text)
     except ValueError:
         raise FieldError(f.name, f"{text!r}: {_EXPECTED[str(f.type)]}") from None
-
-
-def parse_space(text: str) -> Space:
-    """`0,0.2,0.4` is a list, `0:0.5` a range, `0.1:10:log` a log range."""
-    if ":" not in text:
-        return tuple(float(v) for v in text.split(","))
-    low, high, *rest = text.split(":")
-    if rest not in ([], ["log"]):
-        raise ValueError(text)
-    return Range(float(low), float(high), log=rest == ["log"])
 
 
 def words(text: str) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from study.training import TrainResult
 SEED_PREFIX = "seed_"
 LAYER_KEYS = ("mean", "std", "near_zero_frac", "dead_units")
 OLD_NAMES = {"dead_frac": "near_zero_frac"}  # as stored before 0.2.0
+TARGET_ATTR = "initstudy_n_trials"  # not part of the compared design: a re-run may raise it
 
 
 def write_config(study: optuna.Study, config: dict) -> None:
@@ -43,6 +44,15 @@ def raw_config(study: optuna.Study) -> dict | None:
 def stored_config(study: optuna.Study) -> dict:
     """The study's stored configuration in today's layout ({} for a study initstudy did not make)."""
     return upgrade_stored_config(raw_config(study) or {})
+
+
+def write_target(study: optuna.Study, n_trials: int) -> None:
+    """The study's target of COMPLETE trials, as its last `search` or `create` set it (`work` reads it)."""
+    study.set_user_attr(TARGET_ATTR, n_trials)
+
+
+def stored_target(study: optuna.Study) -> int | None:
+    return study.user_attrs.get(TARGET_ATTR)
 
 
 def study_threshold(study: optuna.Study) -> float:

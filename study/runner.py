@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
-from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
 
 from study import axes, interrupts
+from study.artifacts import artifact_store, copy_picture, upload_picture
 from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
@@ -38,11 +35,11 @@ from study.place import StudyPlace, make_dir, sqlite_path
 from study.errors import BadInput
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, reused_record,
+from study.records import (StoredSeed, activation_picture_name, point, reused_record,
                            seed_record, stored_seed_results, summarise, summary_of, trial_note, write_seed,
-                           write_summary)
+                           write_summary, write_target)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
-                            n_complete, suggest)
+                            held_elsewhere, n_complete, requeue, suggest)
 from study.stats import LayerHistory
 from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
@@ -50,21 +47,25 @@ from study.workers import run_workers
 
 CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
 SeedPicture = Callable[[list[LayerHistory], str], object]  # (a seed's history, title) -> a matplotlib Figure
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]  # as Study.optimize's callbacks
 
 
 def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
               progress: bool = True, driver: type["Search"] | None = None,
-              seed_picture: SeedPicture | None = None) -> optuna.Study:
+              seed_picture: SeedPicture | None = None, callbacks: Sequence[Callback] = ()) -> optuna.Study:
     """Run (or continue) a study to its target with `driver` (`Search` unless told: an edge search's
     is `study.edge_search.EdgeSearch`), here or in the worker processes `machine` asks for. Each
-    seed's picture, where `seed_picture` is given, is stored as an artifact of its trial."""
+    seed's picture, where `seed_picture` is given, is stored as an artifact of its trial (in the
+    store `machine.artifacts` names). Each `callbacks` entry is called as Optuna's `optimize` calls
+    its callbacks, `callback(study, frozen_trial)`, after each trial is told, by the process that
+    trained it (with workers: in the worker, so they must pickle)."""
     driver = _driver(design, driver)
-    runner = open_search(place, design, run, machine, progress, driver, seed_picture)
+    runner = open_search(place, design, run, machine, progress, driver, seed_picture, callbacks)
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
         return runner.work()
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
-        work = functools.partial(work_here, place, design, machine, driver, seed_picture)
+        work = functools.partial(work_here, place, design, machine, driver, seed_picture, tuple(callbacks))
         run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)
     finally:
         runner.bar.close()
@@ -72,18 +73,35 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
 
 
 def work_here(place: StudyPlace, design, machine: MachineConfig, driver: type["Search"],
-              seed_picture: SeedPicture | None, run: RunConfig) -> None:
+              seed_picture: SeedPicture | None, callbacks: tuple[Callback, ...], run: RunConfig) -> None:
     """A worker process's share of a study (its entry point): the loop on this process, without a bar."""
     with libraries_quiet():
-        open_search(place, design, run, machine, False, driver, seed_picture).work()
+        open_search(place, design, run, machine, False, driver, seed_picture, callbacks).work()
 
 
 def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
                 progress: bool = True, driver: type["Search"] | None = None,
-                seed_picture: SeedPicture | None = None) -> "Search":
+                seed_picture: SeedPicture | None = None, callbacks: Sequence[Callback] = ()) -> "Search":
     """Everything that can refuse the command, before anything is written, then the study and its
     driver (`Search` unless told)."""
     data = load_fashion_mnist(run.data, resolve_device(run.train.device))
+    store = artifact_store(machine.artifacts, place)
+    study, storage = _open(place, design, run, machine)
+    return _driver(design, driver)(study, storage, design, run, machine, data, store, progress, seed_picture,
+                                   tuple(callbacks))
+
+
+def create_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig()) -> optuna.Study:
+    """Create the study (or check that the stored one has this design) and queue a grid's points,
+    training nothing: machines then join it with `python -m study work` (`study.stored_design`)."""
+    study, _ = _open(place, design, run, machine)
+    if isinstance(design, StudyDesign):
+        requeue(study, design)
+    return study
+
+
+def _open(place: StudyPlace, design, run: RunConfig, machine: MachineConfig):
+    """The study and its storage, the study created or checked against `design`; its target stored."""
     db = sqlite_path(place.storage_url())
     if db is not None:
         make_dir(db.parent)
@@ -91,9 +109,9 @@ def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfi
                            machine.storage_retry_seconds)
     study = open_study(place, design, run, storage, make_sampler(design))
     prepare_for_workers(place.storage_url())  # only once the study is known to be good
-    make_dir(place.artifacts())
-    return _driver(design, driver)(study, storage, design, run, machine, data, place.artifacts(), progress,
-                                   seed_picture)
+    if getattr(design, "n_trials", None) is not None:
+        write_target(study, design.n_trials)
+    return study, storage
 
 
 def _driver(design, driver: type["Search"] | None) -> type["Search"]:
@@ -111,12 +129,12 @@ class Search:
     _bar_unit = "run"
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, design: StudyDesign,
-                 run: RunConfig, machine: MachineConfig, data: FashionMNIST, artifacts: Path, progress: bool,
-                 seed_picture: SeedPicture | None = None):
+                 run: RunConfig, machine: MachineConfig, data: FashionMNIST, store, progress: bool,
+                 seed_picture: SeedPicture | None = None, callbacks: tuple[Callback, ...] = ()):
         self.study, self.storage, self.design, self.run_config = study, storage, design, run
-        self.seed_picture = seed_picture
+        self.seed_picture, self.callbacks = seed_picture, callbacks
         self.data, self.seeds = data, design.seeds
-        self.store = FileSystemArtifactStore(str(artifacts))
+        self.store = store  # an Optuna artifact store (`study.artifacts`)
         self.population = machine.population_size(resolve_device(run.train.device).type, self._models_per_trial())
         self.bar = tqdm(total=self._bar_total(), unit=self._bar_unit, desc="study", disable=not progress,
                         dynamic_ncols=True, delay=0.1)
@@ -184,6 +202,8 @@ class Search:
             for _ in range(max(1, min(size, self._room(count_states(study))))):
                 trial = study.ask()
                 asked.append(trial)
+                # At once, so that the trial is judged by heartbeats (the database's clock) from its start.
+                Heartbeats(self.storage, [trial._trial_id]).beat()
                 try:
                     trials.append((trial, self._start(trial)))
                 except optuna.TrialPruned:
@@ -199,6 +219,8 @@ class Search:
                 values = self._finish(trial, params, records[trial.number])
                 study.tell(trial, values)
                 told.add(trial.number)
+                for callback in self.callbacks:
+                    callback(study, self.storage.get_trial(trial._trial_id))
         except BaseException:
             # As Study.optimize does for its trial: an interrupted trial is FAIL, and its stored seeds
             # are reused when its setting is retried. If the storage refuses even that, the trial's
@@ -232,7 +254,7 @@ class Search:
     def _start(self, trial: optuna.Trial) -> dict:
         """The trial's setting; TrialPruned when another trial holds it."""
         params = suggest(trial, self.design)
-        if self._held_elsewhere(trial, params):
+        if held_elsewhere(trial, params, self.design.sampler):
             raise optuna.TrialPruned("another trial holds this setting")  # a race between workers
         return params
 
@@ -279,36 +301,14 @@ class Search:
             return summary["mean_val_acc"], summary["acc_std"]
         return summary["mean_val_acc"]
 
-    def _held_elsewhere(self, trial: optuna.Trial, params: dict) -> bool:
-        """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's setting.
-        Only grid points and retries must be unique; a sampler may choose to repeat a setting."""
-        trials = trial.study.get_trials(deepcopy=False)
-        this = next(t for t in trials if t.number == trial.number)
-        if self.design.sampler != "grid" and "fixed_params" not in this.system_attrs:
-            return False
-        here, fixed = point(params), fixed_values(trial.study)
-        return any(point_of(t, fixed) == here and (t.state == TrialState.COMPLETE or
-                                             (t.state == TrialState.RUNNING and t.number < trial.number))
-                   for t in trials)
-
     def _reuse(self, trial: optuna.Trial, stored: StoredSeed, seed: int) -> dict:
         """A seed finished by an earlier, failed trial of the same setting: its record and picture. A
-        picture this machine's store lacks never fails the trial (`records.reused_record`)."""
-        found = stored.artifact_id is None or self._copy_picture(trial, stored.artifact_id, seed)
+        picture the store lacks never fails the trial (`records.reused_record`)."""
+        found = stored.artifact_id is None or copy_picture(self.store, stored.artifact_id, trial,
+                                                           activation_picture_name(seed))
         record = reused_record(stored, found)
         write_seed(trial, seed, record)
         return record
-
-    def _copy_picture(self, trial: optuna.Trial, artifact_id: str, seed: int) -> bool:
-        """The stored picture attached to `trial` too; False where the store does not have it."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / activation_picture_name(seed)
-            try:
-                download_artifact(artifact_store=self.store, artifact_id=artifact_id, file_path=str(path))
-            except ArtifactNotFound:
-                return False
-            upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
-        return True
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:
         return self.run_config.at(params, seed)
@@ -316,11 +316,7 @@ class Search:
     def _upload_picture(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
         title = (f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
                  + (" (diverged)" if result.diverged else ""))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / activation_picture_name(seed)
-            self.seed_picture(result.history, title).savefig(path, dpi=80)
-            upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
-                            mimetype="image/png")
+        upload_picture(self.store, self.seed_picture(result.history, title), trial, activation_picture_name(seed))
 
     def _show_best(self, study: optuna.Study, summary: dict) -> None:
         best = max([summary_of(t).get("mean_val_acc", 0.0) for t in study.get_trials(

@@ -58,6 +58,19 @@ def requeue(study: optuna.Study, design: StudyDesign) -> int:
     return len(wanted)
 
 
+def held_elsewhere(trial: optuna.Trial, params: dict[str, float], sampler: str) -> bool:
+    """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's setting.
+    Only grid points and retries must be unique; a sampler may choose to repeat a setting."""
+    trials = trial.study.get_trials(deepcopy=False)
+    this = next(t for t in trials if t.number == trial.number)
+    if sampler != "grid" and "fixed_params" not in this.system_attrs:
+        return False
+    here, fixed = point(params), fixed_values(trial.study)
+    return any(point_of(t, fixed) == here and (t.state == TrialState.COMPLETE or
+                                         (t.state == TrialState.RUNNING and t.number < trial.number))
+               for t in trials)
+
+
 def fail_stale_and_requeue(study: optuna.Study, design: StudyDesign) -> Counter:
     """Fail the trials whose worker went silent, queue what the study still needs; the trial states."""
     optuna.storages.fail_stale_trials(study)
@@ -99,7 +112,7 @@ class Heartbeats:
 
     def __enter__(self) -> "Heartbeats":
         if self.enabled:
-            self._record()
+            self.beat()
             self._thread.start()
         return self
 
@@ -110,11 +123,13 @@ class Heartbeats:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
-            self._record()
+            self.beat()
 
-    def _record(self) -> None:
-        for trial_id in self.trial_ids:
-            self.storage.record_heartbeat(trial_id)
+    def beat(self) -> None:
+        """One heartbeat for each trial now (where the storage keeps them)."""
+        if self.enabled:
+            for trial_id in self.trial_ids:
+                self.storage.record_heartbeat(trial_id)
 
 
 def make_sampler(design: StudyDesign) -> optuna.samplers.BaseSampler:

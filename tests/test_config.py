@@ -7,7 +7,8 @@ import pytest
 
 import study
 from study.cli import build_parser
-from study.flags import config_from_flags, parse_space
+from study.axes import parse_space
+from study.flags import config_from_flags
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.axes import NAMES as SEARCHED, Range, describe_space
 from study.design import MachineConfig, StudyDesign

@@ -304,9 +304,9 @@ def test_a_running_trial_that_never_beat_is_failed_after_the_grace_period(tmp_pa
     storage = open_storage(f"sqlite:///{tmp_path}/silent.db", heartbeat_seconds=1, grace_seconds=2)
     study = optuna.create_study(storage=storage)
     trial = study.ask()  # and its command dies before the first heartbeat
-    optuna.storages.fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)  # gives it one, on the database's clock
     assert study.trials[0].state == TrialState.RUNNING  # within the grace period: left alone
-    time.sleep(2.5)
+    time.sleep(3.5)  # SQLite's clock counts whole seconds: more than 2 s by it
     optuna.storages.fail_stale_trials(study)
     assert study.trials[trial.number].state == TrialState.FAIL
 

@@ -17,17 +17,18 @@ from conftest import ROOT
 
 LAYERS = {
     "declarations": ["study.errors", "study.axes", "study.config", "study.design", "study.place", "study.ladder",
-                     "study.sequential", "study.reliability", "study.interrupts", "study.masking", "study.quiet", "study.version"],
+                     "study.sequential", "study.reliability", "study.interrupts", "study.masking", "study.quiet", "study.version",
+                     "study.stored_design"],
     "training": ["kernels", "kernels.fused_linear_act", "study.activations", "study.data", "study.stats", "study.model", "study.training",
                  "study.population"],
-    "records and storage": ["study.records", "study.faults", "study.storage"],
+    "records and storage": ["study.records", "study.faults", "study.storage", "study.artifacts"],
     "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search"],
     "readers": ["study.results", "study.plots", "study.edge_plots", "study.report", "study.views", "study.dashboard"],
     "experiments": ["study.experiments", "study.experiments.sharpness", "study.experiments.signal",
                     "study.experiments.findings", "study.experiments.findings.plan",
                     "study.experiments.findings.claims", "study.experiments.findings.tables",
                     "study.experiments.findings.curvature", "study.experiments.findings.document"],
-    "face": ["study.api", "study.flags", "study.cli", "study", "study.__main__"],
+    "face": ["study.api", "study.flags", "study.parser", "study.cli", "study", "study.__main__"],
 }
 FLOOR = {module: floor for floor, modules in enumerate(LAYERS.values()) for module in modules}
 MAX_LINES = 330
