@@ -11,11 +11,13 @@ fi
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
-# Debian packages the tests use: Chromium (a screenshot of the dashboard) and PostgreSQL (a real
-# server for the many-machines storage test; the test starts and stops its own instance).
+# Debian packages the tests use: Chromium (a screenshot of the dashboard), PostgreSQL (a real server
+# for the many-machines tests; each starts and stops its own instance) and libfaketime (a machine
+# whose clock is an hour off).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

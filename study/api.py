@@ -101,16 +101,14 @@ def work(name: str, *, storage: str | None = None, progress: bool = True, data_d
     (machine_config,) = _split(machine, (MachineConfig,))
     place = StudyPlace(name=name, storage=storage)
     with libraries_quiet():
-        from study.records import stored_config, stored_target
-        from study.storage import load_existing_study
+        from study.storage import read_design
         from study.stored_design import design_of, run_of
 
-        optuna_study = load_existing_study(place, machine_config.storage_retry_seconds)
-        stored = stored_config(optuna_study)
+        stored, target = read_design(place, machine_config.storage_retry_seconds)
         if not stored:
             raise BadInput(f"study {name!r} has no initstudy design yet: create it first with "
                            "`python -m study create` (or a search) with this `name`")
-        design = design_of(stored, stored_target(optuna_study))
+        design = design_of(stored, target)
         run = run_of(stored, data_dir, device)
     if isinstance(design, EdgeDesign):
         return edge_study(place, design, run, machine_config, progress, callbacks)

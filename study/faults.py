@@ -44,6 +44,8 @@ from study.masking import mask_url
 FIRST_DELAY_SECONDS = 0.5
 MAX_DELAY_SECONDS = 10.0
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# What PostgreSQL says when it has no connection left: max_connections, or a role's or database's limit.
+NO_CONNECTION_LEFT = ("too many clients", "too many connections", "remaining connection slots are reserved")
 LOW_SPACE_BYTES = 16 * 2**20  # below this, an I/O error while writing is taken to mean a full disk
 # Every storage method that reads or writes the database: the public ones, and the private ones
 # Optuna's cache (_CachedStorage) calls on it.
@@ -128,8 +130,13 @@ class ResilientStorage(optuna.storages.RDBStorage):
                 now = time.monotonic()
                 deadline = deadline or now + self.retry_seconds
                 if now >= deadline:
-                    self.gave_up = (f"storage {mask_url(self.url)} did not answer for {self.retry_seconds:g} s "
-                                    f"({database_error(e)}): run the same command again once it is back")
+                    if refused_for_connections(e):
+                        self.gave_up = (f"storage {mask_url(self.url)} refused connections for {self.retry_seconds:g} "
+                                        f"s: {connections_advice()}; everything stored is kept: run the same "
+                                        "command again then")
+                    else:
+                        self.gave_up = (f"storage {mask_url(self.url)} did not answer for {self.retry_seconds:g} "
+                                        f"s ({database_error(e)}): run the same command again once it is back")
                     raise StorageFault(self.gave_up) from e
                 interrupts.check()  # a stop request does not wait out an outage
                 time.sleep(min(delay, deadline - now))
@@ -187,6 +194,17 @@ def write_failed_message(path: Path, what: str, full: bool) -> str:
     verdict = "the disk is full" if full else "the disk failed"
     return (f"cannot write {path} ({what}): {verdict} ({room}); everything stored before is kept: "
             "free some space and run the same command again")
+
+
+def refused_for_connections(error: BaseException) -> bool:
+    """Whether the server refused a connection because it has none left (PostgreSQL's 'too many clients')."""
+    return any(text in database_error(error) for text in NO_CONNECTION_LEFT)
+
+
+def connections_advice() -> str:
+    return ("the server has no connection left (PostgreSQL's max_connections, or a role's or database's "
+            "limit; each worker holds about 2, each command 2 more: README, Many machines): run fewer "
+            "`workers`, put PgBouncer in front of the server, or raise max_connections")
 
 
 def database_error(error: BaseException) -> str:

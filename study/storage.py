@@ -32,10 +32,10 @@ from sqlalchemy import event
 from study.config import RunConfig
 from study.design import STORAGE_RETRY_SECONDS, StudyDesign, study_config, upgrade_stored_config
 from study.errors import BadInput
-from study.faults import ResilientStorage, SqliteWatch
+from study.faults import ResilientStorage, SqliteWatch, connections_advice, refused_for_connections
 from study.masking import mask_url, remember
 from study.place import StudyPlace, sqlite_path
-from study.records import raw_config, write_config
+from study.records import raw_config, stored_config, stored_target, write_config
 
 # Optuna creates its tables one by one: a command started beside another on a new database may find
 # some of them and not yet `version_info`. Only a table Optuna would not make marks a foreign file.
@@ -73,6 +73,8 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
             # Commands started together on a new database race to create Optuna's tables (SQLite
             # says "table ... already exists", a server a duplicate key); the losers find them
             # made on the next attempt.
+            if refused_for_connections(e):
+                raise BadInput(f"cannot open storage {mask_url(url)}: {connections_advice()}") from e
             if not _lost_schema_race(e) or attempt == SCHEMA_RACE_RETRIES:
                 raise BadInput(f"cannot open storage {mask_url(url)}: {first_line(e)}") from e
             time.sleep(0.5 * (attempt + 1))
@@ -252,10 +254,28 @@ def _store_design(study: optuna.Study, wanted: dict) -> optuna.Study:
 
 def load_existing_study(place: StudyPlace, retry_seconds: float = STORAGE_RETRY_SECONDS) -> optuna.Study:
     """A stored study, for reading; BadInput naming the studies there when it is absent."""
+    return _load_existing(place, _existing_storage(place, retry_seconds))
+
+
+def read_design(place: StudyPlace, retry_seconds: float = STORAGE_RETRY_SECONDS) -> tuple[dict, int | None]:
+    """A stored study's configuration (today's layout; {} where initstudy stored none) and its target
+    of trials, with the connections closed after reading: a joining machine keeps none for it."""
+    storage = _existing_storage(place, retry_seconds)
+    try:
+        study = _load_existing(place, storage)
+        return stored_config(study), stored_target(study)
+    finally:
+        storage.engine.dispose()
+
+
+def _existing_storage(place: StudyPlace, retry_seconds: float) -> ResilientStorage:
     db = sqlite_path(place.storage_url())
     if db is not None and not db.is_file():
-        raise BadInput(f"no study database at {db}: run a search with this `name` first")
-    storage = open_storage(place.storage_url(), retry_seconds=retry_seconds)
+        raise BadInput(f"no study database at {db}: create the study (`python -m study create` or a search) first")
+    return open_storage(place.storage_url(), retry_seconds=retry_seconds)
+
+
+def _load_existing(place: StudyPlace, storage: ResilientStorage) -> optuna.Study:
     names = optuna.get_all_study_names(storage)
     if place.name not in names:
         raise BadInput(f"no study {place.name!r} in {mask_url(place.storage_url())} "

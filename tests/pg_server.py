@@ -31,7 +31,9 @@ def pg_bin() -> Path:
 
 
 class PostgresServer:
-    def __init__(self):
+    def __init__(self, **settings):
+        """settings: server parameters (`max_connections=4`), as `-c name=value`."""
+        self.options = "".join(f" -c {name}={value}" for name, value in settings.items())
         self.bin = pg_bin()
         self.home = Path(tempfile.mkdtemp(prefix="initstudy-pg-"))
         # initdb refuses to run as root: as root, run the server as Debian's postgres user.
@@ -53,7 +55,7 @@ class PostgresServer:
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-l", self.home / "log", "-w", "start",
-                  "-o", f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1")
+                  "-o", f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1{self.options}")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
@@ -61,7 +63,7 @@ class PostgresServer:
     def restart(self) -> None:
         """What an administrator's restart does: every connection is cut, then the server is back."""
         self._run("pg_ctl", "-D", self.data, "-l", self.home / "log", "-m", "fast", "-w", "restart",
-                  "-o", f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1")
+                  "-o", f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1{self.options}")
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         return self._run("psql", "-h", self.home, "-p", str(self.port), "-U", "postgres", "-d", database,

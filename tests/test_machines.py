@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 import study as api
 from conftest import assert_one_line_error, run_cli
+from pausing import PausedCommand
 from study.artifacts import Prefixed, artifact_store
 from study.axes import Range
 from study.config import ModelConfig, RunConfig, TrainConfig
@@ -154,3 +155,32 @@ def test_an_s3_store_without_boto3_is_one_clear_line(tmp_path, monkeypatch):
         artifact_store("s3://bucket/prefix", place)
     with pytest.raises(BadInput, match="names no bucket"):
         artifact_store("s3://", place)
+
+
+# Every storage write a creation makes (Optuna's cache calls the storage's methods; `_create_new_trial`
+# is counted besides `create_new_trial`, a pause between the two as well).
+CREATION_WRITES = [f"study.faults:ResilientStorage.{name}" for name in (
+    "create_new_study", "set_study_system_attr", "set_study_user_attr", "create_new_trial", "_create_new_trial",
+    "set_trial_param", "set_trial_system_attr")]
+
+
+@pytest.mark.slow
+def test_a_creation_killed_between_any_two_storage_calls_is_finished_by_the_next_command(tmp_path):
+    storage = f"sqlite:///{tmp_path}/k.db"
+    create = ["create", "--name", "k", "--storage", storage, "--leak", "0,0.2", "--sub", "0", "--seeds", "0",
+              *TINY_FLAGS]
+    step = 0
+    while True:
+        step += 1
+        command = PausedCommand(step, CREATION_WRITES, create, cwd=tmp_path)
+        if not command.wait_paused():  # the creation made fewer writes than `step`: every cut was tried
+            assert command.finish()[0] == 0
+            break
+        command.kill()
+        again = run_cli(*create, cwd=tmp_path)
+        assert again.returncode == 0, (step, again.stderr)
+        trials = optuna.load_study(study_name="k", storage=storage).trials
+        assert sorted(t.system_attrs["fixed_params"]["leak"] for t in trials) == [0, 0.2], step  # queued once
+        assert {t.state for t in trials} == {TrialState.WAITING}, step
+        optuna.delete_study(study_name="k", storage=storage)  # the next step cuts a fresh creation
+    assert step > 5  # the study, its metric names, its design, two grid points
