@@ -1,7 +1,7 @@
 """The command line: flags -> config dataclasses -> work -> printed results and exit codes.
 
-Only this module (with `study/flags.py`, which makes the flags from the dataclasses' fields and
-parses their strings into typed values) parses flags, prints for people and picks exit codes; it
+Only this module (with `study/parser.py`, the commands and their flags, and `study/flags.py`, which
+makes the flags from the dataclasses' fields and parses their strings into typed values) parses flags, prints for people and picks exit codes; it
 is also the only place that chooses matplotlib's file-only backend (the Python API leaves
 Jupyter's). Everything below raises `BadInput` for a problem the user can fix (one line on
 stderr, exit code 2; a `FieldError` is shown with its flag's name) and `StorageFault` when the

@@ -88,15 +88,22 @@ def test_work_needs_a_created_study(tmp_path):
         api.work("bare", storage=storage)
 
 
+@pytest.fixture(scope="module")
+def created(tmp_path_factory):
+    """A created study's database (SQLite) and its storage URL."""
+    db = tmp_path_factory.mktemp("created") / "r.db"
+    assert run_cli("create", "--name", "r", "--storage", f"sqlite:///{db}", "--seeds", "0", *TINY_FLAGS).returncode == 0
+    return db, f"sqlite:///{db}"
+
+
 @pytest.mark.parametrize("flag, value", [("--leak", "0.1"), ("--seeds", "0,1"), ("--model", "cnn"),
                                          ("--max-seeds", "4"), ("--create-only", None)])
-def test_work_refuses_a_design_flag_in_one_line_and_leaves_the_study_alone(tmp_path, flag, value):
-    storage = f"sqlite:///{tmp_path}/r.db"
-    assert run_cli("create", "--name", "r", "--storage", storage, "--seeds", "0", *TINY_FLAGS).returncode == 0
-    before = (tmp_path / "r.db").read_bytes()
+def test_work_refuses_a_design_flag_in_one_line_and_leaves_the_study_alone(created, flag, value):
+    db, storage = created
+    before = db.read_bytes()
     proc = run_cli("work", "--name", "r", "--storage", storage, flag, *([value] if value else []))
     assert_one_line_error(proc, f"{flag} is part of the study's design, stored when it was created")
-    assert (tmp_path / "r.db").read_bytes() == before
+    assert db.read_bytes() == before
 
 
 @pytest.mark.slow
