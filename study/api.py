@@ -28,6 +28,7 @@ from study.design import MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
 from study.place import StudyPlace
+from study.stored_design import check_storable
 from study.quiet import libraries_quiet
 from study.views import Edge, Study
 
@@ -82,6 +83,7 @@ def create(name: str, *, storage: str | None = None, edge: bool = False, **setti
 
 def create_study(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunConfig) -> Study | Edge:
     """`create` from the configuration dataclasses (the command line's way in)."""
+    check_storable(design)
     with _call(run.train.backend):
         from study.runner import create_study as store_design
 

@@ -139,11 +139,13 @@ def space_fields(skip: tuple[str, ...] = (), ranges: bool = True, defaults: dict
     return add
 
 
-def describe_space(space: Space) -> str:
-    """`0,0.2,0.4`, `0:0.5` or `0.1:10:log`: how a space is written on the command line and stored."""
+def describe_space(space: Space, exact: bool = False) -> str:
+    """`0,0.2,0.4`, `0:0.5` or `0.1:10:log`: how a space is written on the command line and stored
+    (6 significant digits; every digit with `exact`)."""
+    form = repr if exact else "{:g}".format
     if isinstance(space, Range):
-        return f"{space.low:g}:{space.high:g}" + (":log" if space.log else "")
-    return ",".join(f"{v:g}" for v in space)
+        return f"{form(space.low)}:{form(space.high)}" + (":log" if space.log else "")
+    return ",".join(form(v) for v in space)
 
 
 def parse_space(text: str) -> Space:

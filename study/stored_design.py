@@ -11,9 +11,10 @@ joining machine's own. A study's target of trials (`n_trials`) is not part of th
 
 from __future__ import annotations
 
-from study.axes import parse_space
+from study.axes import describe_space, parse_space
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import TRAIN_THRESHOLD, Design, StudyDesign
+from study.errors import FieldError
 from study.ladder import EdgeDesign
 
 
@@ -38,3 +39,13 @@ def run_of(stored: dict, data_dir: str | None = None, device: str = "auto") -> R
     directory and device."""
     return RunConfig(DataConfig(**stored["data"], data_dir=data_dir), ModelConfig(**stored["model"]),
                      OptimConfig(**stored["optim"]), TrainConfig(**stored["train"], device=device))
+
+
+def check_storable(design: Design) -> None:
+    """Every value of `design` as its storage keeps it (6 significant digits): the machines that join
+    read the stored values, and one that trained 0.123456789 where they read 0.123457 would see its
+    settings as others'. FieldError naming the axis otherwise."""
+    for name, space in design.spaces().items():
+        if parse_space(describe_space(space)) != space:
+            raise FieldError(name, f"{describe_space(space, exact=True)} has more digits than a study stores "
+                                   f"({describe_space(space)}): give the values as stored")

@@ -16,7 +16,7 @@ from study.artifacts import Prefixed, artifact_store
 from study.axes import Range
 from study.config import ModelConfig, RunConfig, TrainConfig
 from study.design import StudyDesign, study_config, upgrade_stored_config
-from study.errors import BadInput
+from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
 from study.place import StudyPlace
 from study.records import seed_records
@@ -191,3 +191,9 @@ def test_a_creation_killed_between_any_two_storage_calls_is_finished_by_the_next
         assert {t.state for t in trials} == {TrialState.WAITING}, step
         optuna.delete_study(study_name="k", storage=storage)  # the next step cuts a fresh creation
     assert step > 5  # the study, its metric names, its design, two grid points
+
+
+def test_create_refuses_a_value_its_storage_would_round(tmp_path):
+    with pytest.raises(FieldError, match=r"0.123456789 has more digits than a study stores \(0,0.123457\)"):
+        api.create("p", storage=f"sqlite:///{tmp_path}/p.db", leak=(0, 0.123456789))
+    assert not (tmp_path / "p.db").exists()
