@@ -225,6 +225,14 @@ def probe_verdicts(study: optuna.Study) -> dict[tuple, list[tuple[float, str]]]:
             for key, trials in probes_by_setting(study).items()}
 
 
+def probe_outcomes(probes: list[optuna.trial.FrozenTrial], threshold: float) -> tuple[list[float], list[bool]]:
+    """Every seed of a setting's probes as (its learning rate, whether it trained): what its curve is
+    fitted to (`study.dose_response`)."""
+    pairs = [(probe.params["lr"], is_trained(record["val_acc"], threshold))
+             for probe in probes for record in seed_records(probe).values()]
+    return [lr for lr, _ in pairs], [trained for _, trained in pairs]
+
+
 def reused_record(stored: StoredSeed, picture_found: bool) -> dict:
     """The record of a seed taken over from a failed trial of the same setting: `reused_from` names
     the trial that trained it, `picture_missing` says its picture could not be read from the artifact

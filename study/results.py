@@ -11,13 +11,15 @@ from optuna.trial import TrialState
 
 from study import axes
 from study.ladder import SETTING_AXES, EdgeDesign, rung_verdicts, setting_key
-from study.records import (fixed_values, is_trained, probe_verdicts, probes_by_setting, seed_records, setting_of,
-                           study_threshold, summary_of, trial_layers, verdict_of)
+from study.dose_response import fit_curve
+from study.records import (fixed_values, is_trained, probe_outcomes, probe_verdicts, probes_by_setting, seed_records,
+                           setting_of, study_threshold, summary_of, trial_layers, verdict_of)
 
 
 FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every rung, ten seeds each
-EDGE_COLUMNS = ["leak", "sub", *(axis for axis in SETTING_AXES if axis not in ("leak", "sub")), "max_stable_lr",
-                "first_unstable_lr", "trainings", "first_unstable_verdict", "probes", "done"]
+CURVE_COLUMNS = ["lr50", "lr50_low", "lr50_high", "lr90", "lr90_low", "lr90_high", "slope", "link"]
+EDGE_COLUMNS = ["leak", "sub", *(axis for axis in SETTING_AXES if axis not in ("leak", "sub")), *CURVE_COLUMNS,
+                "max_stable_lr", "first_unstable_lr", "trainings", "first_unstable_verdict", "probes", "done"]
 
 # The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
 LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
@@ -94,9 +96,13 @@ def summary_table(study: optuna.Study, top: int = 5) -> str:
 
 
 def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
-    """One row per setting: EDGE_COLUMNS. max_stable_lr and first_unstable_lr are probed rungs (NaN
-    where the ladder ended first); trainings = seeds trained over the setting's probes."""
+    """One row per setting: EDGE_COLUMNS. The curve's columns (lr50 and lr90 with their 95%
+    profile-likelihood intervals, the slope per unit of log lr, the link) are fitted to every seed of
+    the setting's probes (`study.dose_response`; NaN before any, and an interval end the data cannot
+    bound). max_stable_lr and first_unstable_lr are the bisection's probed rungs (NaN where the ladder
+    ended first); trainings = seeds trained over the setting's probes."""
     ladder, found, rows = design.ladder(), probes_by_setting(study), []
+    threshold = study_threshold(study)
     states = design.bisections(probe_verdicts(study))
     for setting in design.settings():
         done = found.get(setting_key(setting), [])
@@ -104,6 +110,7 @@ def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
         state = states[setting_key(setting)]
         rows.append({
             **setting,
+            **curve_columns(*probe_outcomes(done, threshold)),
             "max_stable_lr": ladder[state.stable] if state.stable >= 0 else math.nan,
             "first_unstable_lr": ladder[state.unstable] if state.unstable < len(ladder) else math.nan,
             "trainings": sum(len(seed_records(t)) for t in done),
@@ -112,6 +119,14 @@ def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
             "done": state.next_rung is None,
         })
     return pd.DataFrame(rows, columns=EDGE_COLUMNS)
+
+
+def curve_columns(lrs: list[float], trained: list[bool]) -> dict:
+    """CURVE_COLUMNS of the curve through these outcomes; NaN (and no link) without any."""
+    if not lrs:
+        return {**{column: math.nan for column in CURVE_COLUMNS}, "link": ""}
+    curve = fit_curve(lrs, trained)
+    return {column: getattr(curve, column) for column in CURVE_COLUMNS}
 
 
 def probe_frame(study: optuna.Study) -> pd.DataFrame:

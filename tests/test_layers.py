@@ -18,11 +18,11 @@ from conftest import ROOT
 LAYERS = {
     "declarations": ["study.errors", "study.axes", "study.config", "study.design", "study.place", "study.ladder",
                      "study.sequential", "study.reliability", "study.interrupts", "study.masking", "study.quiet", "study.version",
-                     "study.stored_design"],
+                     "study.stored_design", "study.dose_response", "study.adaptive"],
     "training": ["kernels", "kernels.fused_linear_act", "study.activations", "study.data", "study.stats", "study.model", "study.training",
                  "study.population"],
     "records and storage": ["study.records", "study.faults", "study.storage", "study.artifacts"],
-    "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search"],
+    "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search", "study.edge_simulation"],
     "readers": ["study.results", "study.plots", "study.edge_plots", "study.report", "study.views", "study.dashboard"],
     "experiments": ["study.experiments", "study.experiments.sharpness", "study.experiments.signal",
                     "study.experiments.findings", "study.experiments.findings.plan",
