@@ -65,8 +65,7 @@ def run_edge(args: argparse.Namespace) -> int:
         raise BadInput("an edge search needs its own --name (its probes are a study of their own)")
     place, design, machine = (config_from_flags(cls, args) for cls in (StudyPlace, EdgeDesign, MachineConfig))
     run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
-    print(f"ladder: {', '.join(f'{lr:g}' for lr in design.ladder())}\ntest: {design.test().describe()}",
-          file=sys.stderr)
+    print(design.describe_method(), file=sys.stderr)
     if args.create_only:
         return _created(api.create_study(place, design, run_config), place)
     _show_edge(api.edge_study(place, design, run_config, machine, progress=sys.stderr.isatty()), args.out)

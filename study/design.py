@@ -209,6 +209,7 @@ def upgrade_stored_config(stored: dict) -> dict:
     does an axis added since, at the value studies then ran at (`study.axes.upgrade_space`).
     Before 0.4.0 every bias started at zero and `model` had no `bias_init`. Until 0.4.0 the data
     directory was stored and compared; it is where a machine keeps its files, so it is dropped.
+    Before 0.5.0 an edge search had one method, bisection: its `edge` section reads as `bisect`.
     """
     if not stored:
         return stored
@@ -226,6 +227,8 @@ def upgrade_stored_config(stored: dict) -> dict:
         upgraded["model"] = {**upgraded["model"], "bias_init": "zero"}
     if "data" in upgraded:
         upgraded["data"] = {k: v for k, v in upgraded["data"].items() if k not in NOT_DESIGN["data"]}
+    if "edge" in upgraded and "method" not in upgraded["edge"]:
+        upgraded["edge"] = {"method": "bisect", **upgraded["edge"]}  # the only method before 0.5.0
     return upgraded
 
 

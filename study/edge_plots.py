@@ -13,13 +13,15 @@ from study.axes import NAMES as AXIS_NAMES
 from study.plots import lazy_seaborn
 
 
-def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figure:
+def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...], fitted: bool = False) -> Figure:
     """The largest stable learning rate of each setting: leak (x) by sub (y) on a log colour scale,
     one panel per value of the other axes (init_scale, momentum, ...); each cell reads `stable < first unstable`, "< lowest rung"
-    when no rung was stable, "> stable" when the ladder ended first. table: `edge.edge_table`."""
+    when no rung was stable, "> stable" when the ladder ended first. With `fitted` (the adaptive
+    method, whose rates are no ladder), the fitted lr90 instead, each cell `lr90 (low-high)`, its 95%
+    interval. table: `edge.edge_table`; ladder: the rates' range for the colours."""
     from matplotlib.colors import LogNorm
 
-    below = ladder[0] / (ladder[1] / ladder[0])  # colour of "not stable even at the lowest rung"
+    below = ladder[0] if fitted else ladder[0] / (ladder[1] / ladder[0])  # colour of "not stable at the lowest rung"
     others = [name for name in AXIS_NAMES if name in table and name not in ("leak", "sub")]
     varying = [name for name in others if table[name].nunique() > 1]
     fixed = ", ".join(f"{name} {table[name].iloc[0]:g}" for name in others if name not in varying)
@@ -30,12 +32,14 @@ def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figur
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     norm = LogNorm(vmin=below, vmax=ladder[-1])
     for ax, (values, group) in zip(axes, panels):
-        cells = group.pivot_table(index="sub", columns="leak", values="max_stable_lr", aggfunc="first",
-                                  dropna=False).reindex(index=subs, columns=leaks)
-        labels = group.set_index(["sub", "leak"]).apply(_edge_label, axis=1, ladder=ladder)
+        cells = group.pivot_table(index="sub", columns="leak", values="lr90" if fitted else "max_stable_lr",
+                                  aggfunc="first", dropna=False).reindex(index=subs, columns=leaks)
+        labels = group.set_index(["sub", "leak"]).apply(_fitted_label if fitted else _edge_label, axis=1,
+                                                        ladder=ladder)
         annot = [[labels.get((s, l), "") for l in leaks] for s in subs]
         lazy_seaborn().heatmap(cells.fillna(below), ax=ax, norm=norm, cmap="viridis", annot=np.array(annot), fmt="",
-                           cbar=ax is axes[-1], cbar_kws={"label": "largest stable lr"}, linewidths=0.5,
+                           cbar=ax is axes[-1], cbar_kws={"label": "lr90" if fitted else "largest stable lr"},
+                           linewidths=0.5,
                            linecolor="white", annot_kws={"fontsize": 7})
         ax.invert_yaxis()
         if ax is axes[-1]:
@@ -43,9 +47,19 @@ def edge_heatmap_figure(table: pd.DataFrame, ladder: tuple[float, ...]) -> Figur
         ax.set_title(", ".join(f"{name} {value:g}" for name, value in zip(varying, values)) or fixed, fontsize=9)
         ax.set_xlabel("leak")
         ax.set_ylabel("sub")
-    fig.suptitle("Largest lr that trains reliably\n(cell: stable rung < first unstable rung"
-                 + (f"; {fixed}" if varying and fixed else "") + ")", fontsize=10)
+    title = ("The rate at which 90% of seeds train (fitted)\n(cell: lr90 and its 95% interval" if fitted else
+             "Largest lr that trains reliably\n(cell: stable rung < first unstable rung")
+    fig.suptitle(title + (f"; {fixed}" if varying and fixed else "") + ")", fontsize=10)
     return fig
+
+
+def _fitted_label(row: pd.Series, ladder: tuple[float, ...]) -> str:
+    if not row["done"]:
+        return "?"
+    if np.isnan(row["lr90"]):
+        return "no curve"
+    low, high = (f"{row[c]:.3g}" if not np.isnan(row[c]) else "open" for c in ("lr90_low", "lr90_high"))
+    return f"{row['lr90']:.3g}\n({low}-{high})"
 
 
 def _edge_label(row: pd.Series, ladder: tuple[float, ...]) -> str:
@@ -65,6 +79,7 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
     settings = table[[name for name in AXIS_NAMES if name in table]].to_dict("records")
     varying = [name for name in settings[0] if name not in ("leak", "sub") and table[name].nunique() > 1]
     rungs = sorted(probes["lr"].unique())
+    ticks = rungs if len(rungs) <= 16 else None  # an adaptive search's rates are continuous: log ticks
     columns = min(5, len(settings))
     rows = -(-len(settings) // columns)
     fig = Figure(figsize=(3.1 * columns, 2.4 * rows + 0.6), layout="constrained")
@@ -79,14 +94,19 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
             ax.annotate(f"{k}/{n}", (lr, k / n), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
         if not np.isnan(edge["max_stable_lr"]):
             ax.axvline(edge["max_stable_lr"], color="tab:green", linestyle="--", linewidth=1)
+        if not np.isnan(edge["lr90"]):
+            _draw_curve(ax, edge, mine["lr"])
         accuracy = ax.twinx()
         accuracy.plot(mine["lr"], mine["trained_acc_mean"], "s", color="tab:orange", ms=4,
                       label="val acc of trained seeds (right)")
         accuracy.set_ylim(0.5, 1.0)
         accuracy.tick_params(labelsize=7, colors="tab:orange")
         ax.set_xscale("log")
-        ax.set_xticks(rungs, [f"{lr:.3g}" for lr in rungs], rotation=60, fontsize=7)
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        if ticks is not None:
+            ax.set_xticks(ticks, [f"{lr:.3g}" for lr in ticks], rotation=60, fontsize=7)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.tick_params(axis="x", labelsize=7)
         ax.set_ylim(-0.05, 1.12)
         ax.set_title(", ".join(f"{name} {setting[name]:g}" for name in ("leak", "sub", *varying)), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -94,15 +114,33 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
         ax.set_visible(False)
     handles = [h for ax in (axes.flat[0], accuracy) for h in ax.get_legend_handles_labels()[0]]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8)
-    fig.supxlabel("learning rate (the probed rungs; dashed: the largest stable one)", fontsize=9)
+    fig.supxlabel("learning rate\ngrey: the fitted curve; green: lr90 and its 95% interval; dashed: the largest "
+                  "stable rung", fontsize=8)
     fig.supylabel("fraction of seeds trained", fontsize=9)
     return fig
 
 
-def edge_figures(table: pd.DataFrame, probes: pd.DataFrame, ladder: tuple[float, ...]) -> dict[str, Figure]:
-    """An edge study's two pictures by file name: the largest stable rate per setting, and each
-    setting's share of trained seeds along the ladder. table: `edge_table`; probes: `probe_frame`."""
-    return {"edge_heatmap": edge_heatmap_figure(table, ladder), "edge_curves": edge_curves_figure(probes, table)}
+def _draw_curve(ax, edge: dict, lrs: pd.Series) -> None:
+    """The fitted curve across the rates probed, and lr90 with its interval (an open end to the edge)."""
+    from scipy import special, stats
+
+    rates = np.geomspace(lrs.min(), lrs.max(), 100)
+    at90 = special.logit(0.9) if edge["link"] == "logit" else stats.norm.ppf(0.9)
+    eta = at90 + edge["slope"] * (np.log(rates) - np.log(edge["lr90"]))
+    ax.plot(rates, special.expit(eta) if edge["link"] == "logit" else stats.norm.cdf(eta), color="grey", linewidth=1)
+    low = edge["lr90_low"] if not np.isnan(edge["lr90_low"]) else rates[0]
+    high = edge["lr90_high"] if not np.isnan(edge["lr90_high"]) else rates[-1]
+    ax.axvspan(low, high, color="tab:green", alpha=0.12)
+    ax.plot([edge["lr90"]], [0.9], "D", color="tab:green", ms=4)
+
+
+def edge_figures(table: pd.DataFrame, probes: pd.DataFrame, ladder: tuple[float, ...],
+                 fitted: bool = False) -> dict[str, Figure]:
+    """An edge study's two pictures by file name: the largest stable rate (or, `fitted`, lr90) per
+    setting, and each setting's share of trained seeds along the rates probed with its fitted curve.
+    table: `edge_table`; probes: `probe_frame`."""
+    return {"edge_heatmap": edge_heatmap_figure(table, ladder, fitted),
+            "edge_curves": edge_curves_figure(probes, table)}
 
 
 def sharpness_figure(edges: pd.DataFrame, init: pd.DataFrame, along: pd.DataFrame, step: float,

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 from itertools import product
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 from study import axes
 from study.axes import Range, Space, describe_space, space_fields
-from study.config import describe
+from study.adaptive import AdaptiveDesign
+from study.config import check_choices, describe
 from study.design import Design
 from study.errors import FieldError
 from study.sequential import RELIABLE, Sprt
 
 SETTING_AXES = tuple(name for name in axes.NAMES if name != "lr")  # what a setting is here: all but lr
+METHODS = ("bisect", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ class EdgeDesign(Design):
         default=0.6, metadata=describe("... against at most this fraction (the test's other hypothesis)"))
     error_rate: float = field(default=0.05, metadata=describe("the sequential test's error rate, each way"))
     max_seeds: int = field(default=20, metadata=describe("seeds after which an undecided probe stops"))
+    method: str = field(
+        default="bisect",
+        metadata=describe("how each setting's probes are chosen: bisect (the ladder's rungs, seeds added until the "
+                          "sequential test decides) or adaptive (continuous rates where lr90 is least known: "
+                          "study/adaptive.py)", choices=METHODS))
+    precision: float = field(
+        default=1.6, metadata=describe("adaptive: a setting is done when lr90's 95% interval is this narrow "
+                                       "(upper / lower)"))
+    max_trainings: int = field(default=60, metadata=describe("adaptive: seeds after which a setting stops"))
+    round_seeds: int = field(default=4, metadata=describe("adaptive: seeds trained at each chosen rate"))
 
     sampler = "grid"  # every probe is enqueued; the sampler is never asked
     objective = "accuracy"  # each probe's value: the mean validation accuracy of its seeds
@@ -70,12 +82,27 @@ class EdgeDesign(Design):
             raise FieldError("error_rate", f"must be in (0, 0.5), got {self.error_rate:g}")
         if self.max_seeds < 1:
             raise FieldError("max_seeds", f"must be >= 1, got {self.max_seeds}")
+        check_choices(self)
+        if not self.precision > 1:
+            raise FieldError("precision", f"must be a ratio > 1, got {self.precision:g}")
+        if self.round_seeds < 1 or self.max_trainings < self.round_seeds:
+            raise FieldError("max_trainings", f"({self.max_trainings}) must hold at least one round of "
+                                              f"`round_seeds` ({self.round_seeds}), and that must be >= 1")
 
     @property
     def seeds(self) -> tuple[int, ...]:
         """The seeds a probe may use, in the order it adds them: the same for every probe, so
-        settings and rungs are compared on shared seeds."""
-        return tuple(range(self.max_seeds))
+        settings and rungs are compared on shared seeds. Adaptive: the k-th probe of a setting
+        trains seeds k x round_seeds onwards (`probe_seeds`), so no two of its probes share a seed."""
+        return tuple(range(self.max_seeds if self.method == "bisect" else self.max_trainings))
+
+    def probe_seeds(self, index: int) -> list[int]:
+        """Adaptive: the seeds of a setting's probe number `index` (0, 1, ...)."""
+        return list(range(index * self.round_seeds, (index + 1) * self.round_seeds))
+
+    def adaptive(self) -> AdaptiveDesign:
+        rates = (self.lr.low, self.lr.high) if isinstance(self.lr, Range) else (min(self.lr), max(self.lr))
+        return AdaptiveDesign(*rates, self.precision, self.max_trainings, self.round_seeds)
 
     def ladder(self) -> tuple[float, ...]:
         """The rungs, ascending: the list as given, or low, low x step, ... up to high."""
@@ -100,6 +127,14 @@ class EdgeDesign(Design):
             return []
         return [seed for seed in self.seeds if seed not in trained][:test.seeds_to_verdict(k, n)]
 
+    def describe_method(self) -> str:
+        """How the probes are chosen, in two lines for the command line."""
+        if self.method == "bisect":
+            return f"ladder: {', '.join(f'{lr:g}' for lr in self.ladder())}\ntest: {self.test().describe()}"
+        a = self.adaptive()
+        return (f"rates: {a.low:g} to {a.high:g}, chosen where lr90 is least known, {a.round_seeds} seeds each\n"
+                f"stop: lr90's 95% interval within x{a.precision:g}, or {a.max_trainings} trainings per setting")
+
     def test(self) -> Sprt:
         return Sprt(self.reliability, self.unreliability, self.error_rate, self.max_seeds)
 
@@ -108,15 +143,23 @@ class EdgeDesign(Design):
         return [dict(zip(SETTING_AXES, values)) for values in product(*(getattr(self, n) for n in SETTING_AXES))]
 
     def spaces(self) -> dict[str, Space]:
-        """Each axis's values, the ladder's rungs for lr: what a probe's params are drawn from."""
-        return {name: self.ladder() if name == "lr" else getattr(self, name) for name in axes.NAMES}
+        """Each axis's values, for lr the ladder's rungs (bisect) or its log range (adaptive): what a
+        probe's params are drawn from."""
+        rates = self.ladder() if self.method == "bisect" else Range(*astuple(self.adaptive())[:2], log=True)
+        return {name: rates if name == "lr" else getattr(self, name) for name in axes.NAMES}
 
     def stored(self) -> dict:
-        """The design's part of the stored configuration (`study.design.study_config`)."""
+        """The design's part of the stored configuration (`study.design.study_config`): each method's
+        own fields only, so that changing the other's is no change of design. Studies stored before
+        the adaptive method read as `bisect` (`study.design.upgrade_stored_config`)."""
+        if self.method == "bisect":
+            edge = {"reliability": self.reliability, "unreliability": self.unreliability,
+                    "error_rate": self.error_rate, "max_seeds": self.max_seeds}
+        else:
+            edge = {"precision": self.precision, "max_trainings": self.max_trainings, "round_seeds": self.round_seeds}
         return {
             "space": {name: describe_space(space) for name, space in self.spaces().items()},
-            "edge": {"reliability": self.reliability, "unreliability": self.unreliability,
-                     "error_rate": self.error_rate, "max_seeds": self.max_seeds},
+            "edge": {"method": self.method, **edge},
             "train_threshold": self.train_threshold,
         }
 

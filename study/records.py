@@ -114,7 +114,8 @@ def summary_of(trial: optuna.trial.FrozenTrial) -> dict:
 
 
 def verdict_of(trial: optuna.trial.FrozenTrial) -> str | None:
-    """An edge probe's verdict (`study.sequential`); None for any other trial."""
+    """An edge probe's verdict (`study.sequential`): "" for an adaptive probe, which has none; None for
+    any other trial."""
     return trial.user_attrs.get("verdict")
 
 

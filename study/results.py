@@ -100,24 +100,26 @@ def edge_table(study: optuna.Study, design: EdgeDesign) -> pd.DataFrame:
     profile-likelihood intervals, the slope per unit of log lr, the link) are fitted to every seed of
     the setting's probes (`study.dose_response`; NaN before any, and an interval end the data cannot
     bound). max_stable_lr and first_unstable_lr are the bisection's probed rungs (NaN where the ladder
-    ended first); trainings = seeds trained over the setting's probes."""
+    ended first, and for the adaptive method); trainings = seeds trained over the setting's probes."""
+    from study.edge_search import next_rates  # the driver's choice of the next probe says what is done
+
     ladder, found, rows = design.ladder(), probes_by_setting(study), []
-    threshold = study_threshold(study)
-    states = design.bisections(probe_verdicts(study))
+    threshold, rates = study_threshold(study), next_rates(study, design)
+    bisect = design.method == "bisect"
+    states = design.bisections(probe_verdicts(study)) if bisect else {}
     for setting in design.settings():
         done = found.get(setting_key(setting), [])
-        verdicts = rung_verdicts(ladder, [(t.params["lr"], verdict_of(t)) for t in done])
-        state = states[setting_key(setting)]
-        rows.append({
-            **setting,
-            **curve_columns(*probe_outcomes(done, threshold)),
-            "max_stable_lr": ladder[state.stable] if state.stable >= 0 else math.nan,
-            "first_unstable_lr": ladder[state.unstable] if state.unstable < len(ladder) else math.nan,
-            "trainings": sum(len(seed_records(t)) for t in done),
-            "first_unstable_verdict": verdicts.get(state.unstable, ""),
-            "probes": len(done),
-            "done": state.next_rung is None,
-        })
+        row = {**setting, **curve_columns(*probe_outcomes(done, threshold)),
+               "max_stable_lr": math.nan, "first_unstable_lr": math.nan, "first_unstable_verdict": "",
+               "trainings": sum(len(seed_records(t)) for t in done), "probes": len(done),
+               "done": rates[setting_key(setting)] is None}
+        if bisect:
+            verdicts = rung_verdicts(ladder, [(t.params["lr"], verdict_of(t)) for t in done])
+            state = states[setting_key(setting)]
+            row.update({"max_stable_lr": ladder[state.stable] if state.stable >= 0 else math.nan,
+                        "first_unstable_lr": ladder[state.unstable] if state.unstable < len(ladder) else math.nan,
+                        "first_unstable_verdict": verdicts.get(state.unstable, "")})
+        rows.append(row)
     return pd.DataFrame(rows, columns=EDGE_COLUMNS)
 
 
@@ -146,7 +148,13 @@ def probe_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def cost_line(table: pd.DataFrame, design: EdgeDesign) -> str:
-    """The trainings used against a fixed sweep of every rung with FIXED_SWEEP_SEEDS seeds."""
-    used, fixed = int(table["trainings"].sum()), len(table) * len(design.ladder()) * FIXED_SWEEP_SEEDS
+    """The trainings used against a fixed sweep of every rung with FIXED_SWEEP_SEEDS seeds (bisect), or
+    against the budget, with how many settings reached the precision asked (adaptive)."""
+    used = int(table["trainings"].sum())
+    if design.method == "adaptive":
+        precise = int((table["lr90_high"] / table["lr90_low"] <= design.precision).sum())
+        return (f"{used} trainings for {len(table)} settings (at most {design.max_trainings} each); lr90's 95% "
+                f"interval within x{design.precision:g} for {precise} of {len(table)}")
+    fixed = len(table) * len(design.ladder()) * FIXED_SWEEP_SEEDS
     return (f"{used} trainings for {len(table)} settings, against {fixed} for a fixed {FIXED_SWEEP_SEEDS}-seed "
             f"sweep of the same {len(design.ladder())} rungs ({used / fixed:.0%})")

@@ -167,7 +167,11 @@ class Search:
             return states[TrialState.WAITING]
         return self.design.target_trials() - states[TrialState.COMPLETE] - states[TrialState.RUNNING]
 
-    def _seeds_to_train(self, records: dict[int, dict]) -> list[int]:
+    def _seed_pool(self, trial: optuna.Trial) -> tuple[int, ...]:
+        """The seeds the trial may hold: the design's."""
+        return self.seeds
+
+    def _seeds_to_train(self, trial: optuna.Trial, records: dict[int, dict]) -> list[int]:
         """The seeds a trial trains next, given those it holds: every seed of the design, at once."""
         return [seed for seed in self.seeds if seed not in records]
 
@@ -213,7 +217,7 @@ class Search:
             with Heartbeats(self.storage, [trial._trial_id for trial, _ in trials]):
                 records = {trial.number: self._reuse_stored(trial, params) for trial, params in trials}
                 while models := [(trial, params, seed) for trial, params in trials
-                                 for seed in self._seeds_to_train(records[trial.number])]:
+                                 for seed in self._seeds_to_train(trial, records[trial.number])]:
                     self._train_round(models, records, size)
             for trial, params in trials:
                 values = self._finish(trial, params, records[trial.number])
@@ -261,7 +265,7 @@ class Search:
     def _reuse_stored(self, trial: optuna.Trial, params: dict) -> dict[int, dict]:
         """seed -> record of the seeds earlier, failed trials of this setting finished."""
         stored = stored_seed_results(trial.study, self.storage, point(params))
-        records = {seed: self._reuse(trial, stored[seed], seed) for seed in self.seeds if seed in stored}
+        records = {seed: self._reuse(trial, stored[seed], seed) for seed in self._seed_pool(trial) if seed in stored}
         self._seeds_stored(len(records))
         return records
 

@@ -136,7 +136,9 @@ class Edge(Study):
             raise BadInput(f"an edge search's heatmap is leak by sub, not {x} by {y}")
         from study.edge_plots import edge_figures
 
-        return edge_figures(self.table(), self.probes(), self.design.ladder())
+        adaptive = self.design.adaptive()
+        rates = self.design.ladder() if self.design.method == "bisect" else (adaptive.low, adaptive.high)
+        return edge_figures(self.table(), self.probes(), rates, fitted=self.design.method == "adaptive")
 
     def cost(self) -> str:
         """The trainings used against a fixed 10-seed sweep of the same rungs."""

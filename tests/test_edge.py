@@ -12,7 +12,11 @@ from scipy import stats
 
 import study as api
 from conftest import assert_one_line_error, run_cli
-from study.ladder import bisection, rung_verdicts
+from study.axes import Range
+from study.config import RunConfig
+from study.design import study_config, upgrade_stored_config
+from study.errors import FieldError
+from study.ladder import EdgeDesign, bisection, rung_verdicts
 from study.records import seed_records
 from study.records import probe_verdicts
 from study.results import EDGE_COLUMNS
@@ -172,3 +176,44 @@ def test_warmup_is_a_setting_axis_of_the_edge(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(float(row["warmup_steps"]) for row in rows) == [0, 5]
     assert all(row["done"] == "True" for row in rows)
+
+
+ADAPTIVE = dict(EDGE, lr=Range(0.1, 1.6, log=True), method="adaptive", max_trainings=12, round_seeds=4, precision=3.0)
+
+
+@pytest.mark.slow
+def test_the_adaptive_method_probes_continuous_rates_with_fresh_seeds_and_fits_every_setting(tmp_path):
+    storage = f"sqlite:///{tmp_path}/a.db"
+    edge = api.edge("a", storage=storage, progress=False, workers=2, **ADAPTIVE)
+    table, probes = edge.table(), edge.optuna.get_trials(states=(TrialState.COMPLETE,))
+    assert table["done"].all() and (table["trainings"] <= 12).all()
+    for setting, group in table.groupby("sub"):
+        mine = [t for t in probes if t.params["sub"] == setting]
+        seeds = [seed for t in mine for seed in seed_records(t)]
+        assert len(seeds) == len(set(seeds)) == table.loc[table["sub"] == setting, "trainings"].item()
+        assert all(sorted(seed_records(t)) == t.user_attrs["probe_seeds"] for t in mine)  # one round each
+    assert table["lr90"].notna().any() and set(table["link"]) <= {"logit", "probit", ""}
+    assert (table["max_stable_lr"].isna()).all()  # no ladder, no bisection
+    before = len(edge.optuna.trials)
+    again = api.edge("a", storage=storage, progress=False, **ADAPTIVE)
+    assert len(again.optuna.trials) == before  # a second run trains nothing
+    assert again.table().equals(table)
+    saved = again.save(tmp_path / "out")
+    assert [p.name for p in saved] == ["edge.csv", "edge_heatmap.png", "edge_curves.png"]
+    assert all(path.stat().st_size > 10_000 for path in saved[1:])
+
+
+def test_an_edge_study_stored_before_the_adaptive_method_reads_as_bisection():
+    stored = study_config(EdgeDesign(), RunConfig())
+    old = {**stored, "edge": {k: v for k, v in stored["edge"].items() if k != "method"}}
+    assert upgrade_stored_config(old)["edge"] == stored["edge"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(method="grid"), "'grid' is unknown: choose one of bisect, adaptive"),
+    (dict(precision=1.0), "must be a ratio > 1"),
+    (dict(max_trainings=3, round_seeds=4), "must hold at least one round"),
+])
+def test_the_adaptive_method_checks_its_fields(fields, message):
+    with pytest.raises(FieldError, match=message):
+        EdgeDesign(**fields)
