@@ -179,6 +179,15 @@ def run_bench_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench_edge(args: argparse.Namespace) -> int:
+    if args.reps < 1:
+        raise BadInput(f"--reps must be >= 1, got {args.reps}")
+    from benchmarks.edge_methods import report
+
+    print(report(args.reps, args.seed))
+    return 0
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
     from study.dashboard import serve_dashboard
 
@@ -252,4 +261,4 @@ def _storage_fault(fault: StorageFault) -> int:
 HANDLERS = {"train": run_train, "search": run_search, "edge": run_edge, "create": run_create, "work": run_work,
             "heatmaps": run_heatmaps, "report": run_report, "export": run_export, "depth": run_depth,
             "sharpness": run_sharpness, "findings": run_findings, "bench study": run_bench_study,
-            "bench kernel": run_bench_kernel, "dashboard": run_dashboard}
+            "bench kernel": run_bench_kernel, "bench edge": run_bench_edge, "dashboard": run_dashboard}

@@ -101,21 +101,41 @@ def fit_curve(lrs, trained, links: tuple[str, ...] = LINKS) -> Curve:
         raise ValueError("no seeds to fit")
     if y.all() or not y.any():  # nothing places the curve: only that it lies beyond the rates tried
         return Curve("", *[math.nan] * 7, n=len(y), k=int(y.sum()), separated=False)
-    fits = {}
-    for link in links:
-        profile90 = Profile(x, y, 0.9, link)
-        log_rate, loglik = _maximum(profile90, x)
-        fits[link] = (loglik, log_rate, profile90)
-    link = max(fits, key=lambda name: fits[name][0])
-    loglik, log90, profile90 = fits[link]
-    slope = profile90.best_slope(log90)[0]
-    low90, high90 = _interval(profile90, log90, loglik, x)
-    profile50 = Profile(x, y, 0.5, link)
-    log50 = log90 - (profile90.offset - profile50.offset) / slope if slope != 0 else math.nan
-    low50, high50 = _interval(profile50, log50, loglik, x) if math.isfinite(log50) else (math.nan, math.nan)
-    return Curve(link=link, lr50=_rate(log50), lr50_low=_rate(low50), lr50_high=_rate(high50), lr90=_rate(log90),
-                 lr90_low=_rate(low90), lr90_high=_rate(high90), slope=slope, n=int(len(y)), k=int(y.sum()),
-                 separated=bool(x[y].max() < x[~y].min()))
+    fits = {link: Fit(x, y, link) for link in links}
+    best = max(fits.values(), key=lambda fit: fit.loglik)
+    # The interval of the kept link widened to the other's: which link holds is itself uncertain.
+    ends = [_union([fit.interval90() for fit in fits.values()]), _union([fit.interval50() for fit in fits.values()])]
+    (low90, high90), (low50, high50) = ends
+    return Curve(link=best.link, lr50=_rate(best.log50), lr50_low=_rate(low50), lr50_high=_rate(high50),
+                 lr90=_rate(best.log90), lr90_low=_rate(low90), lr90_high=_rate(high90), slope=best.slope,
+                 n=int(len(y)), k=int(y.sum()), separated=bool(x[y].max() < x[~y].min()))
+
+
+class Fit:
+    """One link's maximum and its profiles for lr90 and lr50."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, link: str):
+        self.x, self.link = x, link
+        self.profile90, self.profile50 = Profile(x, y, 0.9, link), Profile(x, y, 0.5, link)
+        self.log90, self.loglik = _maximum(self.profile90, x)
+        self.slope = self.profile90.best_slope(self.log90)[0]
+        shift = self.profile90.offset - self.profile50.offset
+        self.log50 = self.log90 - shift / self.slope if self.slope != 0 else math.nan
+
+    def interval90(self) -> tuple[float, float]:
+        return _interval(self.profile90, self.log90, self.loglik, self.x)
+
+    def interval50(self) -> tuple[float, float]:
+        if not math.isfinite(self.log50):
+            return math.nan, math.nan
+        return _interval(self.profile50, self.log50, self.loglik, self.x)
+
+
+def _union(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+    """The smallest interval holding all of `intervals`; an open (NaN) end anywhere stays open."""
+    lows, highs = [low for low, _ in intervals], [high for _, high in intervals]
+    return (math.nan if any(map(math.isnan, lows)) else min(lows),
+            math.nan if any(map(math.isnan, highs)) else max(highs))
 
 
 def _maximum(profile: Profile, x: np.ndarray) -> tuple[float, float]:

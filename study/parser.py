@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     study_speed.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     study_speed.add_argument("--models", type=words, default=("mlp", "cnn"), help="comma separated (default: mlp,cnn)")
     study_speed.add_argument("--rows", type=words, default=None, help="comma separated of a,b,c,d8,d32,e (default: all)")
-    kernel = benches.add_parser("kernel", help="the fused kernel: GPU timings on CUDA, the analytic model always")
+    benches.add_parser("kernel", help="the fused kernel: GPU timings on CUDA, the analytic model always")
+    edge_methods = benches.add_parser("edge", help="the edge's two methods on known curves: coverage, error, trainings")
+    edge_methods.add_argument("--reps", type=int, default=200, help="repetitions per curve (default: 200)")
+    edge_methods.add_argument("--seed", type=int, default=0, help="seed of the simulation (default: 0)")
 
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a stored study")
     add_config_flags(dashboard, StudyPlace)

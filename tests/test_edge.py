@@ -23,9 +23,9 @@ from study.results import EDGE_COLUMNS
 from study.sequential import RELIABLE
 
 EDGE = dict(model="mlp", widths=(32,), max_steps=30, stats_every=10, leak=(0.0,), sub=(0.0, 0.4), momentum=(0.9,),
-            lr=(0.1, 0.2, 0.4, 0.8, 1.6), max_seeds=8)
+            lr=(0.1, 0.2, 0.4, 0.8, 1.6), max_seeds=8, method="bisect")
 EDGE_FLAGS = ["--model", "mlp", "--widths", "32", "--max-steps", "30", "--stats-every", "10", "--leak", "0",
-              "--sub", "0,0.4", "--momentum", "0.9", "--lr", "0.1,0.2,0.4,0.8,1.6", "--max-seeds", "8"]
+              "--sub", "0,0.4", "--momentum", "0.9", "--lr", "0.1,0.2,0.4,0.8,1.6", "--max-seeds", "8", "--method", "bisect"]
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_the_adaptive_method_probes_continuous_rates_with_fresh_seeds_and_fits_e
 
 
 def test_an_edge_study_stored_before_the_adaptive_method_reads_as_bisection():
-    stored = study_config(EdgeDesign(), RunConfig())
+    stored = study_config(EdgeDesign(method="bisect"), RunConfig())
     old = {**stored, "edge": {k: v for k, v in stored["edge"].items() if k != "method"}}
     assert upgrade_stored_config(old)["edge"] == stored["edge"]
 

@@ -32,8 +32,9 @@ TINY_FLAGS = ["--model", "mlp", "--widths", "16", "--lr", "0.05", "--max-steps",
     (StudyDesign(), RunConfig()),
     (StudyDesign(sampler="tpe", objective="stability", leak=Range(0, 0.5), lr=Range(0.01, 1, log=True),
                  warmup_steps=(0, 5), seeds=(3, 1)), RunConfig(model=ModelConfig(model="mlp", widths=(8, 4)))),
-    (EdgeDesign(sub=(0.0, 0.4), lr=Range(0.05, 0.8, log=True), max_seeds=7, reliability=0.8),
+    (EdgeDesign(sub=(0.0, 0.4), lr=Range(0.05, 0.8, log=True), max_seeds=7, reliability=0.8, method="bisect"),
      RunConfig(train=TrainConfig(max_steps=9, dtype="float64"))),
+    (EdgeDesign(lr=Range(0.05, 0.8, log=True), method="adaptive", precision=1.4, round_seeds=3), RunConfig()),
 ])
 def test_the_stored_configuration_gives_back_the_design_that_stored_it(design, run):
     stored = study_config(design, run)
@@ -109,7 +110,7 @@ def test_work_refuses_a_design_flag_in_one_line_and_leaves_the_study_alone(creat
 @pytest.mark.slow
 def test_an_edge_search_created_on_one_machine_is_run_by_work(tmp_path, fashion):
     storage = f"sqlite:///{tmp_path}/e.db"
-    flags = [*TINY_FLAGS, "--leak", "0", "--sub", "0", "--lr", "0.1,0.4,1.6", "--max-seeds", "4"]
+    flags = [*TINY_FLAGS, "--leak", "0", "--sub", "0", "--lr", "0.1,0.4,1.6", "--max-seeds", "4", "--method", "bisect"]
     created = run_cli("edge", "--name", "e", "--storage", storage, "--create-only", *flags)
     assert created.returncode == 0, created.stderr
     assert "work --name e" in created.stdout

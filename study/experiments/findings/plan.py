@@ -61,8 +61,9 @@ class FindingsPlan:
 
     def edge_studies(self) -> dict[str, EdgeDesign]:
         """name -> design: the grid's edge, then each shifted setting across momenta and init scales."""
+        # The second edition's method: its studies continue (the third edition is the curve's: issue 23).
         common = dict(lr=self.ladder, lr_step=self.lr_step, max_seeds=self.max_seeds, reliability=self.reliability,
-                      unreliability=self.unreliability)
+                      unreliability=self.unreliability, method="bisect")
         studies = {"findings-edge": EdgeDesign(leak=self.grid_leak, sub=self.grid_sub, momentum=(LESSON_MOMENTUM,),
                                            **common)}
         for leak, sub in self.shifted:
