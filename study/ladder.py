@@ -51,7 +51,7 @@ class EdgeDesign(Design):
     error_rate: float = field(default=0.05, metadata=describe("the sequential test's error rate, each way"))
     max_seeds: int = field(default=20, metadata=describe("seeds after which an undecided probe stops"))
     method: str = field(
-        default="bisect",
+        default="adaptive",  # by the simulation of both (README, The edge as a curve): lr90 within x1.6
         metadata=describe("how each setting's probes are chosen: bisect (the ladder's rungs, seeds added until the "
                           "sequential test decides) or adaptive (continuous rates where lr90 is least known: "
                           "study/adaptive.py)", choices=METHODS))

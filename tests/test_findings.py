@@ -76,7 +76,7 @@ def test_the_edge_studies_are_the_ones_the_edge_command_makes(plan):
              "--leak", ",".join(map(str, plan.grid_leak)), "--sub", ",".join(map(str, plan.grid_sub)),
              "--lr", f"{design.lr.low}:{design.lr.high}:log", "--lr-step", repr(plan.lr_step),
              "--max-seeds", str(plan.max_seeds), "--reliability", str(plan.reliability),
-             "--unreliability", str(plan.unreliability), "--n-val", "0", "--model", plan.run.model.model,
+             "--unreliability", str(plan.unreliability), "--method", "bisect", "--n-val", "0", "--model", plan.run.model.model,
              "--widths", ",".join(map(str, plan.run.model.widths))]
     if plan.run.train.max_steps:
         flags += ["--max-steps", str(plan.run.train.max_steps)]

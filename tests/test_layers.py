@@ -32,6 +32,7 @@ LAYERS = {
 }
 FLOOR = {module: floor for floor, modules in enumerate(LAYERS.values()) for module in modules}
 MAX_LINES = 330
+OPTIONAL_LIBRARIES = ("boto3",)  # imported only where a user asks for it (s3:// artifacts), not installed here
 
 
 def module_files() -> dict[str, Path]:
@@ -98,7 +99,8 @@ def libraries_imported() -> list[str]:
                 found.add(node.module)
             elif isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names}
-    return sorted(name for name in found if name.split(".")[0] not in ("study", "kernels", "benchmarks", "__future__"))
+    own = ("study", "kernels", "benchmarks", "__future__")
+    return sorted(name for name in found if name.split(".")[0] not in own + OPTIONAL_LIBRARIES)
 
 
 @pytest.mark.slow
