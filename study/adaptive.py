@@ -1,9 +1,11 @@
 """An adaptive design for the edge: where to train a setting's next round of seeds so that its lr90
-is known most precisely, the Psi method of psychophysics (Kontsevich and Tyler 1999) on a grid.
+is known most precisely: the Psi-marginal method of psychophysics (Prins 2013, after Kontsevich and
+Tyler 1999's Psi), the slope a nuisance parameter, on a grid.
 
 The posterior over (log lr90, slope) of the logistic curve of `study.dose_response` lives on a
-grid: log lr90 across the searched range and a margin, slope from -1 to -30 per unit of log lr
-(log-spaced; the lesson grid's curves measured -4.4 to -5.5). Each round trains `round_seeds` seeds
+grid, its prior uniform in log lr90 (across the searched range and a margin) and in log |slope|
+(slope from -1 to -30 per unit of log lr, log-spaced; the lesson grid's curves measured -4.4 to
+-5.5). Each round trains `round_seeds` seeds
 at one rate; the rate is the candidate (log-spaced over the range, continuous for any purpose)
 whose outcome, 0 to `round_seeds` trained, leaves the least expected entropy of lr90's marginal
 posterior. A setting is done when the profile-likelihood interval of the fitted curve
@@ -57,7 +59,7 @@ class AdaptiveDesign:
 
 
 class Posterior:
-    """The grid posterior over (log lr90, slope), uniform in both to start."""
+    """The grid posterior over (log lr90, slope), uniform in log lr90 and log |slope| to start."""
 
     def __init__(self, low: float, high: float):
         self.log_rates = np.linspace(math.log(low) - MARGIN, math.log(high) + MARGIN, RATE_GRID)

@@ -2,19 +2,20 @@
 setting, with the learning rates at which half and 90% of seeds train and their 95% intervals.
 
 The model: link(P(trained)) = link(p) + slope * (log(lr) - log(lr_p)), with link logit or probit
-(the one with the larger likelihood is kept: both have two parameters, so the likelihood is the
-AIC's choice too), log the natural logarithm, and `slope` per unit of log lr (negative where a
-larger rate trains less often). lr_p is the rate at which a share p of seeds trains.
+(the one with the larger penalised likelihood is kept; both have two parameters), log the natural
+logarithm, and `slope` per unit of log lr (negative where a larger rate trains less often). lr_p is
+the rate at which a share p of seeds trains.
 
 The fit maximises Firth's penalised likelihood (the log-likelihood plus half the log-determinant
-of the Fisher information, Jeffreys' prior): with the 20 to 60 seeds a setting gets, the plain
-maximum-likelihood interval for lr90, an extreme quantile, covered the true rate 86-90% of the time
-at nominal 95% (simulated, 48 seeds on 6 rates), the penalised one 93-96%; and it stays finite where
-the outcomes are separated (every seed below some rate trained, every one above failed: `separated`
-says so, and the slope then rests on the penalty). Intervals are profile-likelihood intervals of
-that penalised likelihood (Heinze and Schemper 2002): log(lr_p) ranges over the values whose
-profile (maximised over the slope) lies within chi2_1(0.95) / 2 = 1.92 of the maximum. They need no
-standard error, and give an open end (NaN) where the data cannot bound the rate. A setting whose
+of the Fisher information, Jeffreys' prior): in one exploratory simulation during development
+(48 seeds on 6 rates of a logistic curve, 200 repetitions, not kept in the repository) the plain
+maximum-likelihood interval for lr90, an extreme quantile, covered the true rate less often than
+nominal and the penalised one closer to it; and the penalised fit stays finite where the outcomes
+are separated (no trained seed above a failed one: `separated` says so, and the slope then rests on
+the penalty). Intervals are profile-likelihood intervals of that penalised likelihood (Heinze and
+Schemper 2002): each end is where the profile (maximised over the slope) falls chi2_1(0.95) / 2 =
+1.92 below its maximum, searched between the maximum and a limit beyond the rates tried. They need
+no standard error, and give an open end (NaN) where the data cannot bound the rate. A setting whose
 seeds all trained (or all failed) has no curve: its rates are NaN. Coverage on known curves under
 both ways of choosing the rates is measured by `study.edge_simulation` (README, *The edge as a curve*).
 """
@@ -29,7 +30,7 @@ from scipy import optimize, special, stats
 
 LINKS = ("logit", "probit")
 LEVEL = 0.95
-MAX_SLOPE = 60.0  # per unit of log lr: P from 0.9 to 0.1 within 7% of lr, a step for any ladder
+MAX_SLOPE = 60.0  # per unit of log lr: P from 0.9 to 0.1 within about 8% of lr (logit), 4% (probit): a step
 SEARCH_MARGIN = math.log(8.0)  # how far beyond the rates tried an interval may reach before it is open
 
 
@@ -108,7 +109,7 @@ def fit_curve(lrs, trained, links: tuple[str, ...] = LINKS) -> Curve:
     (low90, high90), (low50, high50) = ends
     return Curve(link=best.link, lr50=_rate(best.log50), lr50_low=_rate(low50), lr50_high=_rate(high50),
                  lr90=_rate(best.log90), lr90_low=_rate(low90), lr90_high=_rate(high90), slope=best.slope,
-                 n=int(len(y)), k=int(y.sum()), separated=bool(x[y].max() < x[~y].min()))
+                 n=int(len(y)), k=int(y.sum()), separated=bool(x[y].max() <= x[~y].min()))
 
 
 class Fit:
@@ -151,8 +152,8 @@ def _maximum(profile: Profile, x: np.ndarray) -> tuple[float, float]:
 
 
 def _interval(profile: Profile, centre: float, maximum: float, x: np.ndarray) -> tuple[float, float]:
-    """Where the profile falls chi2_1(LEVEL)/2 below `maximum`, each side of `centre`; NaN where it
-    does not within SEARCH_MARGIN beyond the rates tried."""
+    """The crossing where the profile falls chi2_1(LEVEL)/2 below `maximum`, between `centre` and a limit
+    SEARCH_MARGIN beyond the rates tried, on each side; NaN where it does not fall that far."""
     drop = stats.chi2.ppf(LEVEL, 1) / 2
     inside = lambda v: profile(v) - (maximum - drop)  # noqa: E731  (> 0 inside the interval)
     ends, limits = [], (x.min() - SEARCH_MARGIN, x.max() + SEARCH_MARGIN)

@@ -101,13 +101,17 @@ def _row(method: str, curve: KnownCurve, rep: int, estimate: float, interval: tu
     error = math.exp(abs(math.log(estimate / curve.lr90))) if estimate > 0 else math.inf
     return {"method": method, "lr90_true": curve.lr90, "slope": curve.slope, "rep": rep, "lr90": estimate,
             "low": low, "high": high, "covered": low <= curve.lr90 <= high, "ratio": high / low if low else math.inf,
-            "error": error, "trainings": trainings}
+            "open": math.isnan(interval[0]) or math.isnan(interval[1]), "error": error, "trainings": trainings}
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method (and curve): coverage of the 95% interval, median and 90th-percentile error ratio,
-    median interval ratio, mean trainings."""
+    """Per method (and curve): coverage of the 95% interval (an open end counts as covering), the
+    share of intervals with an open end, coverage among the bounded ones, median and 90th-percentile
+    error ratio, median interval ratio (infinite where open), mean trainings."""
+    bounded = frame[~frame["open"]].groupby(["method", "lr90_true", "slope"], sort=False)["covered"].mean()
     grouped = frame.groupby(["method", "lr90_true", "slope"], sort=False)
-    return grouped.agg(coverage=("covered", "mean"), error_median=("error", "median"),
-                       error_p90=("error", lambda e: e.quantile(0.9)), ratio_median=("ratio", "median"),
-                       trainings=("trainings", "mean"), reps=("rep", "count")).reset_index()
+    table = grouped.agg(coverage=("covered", "mean"), open=("open", "mean"), error_median=("error", "median"),
+                        error_p90=("error", lambda e: e.quantile(0.9)), ratio_median=("ratio", "median"),
+                        trainings=("trainings", "mean"), reps=("rep", "count"))
+    table.insert(2, "coverage_bounded", bounded.reindex(table.index))
+    return table.reset_index()

@@ -70,6 +70,13 @@ def test_separated_outcomes_bound_the_rate_by_the_gap():
     assert 0.1 < curve.lr90_low < 0.2 <= curve.lr90 < curve.lr90_high < 0.4 * 1.5
 
 
+def test_outcomes_mixed_at_one_rate_only_are_separated_too():
+    lrs = [0.1] * 4 + [0.14] * 4 + [0.2] * 4 + [0.28] * 4 + [0.4] * 4
+    trained = [True] * 8 + [True, True, False, False] + [False] * 8  # quasi-complete separation
+    assert fit_curve(lrs, trained).separated
+    assert not fit_curve(lrs, [True] * 8 + [True, True, False, False] + [True] + [False] * 7).separated
+
+
 def test_no_seed_is_no_curve():
     with pytest.raises(ValueError, match="no seeds"):
         fit_curve([], [])
