@@ -26,17 +26,24 @@ from study.place import StudyPlace, make_dir
 S3_SCHEME = "s3://"
 
 
-def artifact_store(location: str | None, place: StudyPlace):
-    """The artifact store at `location` (see the module docstring); the study's own directory when None."""
+def check_artifacts(location: str | None) -> None:
+    """BadInput where `location` cannot be a store here (an S3 URL without a bucket, or without
+    boto3), before anything is written."""
     if location is not None and location.startswith(S3_SCHEME):
-        bucket, _, prefix = location[len(S3_SCHEME):].partition("/")
-        if not bucket:
+        if not location[len(S3_SCHEME):].partition("/")[0]:
             raise BadInput(f"`artifacts` {location!r} names no bucket: write s3://bucket or s3://bucket/prefix")
         try:
             import boto3  # noqa: F401  (Optuna's Boto3 store imports it itself; this gives the message)
         except ImportError:
             raise BadInput("`artifacts` s3://... needs boto3 on this machine: pip install boto3 "
                            "(or name a directory every machine shares)") from None
+
+
+def artifact_store(location: str | None, place: StudyPlace):
+    """The artifact store at `location` (see the module docstring); the study's own directory when None."""
+    check_artifacts(location)
+    if location is not None and location.startswith(S3_SCHEME):
+        bucket, _, prefix = location[len(S3_SCHEME):].partition("/")
         from optuna.artifacts import Boto3ArtifactStore
 
         store = Boto3ArtifactStore(bucket)

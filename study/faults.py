@@ -71,6 +71,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
     def __init__(self, url: str, retry_seconds: float, **kwargs):
         self.retry_seconds = retry_seconds
         self.gave_up: str | None = None  # the message of the outage that ended this storage's use
+        self.watch: SqliteWatch | None = None  # a SQLite file's (`study.storage.open_storage`)
         super().__init__(url, **kwargs)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
 
@@ -169,6 +170,13 @@ def fault_of(error: BaseException, storage: ResilientStorage | None = None) -> S
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return StorageFault(write_failed_message(Path(error.filename or "."), "the disk is full", full=True))
     cause = _database_cause(error)
+    if isinstance(cause, sqlalchemy.exc.DatabaseError) and storage is not None and storage.watch is not None:
+        # A file replaced or truncated in the middle of a transaction ("database disk image is
+        # malformed"): the watch, which checks at each transaction's start, says what happened.
+        try:
+            storage.watch.check()
+        except StorageFault as fault:
+            return fault
     if isinstance(cause, sqlalchemy.exc.OperationalError) and storage is not None and storage.is_sqlite:
         text = str(cause.orig)
         # SQLite says "database or disk is full" when a write finds no room, but "disk I/O error"

@@ -26,7 +26,7 @@ from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
 
 from study import axes, interrupts
-from study.artifacts import artifact_store, copy_picture, upload_picture
+from study.artifacts import artifact_store, check_artifacts, copy_picture, upload_picture
 from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
@@ -85,8 +85,9 @@ def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfi
     """Everything that can refuse the command, before anything is written, then the study and its
     driver (`Search` unless told)."""
     data = load_fashion_mnist(run.data, resolve_device(run.train.device))
-    store = artifact_store(machine.artifacts, place)
+    check_artifacts(machine.artifacts)
     study, storage = _open(place, design, run, machine)
+    store = artifact_store(machine.artifacts, place)  # its directory made only once the study is good
     return _driver(design, driver)(study, storage, design, run, machine, data, store, progress, seed_picture,
                                    tuple(callbacks))
 

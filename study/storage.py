@@ -45,6 +45,7 @@ BUSY_TIMEOUT_SECONDS = 300  # a writer waits this long for the lock; heartbeats 
 SCHEMA_RACE_RETRIES = 5
 SETTLE_READS, SETTLE_SECONDS = 5, 0.3  # a database that keeps changing while checked is read again
 NOT_COMPARED = ("code_version",)  # recorded in the study, but a new release may continue a study
+WAL_SWITCH_RETRIES = 20
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails in seconds, not after TCP's minutes
 
 
@@ -81,7 +82,8 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
         except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
             raise BadInput(f"cannot open storage {mask_url(url)}: {first_line(e)}") from e
     if db is not None:
-        _sqlite_transactions(storage, SqliteWatch(db))
+        storage.watch = SqliteWatch(db)
+        _sqlite_transactions(storage, storage.watch)
         # Closed connections checkpoint their WAL into the file they opened and remove it from beside
         # the path; left to the interpreter's exit, they may not be, and a -wal file left beside a
         # database that was replaced meanwhile would be replayed into the replacement.
@@ -92,9 +94,20 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
 def prepare_for_workers(url: str) -> None:
     """WAL journal mode for a SQLite database (persistent in the file); nothing for other storages."""
     db = sqlite_path(url)
-    if db is not None:
-        with closing(sqlite3.connect(db, timeout=BUSY_TIMEOUT_SECONDS)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+    if db is None:
+        return
+    for attempt in range(WAL_SWITCH_RETRIES + 1):
+        try:
+            with closing(sqlite3.connect(db, timeout=BUSY_TIMEOUT_SECONDS)) as conn:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            # Switching needs the file to itself, and SQLite answers "locked" at once, without its
+            # busy wait, while a command started beside this one switches it or writes.
+            if "locked" not in str(e) or attempt == WAL_SWITCH_RETRIES:
+                raise
+            time.sleep(0.5)
 
 
 def check_sqlite_file(db: Path) -> None:
