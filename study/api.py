@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from study import axes, interrupts
-from study.config import NOT_DESIGN, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.config import MACHINE_LOCAL, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.design import MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
@@ -33,7 +33,6 @@ from study.quiet import libraries_quiet
 from study.views import Edge, Study
 
 RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
-MACHINE_LOCAL = tuple(name for names in NOT_DESIGN.values() for name in names)  # each machine's own
 
 
 def search(name: str = "quick", *, storage: str | None = None, progress: bool = True, callbacks=(),

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Sequence
 
 from study import api, axes, interrupts
-from study.config import DataConfig, RunConfig
+from study.config import MACHINE_LOCAL, DataConfig, RunConfig
 from study.design import MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
 from study.flags import EXIT_BAD_INPUT, as_flags, config_from_flags, flag_of
 from study.ladder import EdgeDesign
 from study.masking import guard_output, mask_url, redact
-from study.parser import MACHINE_LOCAL, PROG, RUN_CONFIGS, SEARCH_CONFIGS, build_parser
+from study.parser import PROG, RUN_CONFIGS, SEARCH_CONFIGS, build_parser
 from study.place import STORAGE_ENV, StudyPlace
 from study.quiet import libraries_quiet
 from study.views import check_axes

@@ -26,6 +26,8 @@ DTYPES = ("float32", "bfloat16", "float64")
 # Run-configuration fields that are not part of a study's design: each trial's own (seed), or where a
 # machine runs it (device; data_dir, since machines may keep the same files at other paths).
 NOT_DESIGN = {"data": ("data_dir",), "train": ("seed", "device")}
+# Of those, what each machine gives itself (`python -m study work`); the seed is each trial's.
+MACHINE_LOCAL = tuple(name for names in NOT_DESIGN.values() for name in names if name != "seed")
 
 
 def describe(text: str, **extra) -> dict:

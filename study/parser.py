@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 
 from study import axes
-from study.config import NOT_DESIGN, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from study.config import MACHINE_LOCAL, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from study.design import MachineConfig, StudyDesign
 from study.flags import EXIT_BAD_INPUT, OneLineParser, add_config_flags, as_flags, int_tuple, words
 from study.ladder import EdgeDesign
@@ -20,7 +20,6 @@ from study.place import StudyPlace
 from study.views import EXPORT_FORMATS
 
 PROG = "python -m study"
-MACHINE_LOCAL = tuple(name for names in NOT_DESIGN.values() for name in names if name != "seed")  # data_dir, device
 
 RUN_CONFIGS = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
 SEARCH_CONFIGS = (StudyPlace, StudyDesign, MachineConfig)
