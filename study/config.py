@@ -78,7 +78,7 @@ class ModelConfig:
         default=(256, 256, 256),  # the MLP of the measurements: 784-256-256-256-10
         metadata=describe("MLP hidden widths, comma separated"),
     )
-    maxv: float | None = field(default=None, metadata=describe("GeneralRelu upper clamp (default: none)"))
+    maxv: float | None = field(default=None, metadata=describe("GeneralRelu upper clamp (default: off)"))
     init: str = field(default="kaiming", metadata=describe("weight initialisation", choices=INITS))
     bias_init: str = field(
         default="default",  # the lesson's: its init_weights re-draws weights only
@@ -141,9 +141,17 @@ class TrainConfig:
         default=1,  # every step, as the lesson's hooks do; raise it to make long runs cheaper
         metadata=describe("record activation statistics every this many steps"),
     )
-    diverge_loss: float = field(
-        default=100.0,  # ~43x the chance-level loss ln(10); no run that trains comes back from it
-        metadata=describe("a training loss above this (or NaN/inf) stops the run as diverged"),
+    diverge_factor: float | None = field(
+        # At the lesson's start (loss ~ ln 10 = 2.3) this is the absolute 100 that studies before 0.6.0
+        # used; relative, so that a start far above chance (init_scale 2: 13-55) is not itself "diverged".
+        default=40.0,
+        metadata=describe("a training loss above this many times the run's own first loss (or NaN/inf) stops "
+                       "the run as diverged; off: no relative limit"),
+    )
+    diverge_loss: float | None = field(
+        default=None,  # studies stored before 0.6.0 keep their 100 (`study.design.upgrade_stored_config`)
+        metadata=describe("a training loss above this stops the run as diverged (the absolute rule of "
+                       "studies before 0.6.0, which used 100); default: off"),
     )
 
     def __post_init__(self):
@@ -156,8 +164,22 @@ class TrainConfig:
             raise FieldError("max_steps", f"must be >= 1, got {self.max_steps}")
         if self.stats_every < 1:
             raise FieldError("stats_every", f"must be >= 1, got {self.stats_every}")
-        if not self.diverge_loss > 0:
-            raise FieldError("diverge_loss", f"must be positive, got {self.diverge_loss}")
+        if self.diverge_factor is not None and not 1 < self.diverge_factor < math.inf:
+            raise FieldError("diverge_factor", f"must be a finite number above 1 (or off), got {self.diverge_factor}")
+        if self.diverge_loss is not None and not 0 < self.diverge_loss < math.inf:
+            raise FieldError("diverge_loss", f"must be a finite positive number (or off), got {self.diverge_loss}")
+
+    def divergence_limit(self, first_loss: float) -> float:
+        """The training loss above which a run whose first loss was `first_loss` has diverged (a loss
+        that is not finite always has): the lower of the relative and the absolute limit, inf if off."""
+        relative = math.inf if self.diverge_factor is None else self.diverge_factor * first_loss
+        return min(relative, math.inf if self.diverge_loss is None else self.diverge_loss)
+
+    def divergence_rule(self) -> str:
+        """The rule in words, for reports: "loss is not finite or above 40x its first loss"."""
+        limits = ([] if self.diverge_factor is None else [f"above {self.diverge_factor:g}x its first loss"]) + \
+                 ([] if self.diverge_loss is None else [f"above {self.diverge_loss:g}"])
+        return "loss is not finite" + "".join(f" or {limit}" for limit in limits)
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,8 @@ def upgrade_stored_config(stored: dict) -> dict:
     Before 0.4.0 every bias started at zero and `model` had no `bias_init`. Until 0.4.0 the data
     directory was stored and compared; it is where a machine keeps its files, so it is dropped.
     Before 0.5.0 an edge search had one method, bisection: its `edge` section reads as `bisect`.
+    Before 0.6.0 a run diverged above an absolute loss (`diverge_loss`, 100) only: it reads with no
+    relative limit (`diverge_factor` off), the rule its trials were judged by.
     """
     if not stored:
         return stored
@@ -218,7 +220,8 @@ def upgrade_stored_config(stored: dict) -> dict:
         upgraded = {k: v for k, v in stored.items() if k not in ("stats_every", "diverge_loss", "dtype")}
         defaults = {f.name: f.default for f in fields(TrainConfig)}
         upgraded["train"] = {
-            **{k: v for k, v in defaults.items() if k not in NOT_DESIGN["train"]},
+            **{k: v for k, v in defaults.items() if k not in (*NOT_DESIGN["train"], "diverge_factor")},
+            "diverge_loss": 100.0,  # 0.1.0's default, when it did not store it
             **{k: stored[k] for k in ("stats_every", "diverge_loss", "dtype") if k in stored},
         }
     if "space" in upgraded:
@@ -227,6 +230,8 @@ def upgrade_stored_config(stored: dict) -> dict:
         upgraded["model"] = {**upgraded["model"], "bias_init": "zero"}
     if "data" in upgraded:
         upgraded["data"] = {k: v for k, v in upgraded["data"].items() if k not in NOT_DESIGN["data"]}
+    if "train" in upgraded and "diverge_factor" not in upgraded["train"]:
+        upgraded["train"] = {**upgraded["train"], "diverge_factor": None}
     if "edge" in upgraded and "method" not in upgraded["edge"]:
         upgraded["edge"] = {"method": "bisect", **upgraded["edge"]}  # the only method before 0.5.0
     return upgraded

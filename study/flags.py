@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from study.axes import Range, describe_space, parse_space
 from study.errors import FieldError
@@ -79,6 +79,11 @@ def _int_or_word(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def _or_off(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """A parser of a field that may be None: "off" is None, anything else `parse`s."""
+    return lambda text: None if text == "off" else parse(text)
+
+
 def _as_flag_value(value) -> str:
     return describe_space(value) if isinstance(value, (tuple, Range)) else str(value)
 
@@ -88,7 +93,7 @@ _PARSERS = {
     "float": float,
     "str": str,
     "str | None": str,
-    "float | None": float,
+    "float | None": _or_off(float),
     "int | None": int,
     "tuple[int, ...]": int_tuple,
     "tuple[int, ...] | None": int_tuple,
@@ -99,7 +104,7 @@ _EXPECTED = {
     "int": "expected an integer",
     "int | None": "expected an integer",
     "float": "expected a number",
-    "float | None": "expected a number",
+    "float | None": "expected a number or off",
     "tuple[int, ...]": "expected comma-separated integers like 0,1,2",
     "tuple[int, ...] | None": "expected comma-separated integers like 0,1",
     "Space": "give a list like 0,0.2,0.4 or a range like 0:0.5",

@@ -10,7 +10,7 @@ rounding (tests/test_population.py checks both).
 Parameters are stacked with the member first, (G, ...). The MLP's layers run as batched GEMMs
 (`torch.baddbmm`; on CUDA with `backend="triton"` the fused kernel's G dimension, which also
 reduces the statistics), the CNN's convolutions as one grouped convolution with the members as
-groups. A member whose loss turns NaN/inf or crosses `diverge_loss` is scored at once and removed
+groups. A member whose loss turns NaN/inf or crosses its limit (`TrainConfig.divergence_limit`) is scored at once and removed
 from the stacks, so it costs nothing afterwards and never slows the others.
 """
 
@@ -219,7 +219,8 @@ def train_population(configs: list[RunConfig], data: FashionMNIST | None = None,
         values = member_losses.detach().tolist()
         for member, value in zip(population.members, values):
             losses[member].append(value)
-        bad = [row for row, value in enumerate(values) if is_diverged(value, first)]
+        bad = [row for row, (member, value) in enumerate(zip(population.members, values))
+               if is_diverged(value, losses[member][0], first)]
         if bad:  # scored with the weights that gave the bad loss, as `train` scores a diverged run
             finish(bad, step)
             rows = [row for row in range(population.size) if row not in bad]

@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from study.axes import NAMES as AXIS_NAMES
+from study.config import TrainConfig
 from study.plots import save_figures, study_figures
 from study.reliability import (ALPHA, clopper_pearson, discordant, fisher_exact, holm, mcnemar_exact, seeds_for_power,
                                t_interval)
@@ -224,6 +225,8 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     lines = [f"# Study {study.study_name!r}", "", _duration(study), "", "## Configuration", "",
              "| | |", "|---|---|"]
     lines += [f"| {key} | `{value}` |" for key, value in config.items()]
+    if "train" in config:
+        lines.append(f"| divergence | {divergence_text(config)} |")
     lines += ["", "## Findings", ""] + [f"- {s}" for s in findings(table, seeds, threshold)]
     lesson = lesson_rows(table)
     if not lesson.empty:
@@ -239,6 +242,17 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def divergence_text(config: dict) -> str:
+    """The stored study's divergence rule in words, saying so when it is the absolute rule a study
+    stored before 0.6.0 keeps. config: `records.stored_config`."""
+    rule = TrainConfig(**config["train"]).divergence_rule()
+    version = config["code_version"]  # every initstudy since 0.1.0 stores it
+    if tuple(int(part) for part in version.split(".")[:2]) < (0, 6):
+        rule += (f" (stored by initstudy {version}: before 0.6.0 the limit "
+                 "was absolute, not relative to a run's first loss, and the study keeps it)")
+    return rule
 
 
 def _duration(study: optuna.Study) -> str:

@@ -243,7 +243,8 @@ def open_study(place: StudyPlace, design: StudyDesign, run: RunConfig, storage: 
     differences = config_differences(upgrade_stored_config(stored), wanted)
     if differences:
         raise BadInput(f"study {place.name!r} was run with another configuration ({'; '.join(differences)}): "
-                       "run it with its own design, or use another `name`")
+                       f"continue it with its stored design by `python -m study work --name {place.name}` "
+                       "(with its --storage), or use another `name`")
     return study
 
 

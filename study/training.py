@@ -2,7 +2,7 @@
 
 Training knows nothing of Optuna: `train(config)` returns a `TrainResult`; the search turns results
 into trials. Same seed and configuration give the same result on the CPU (bitwise for accuracy).
-A run whose loss turns NaN/inf or exceeds `TrainConfig.diverge_loss` stops at once and comes back
+A run whose loss turns NaN/inf or exceeds its limit (`TrainConfig.divergence_limit`) stops at once and comes back
 with `diverged=True`: divergence is a finding, never an exception.
 """
 
@@ -133,8 +133,10 @@ def step_count(config: RunConfig, n_train: int) -> int:
     return total if config.train.max_steps is None else min(total, config.train.max_steps)
 
 
-def is_diverged(loss: float, config: RunConfig) -> bool:
-    return not math.isfinite(loss) or loss > config.train.diverge_loss
+def is_diverged(loss: float, first_loss: float, config: RunConfig) -> bool:
+    """Whether a run whose first training loss was `first_loss` has diverged at `loss`
+    (`TrainConfig.divergence_limit`)."""
+    return not math.isfinite(loss) or loss > config.train.divergence_limit(first_loss)
 
 
 def seed_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
@@ -201,7 +203,7 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
             with autocast(config, device):
                 loss = F.cross_entropy(model(xb), yb)
             losses.append(loss.item())
-            if is_diverged(losses[-1], config):
+            if is_diverged(losses[-1], losses[0], config):
                 diverged_step = step
                 break
             optimiser_step(loss, optimizer, scheduler)

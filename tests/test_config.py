@@ -32,6 +32,9 @@ REFUSED = [
     (TrainConfig, {"device": "tpu"}, "device", "'tpu' is unknown"),
     (TrainConfig, {"dtype": "half"}, "dtype", "choose one of float32, bfloat16, float64"),
     (DataConfig, {"n_val": -1}, "n_val", "must be between 0 and 59999"),
+    (TrainConfig, {"diverge_factor": 1.0}, "diverge_factor", "must be a finite number above 1 (or off)"),
+    (TrainConfig, {"diverge_factor": float("inf")}, "diverge_factor", "must be a finite number above 1"),
+    (TrainConfig, {"diverge_loss": 0.0}, "diverge_loss", "must be a finite positive number (or off)"),
     (StudyDesign, {"leak": (0, 1)}, "leak", "values must be in [0, 1)"),
     (StudyDesign, {"leak": (0.1, 0.1)}, "leak", "lists a value twice"),
     (StudyDesign, {"leak": Range(0, 0.5)}, "leak", "is a range, but the grid sampler needs lists"),
@@ -98,6 +101,7 @@ def test_spaces_parse_and_are_written_back_as_given(text, space):
     (["--momentum", "0:0.9:log"], "momentum", "may not be a log range: only init_scale and lr may"),
     (["--epochs", "x"], "epochs", "'x': expected an integer"),
     (["--widths", "256,x"], "widths", "'256,x': expected comma-separated integers"),
+    (["--maxv", "none"], "maxv", "'none': expected a number or off"),
 ])
 def test_flag_strings_that_are_not_values_name_the_field(flags, field, problem):
     args = build_parser().parse_args(["search", *flags])
@@ -115,6 +119,22 @@ def test_flags_become_typed_values():
     assert design.leak == (0.0, 0.1) and design.sub == Range(0.0, 0.9) and design.seeds == (3, 4)
     assert design.lr == Range(0.05, 0.8, log=True) and design.momentum == (0.0, 0.9)
     assert machine.workers == "auto" and machine.gpus == (0, 2) and machine.population == 4
+
+
+@pytest.mark.parametrize("flags, factor, limit, rule", [
+    ([], 40.0, None, "loss is not finite or above 40x its first loss"),
+    (["--diverge-factor", "off", "--diverge-loss", "100"], None, 100.0, "loss is not finite or above 100"),
+    (["--diverge-factor", "10", "--diverge-loss", "50"], 10.0, 50.0,
+     "loss is not finite or above 10x its first loss or above 50"),
+    (["--diverge-factor", "off"], None, None, "loss is not finite"),
+])
+def test_the_divergence_rule_is_relative_absolute_both_or_neither(flags, factor, limit, rule):
+    train = config_from_flags(TrainConfig, build_parser().parse_args(["train", *flags]))
+    assert (train.diverge_factor, train.diverge_loss) == (factor, limit)
+    for first_loss in (2.3, 30.0):  # the lesson's start, and init_scale 2's
+        relative = first_loss * factor if factor else float("inf")
+        assert train.divergence_limit(first_loss) == min(relative, limit or float("inf"))
+    assert train.divergence_rule() == rule
 
 
 def test_every_field_is_a_flag_and_a_keyword_of_the_python_api():

@@ -77,7 +77,7 @@ def test_the_edge_studies_are_the_ones_the_edge_command_makes(plan):
              "--lr", f"{design.lr.low}:{design.lr.high}:log", "--lr-step", repr(plan.lr_step),
              "--max-seeds", str(plan.max_seeds), "--reliability", str(plan.reliability),
              "--unreliability", str(plan.unreliability), "--method", "bisect", "--n-val", "0", "--model", plan.run.model.model,
-             "--widths", ",".join(map(str, plan.run.model.widths))]
+             "--widths", ",".join(map(str, plan.run.model.widths)), "--diverge-factor", "off", "--diverge-loss", "100"]
     if plan.run.train.max_steps:
         flags += ["--max-steps", str(plan.run.train.max_steps)]
     args = build_parser().parse_args(flags)

@@ -15,7 +15,11 @@ from study.errors import BadInput
 from study.population import Population, check_population, train_population
 from study.training import train
 
-SETTINGS = [(0.1, 0.4, 1.0), (0.2, 0.4, 1.0), (0.0, 0.0, 3.0)]  # the last one diverges
+SETTINGS = [(0.1, 0.4, 1.0), (0.2, 0.4, 1.0), (0.0, 0.0, 3.0)]  # the last one diverges (on the MLP: DIVERGE_FACTOR)
+# On the MLP, ReLU at init_scale 3 starts near a loss of 50-80 and rises 1.5x in its first steps before
+# it stalls: a limit of 1.4x each member's own first loss makes it diverge, as it did under the
+# absolute rule before 0.6.0, while the others (starting near 2.3 and falling) never reach theirs.
+DIVERGE_FACTOR = 1.4
 LR = {"mlp": 0.05, "cnn": 0.2}  # the lesson's CNN rate; the MLP diverges at it (MEASUREMENTS.md)
 
 
@@ -61,7 +65,7 @@ def assert_members_match_single_runs(runs, fashion):
 
 @pytest.mark.slow
 def test_every_mlp_member_matches_its_single_run_per_epoch(fashion):
-    population = assert_members_match_single_runs(configs(MLP, epochs=2), fashion)
+    population = assert_members_match_single_runs(configs(MLP, epochs=2, diverge_factor=DIVERGE_FACTOR), fashion)
     assert any(m.diverged for m in population)  # the test covers both outcomes
     assert all(len(m.epoch_val_acc) == 2 and m.epoch_val_acc[1] > 0.8 for m in population[:4])
 
@@ -76,7 +80,8 @@ def test_every_cnn_member_matches_its_single_run(fashion):
 
 def test_a_diverged_member_is_reported_at_once_and_stops_computing(fashion):
     finished = []
-    runs = configs(MLP, seeds=(0,), settings=[(0.1, 0.4, 1.0), (0.0, 0.0, 3.0)], max_steps=30)
+    runs = configs(MLP, seeds=(0,), settings=[(0.1, 0.4, 1.0), (0.0, 0.0, 3.0)], max_steps=30,
+                   diverge_factor=DIVERGE_FACTOR)
     population = train_population(runs, fashion, on_result=lambda i, r: finished.append((i, r.steps)))
     diverged = population[1]
     step = diverged.diverged_step

@@ -25,9 +25,10 @@ from test_storage import tree_digest
 FIXTURE = ROOT / "tests" / "fixtures" / "study-0.1.0.db"
 V010 = ["--name", "v010", "--model", "mlp", "--widths", "16", "--lr", "0.05", "--stats-every", "10",
         "--leak", "0,0.1,0.2", "--sub", "0", "--seeds", "0,1"]
-# Since 0.4.0 biases start as PyTorch's (the lesson's) unless asked: a 0.1.0 study's zero biases are
-# asked for by name to continue it.
-V010_TODAY = [*V010, "--bias-init", "zero"]
+# Since 0.4.0 biases start as PyTorch's (the lesson's) unless asked, and since 0.6.0 divergence is
+# relative to the first loss: a 0.1.0 study's zero biases and absolute rule are asked for by name to
+# continue it with `search` (`work` reads them from the study).
+V010_TODAY = [*V010, "--bias-init", "zero", "--diverge-factor", "off", "--diverge-loss", "100"]
 GRID = ["--leak", "0,0.2", "--sub", "0", "--seeds", "0"]
 
 
@@ -46,7 +47,7 @@ def test_the_0_1_0_configuration_reads_as_todays():
     assert "train" not in stored  # the old layout
     design = StudyDesign(leak=(0, 0.1, 0.2), sub=0, lr=0.05, momentum=0.85, seeds=(0, 1), n_trials=2)
     run = RunConfig(model=ModelConfig(model="mlp", widths=(16,), bias_init="zero"),
-                    train=TrainConfig(stats_every=10))
+                    train=TrainConfig(stats_every=10, diverge_factor=None, diverge_loss=100))
     today = study_config(design, run)
     upgraded = upgrade_stored_config(stored)
     assert {k: v for k, v in upgraded.items() if k != "code_version"} == \
@@ -62,7 +63,7 @@ def test_a_study_written_by_0_1_0_resumes_and_plots(tmp_path):
                                                                           storage=f"sqlite:///{db}").trials}
     before = tree_digest(tmp_path / "studies")
     assert_one_line_error(run_cli("search", *V010, "--n-trials", "3", cwd=tmp_path),
-                          "model.bias_init: stored zero, asked default")
+                          "model.bias_init: stored zero, asked default; train.diverge_factor: stored None, asked 40.0")
     assert tree_digest(tmp_path / "studies") == before
     proc = run_cli("search", *V010_TODAY, "--n-trials", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -83,8 +84,10 @@ def test_a_study_written_by_0_1_0_resumes_and_plots(tmp_path):
         assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "studies" / "v010" / "heatmap_frac_trained.png").stat().st_size > 0
     # The report shows the stored configuration in today's layout.
-    assert "| train | `{'backend': 'torch', 'dtype': 'float32', 'max_steps': None, 'stats_every': 10" in \
-        (tmp_path / "studies" / "v010" / "report.md").read_text()
+    report = (tmp_path / "studies" / "v010" / "report.md").read_text()
+    assert "| train | `{'backend': 'torch', 'dtype': 'float32', 'max_steps': None, 'stats_every': 10" in report
+    assert ("| divergence | loss is not finite or above 100 (stored by initstudy 0.1.0: before 0.6.0 the limit was "
+            "absolute") in report
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ CHANGES = [
     (["--n-val", "5000"], "data.n_val"), (["--split-seed", "1"], "data.split_seed"),
     (["--backend", "triton"], "train.backend"), (["--dtype", "float64"], "train.dtype"),
     (["--max-steps", "40"], "train.max_steps"), (["--stats-every", "5"], "train.stats_every"),
-    (["--diverge-loss", "50"], "train.diverge_loss"),
+    (["--diverge-loss", "50"], "train.diverge_loss"), (["--diverge-factor", "20"], "train.diverge_factor"),
 ]
 
 
@@ -168,3 +171,11 @@ def test_an_axis_added_later_reads_in_older_studies_as_the_value_they_ran_at(axi
     del stored["space"][axis.name]
     assert upgrade_stored_config(stored) == today
     assert fixed_axis_values(stored)[axis.name] == axis.stored_before
+
+
+def test_a_study_stored_before_0_6_0_keeps_its_absolute_divergence_rule():
+    today = study_config(StudyDesign(seeds=(0, 1)), RunConfig(train=TrainConfig(diverge_factor=None, diverge_loss=100)))
+    stored = json.loads(json.dumps(today))
+    del stored["train"]["diverge_factor"]  # as 0.5.0 and earlier stored it
+    assert upgrade_stored_config(stored) == today
+    assert upgrade_stored_config(stored)["train"]["diverge_factor"] is None != RunConfig().train.diverge_factor

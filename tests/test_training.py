@@ -45,8 +45,19 @@ def test_exploding_config_comes_back_diverged(fashion):
     assert result.diverged_step is not None and result.diverged_step < 49
     assert result.steps == result.diverged_step
     bad = result.losses[result.diverged_step]
-    assert not math.isfinite(bad) or bad > 100
+    assert not math.isfinite(bad) or bad > 40 * result.losses[0]
     assert result.test_acc < 0.2  # chance level, scored without raising
+
+
+def test_a_start_far_above_chance_is_not_itself_divergence(fashion):
+    """At init_scale 3 the MLP starts near a loss of 130 (chance: ln 10 = 2.3) and trains at lr 0.003;
+    the absolute rule of studies before 0.6.0 (a loss above 100) called it diverged at step 0."""
+    optim = OptimConfig(lr=0.003)
+    relative = run(fashion, model="mlp", init_scale=3.0, optim=optim)
+    assert relative.losses[0] > 100 and not relative.diverged and relative.val_acc > 0.6
+    absolute = run(fashion, model="mlp", init_scale=3.0, optim=optim,
+                   train=TrainConfig(diverge_factor=None, diverge_loss=100))
+    assert absolute.diverged_step == 0 and absolute.losses == relative.losses[:1]
 
 
 def test_mlp_trains_and_records_every_step(fashion):

@@ -130,7 +130,7 @@ def sharpness(config: RunConfig, steps: int = 0, data: FashionMNIST | None = Non
     optimizer, scheduler = make_optimizer(model.parameters(), config.optim, step_count(config, len(data.x_train)))
     points = []
     bar = tqdm(total=steps + 1, desc=f"sharpness seed {config.train.seed}", disable=not progress, leave=False)
-    batch = first
+    batch, train_losses = first, []
     for step in range(steps + 1):
         loss, hvp, size = loss_hessian(model, probe_x, probe_y)
         eigen = top_eigenvalue(hvp, size, probe_x, tol)
@@ -142,7 +142,8 @@ def sharpness(config: RunConfig, steps: int = 0, data: FashionMNIST | None = Non
             break
         with autocast(config, device):
             train_loss = F.cross_entropy(model(batch[0]), batch[1])
-        if is_diverged(train_loss.item(), config):
+        train_losses.append(train_loss.item())
+        if is_diverged(train_losses[-1], train_losses[0], config):
             break
         optimizer.zero_grad(set_to_none=True)
         train_loss.backward()

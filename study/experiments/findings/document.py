@@ -126,7 +126,7 @@ def _setup_section(plan: FindingsPlan) -> str:
         "- Optimiser: SGD with momentum (the lesson's MomentumLearner), constant learning rate.",
         "- Differences that remain: a seed here sets the initial weights and the data order through two "
         "generators (`2 seed`, `2 seed + 1`), so our seed 1 is not the lesson's; a run stops as *diverged* once its "
-        "training loss exceeds 100 or is not finite (a diverged run cannot recover, so later epochs cannot rescue "
+        f"training {run.train.divergence_rule()} (a diverged run cannot recover, so later epochs cannot rescue "
         "it: that holds by construction and is not a finding); the lesson's \"dead\" chart divides the lowest "
         "histogram bin by all elements, ours by the histogram's total (the same where no value falls outside "
         "the histogram's range).",

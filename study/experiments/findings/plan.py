@@ -91,8 +91,11 @@ class FindingsPlan:
                 "split-50k": replace(self.run, data=replace(self.run.data, n_val=10_000))}
 
 
+# The second edition's divergence rule (absolute, as before 0.6.0), so that its studies continue; the
+# third edition's is the relative one (issue 23).
+SECOND_EDITION_DIVERGENCE = TrainConfig(diverge_factor=None, diverge_loss=100.0)
 LESSON_RUN = RunConfig(data=DataConfig(n_val=0), model=ModelConfig(model="cnn", bias_init="default"),
-                       optim=OptimConfig(batch_size=1024, epochs=1))
+                       optim=OptimConfig(batch_size=1024, epochs=1), train=SECOND_EDITION_DIVERGENCE)
 
 FULL = FindingsPlan(
     edition="full", storage="sqlite:///studies/findings.db", run=LESSON_RUN,
@@ -106,7 +109,7 @@ FULL = FindingsPlan(
 QUICK = FindingsPlan(
     edition="quick", storage="sqlite:///studies/findings-quick.db",
     run=replace(LESSON_RUN, model=ModelConfig(model="mlp", widths=(32,), bias_init="default"),
-                train=TrainConfig(max_steps=59)),
+                train=replace(SECOND_EDITION_DIVERGENCE, max_steps=59)),
     grid_leak=(0.0, 0.1), grid_sub=(0.0, 0.4),
     ladder=Range(0.1, 0.8, log=True), lr_step=2.0, max_seeds=6, reliability=0.8, unreliability=0.4,
     shifted=(LESSON_RELU,), momenta=(0.5,), init_scales=(2.0,),
