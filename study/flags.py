@@ -33,7 +33,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kwargs = {"help": as_flags(f.metadata.get("help", "")), "default": None, "dest": f.name}
+        # argparse formats help with %: a literal one ("95% interval") is doubled.
+        kwargs = {"help": as_flags(f.metadata.get("help", "")).replace("%", "%%"), "default": None, "dest": f.name}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if f.default is not None:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, assert_one_line_error, run_cli
+from study.cli import HANDLERS, build_parser
 
 
 @pytest.mark.slow
@@ -79,3 +80,11 @@ def test_train_on_the_fused_kernel_from_the_command_line():
     record = json.loads(proc.stdout)
     assert record["steps"] == 3 and record["config"]["train"]["backend"] == "triton"
     assert record["layers"][0]["units"] == 32
+
+
+@pytest.mark.parametrize("command", sorted(HANDLERS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*command.split(), "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
