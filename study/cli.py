@@ -106,6 +106,11 @@ def _show_edge(edge: api.Edge, out: str | None) -> None:
 
         print(f"\n{unfinished} settings have no edge yet: their probes failed {MAX_FAILS_PER_SETTING} times "
               f"(see the FAIL trials)")
+    laws = edge.laws()
+    if len(laws):
+        print("\nThe edge as a law across momentum (lr90 ~ (1 - momentum)^exponent) or init scale "
+              "(~ init_scale^exponent); fit_p < 0.05: the law does not describe the levels")
+        print(laws.drop(columns=["n", "k"]).to_string(index=False, na_rep="-", float_format="{:.3g}".format))
     print("\n" + edge.cost())
     print("\n".join(str(p) for p in edge.save(out)))
 

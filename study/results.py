@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from study import axes
 from study.ladder import SETTING_AXES, EdgeDesign, rung_verdicts, setting_key
 from study.dose_response import fit_curve
+from study.edge_law import Law, fit_law, same_exponent_p
 from study.records import (fixed_values, is_trained, probe_outcomes, probe_verdicts, probes_by_setting, seed_records,
                            setting_of, study_threshold, summary_of, trial_layers, verdict_of)
 
@@ -20,6 +21,10 @@ FIXED_SWEEP_SEEDS = 10  # the cost an edge search is measured against: every run
 CURVE_COLUMNS = ["lr50", "lr50_low", "lr50_high", "lr90", "lr90_low", "lr90_high", "slope", "link"]
 EDGE_COLUMNS = ["leak", "sub", *(axis for axis in SETTING_AXES if axis not in ("leak", "sub")), *CURVE_COLUMNS,
                 "max_stable_lr", "first_unstable_lr", "trainings", "first_unstable_verdict", "probes", "done"]
+
+# The axes an edge may follow as a law, and the base of each: lr90 proportional to base^exponent.
+LAW_BASES = {"momentum": lambda momentum: 1.0 - momentum, "init_scale": lambda init_scale: init_scale}
+LAW_COLUMNS = ["axis", *SETTING_AXES, *Law.__annotations__, "same_exponent_p"]
 
 # The fast.ai lesson's GeneralRelu settings (leak, sub) and plain ReLU.
 LESSON_SETTINGS = ((0.1, 0.4), (0.2, 0.4), (0.5, 0.7), (0.05, 0.9), (0.0, 0.0))
@@ -129,6 +134,36 @@ def curve_columns(lrs: list[float], trained: list[bool]) -> dict:
         return {**{column: math.nan for column in CURVE_COLUMNS}, "link": ""}
     curve = fit_curve(lrs, trained)
     return {column: getattr(curve, column) for column in CURVE_COLUMNS}
+
+
+def seed_outcomes(study: optuna.Study) -> pd.DataFrame:
+    """One row per seed of every COMPLETE probe of an edge search: its setting (SETTING_AXES), lr and
+    whether it trained. Frames of several searches may be stacked before `law_table`."""
+    threshold, rows = study_threshold(study), []
+    for key, probes in probes_by_setting(study).items():
+        for lr, trained in zip(*probe_outcomes(probes, threshold)):
+            rows.append({**dict(zip(SETTING_AXES, key)), "lr": lr, "trained": trained})
+    return pd.DataFrame(rows, columns=[*SETTING_AXES, "lr", "trained"])
+
+
+def law_table(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """One row per law axis (LAW_BASES) and setting with two or more levels of it: the law fitted to
+    every seed at every level (`study.edge_law.fit_law`; the axis's own column is empty), and
+    `same_exponent_p` the test that all of the axis's settings share one exponent (NaN with one).
+    outcomes: `seed_outcomes`."""
+    rows = []
+    for axis, base in LAW_BASES.items():
+        by = [name for name in SETTING_AXES if name != axis]
+        groups = [group for _, group in outcomes.groupby(by)] if len(outcomes) else []
+        groups = [group for group in groups if group[axis].nunique() >= 2]
+        if not groups:
+            continue
+        data = [(group["lr"], group["trained"], group[axis].map(base)) for group in groups]
+        same = same_exponent_p(data) if len(groups) > 1 else math.nan
+        for group, (lrs, trained, bases) in zip(groups, data):
+            rows.append({"axis": axis, **group.iloc[0][by].to_dict(), **fit_law(lrs, trained, bases).to_dict(),
+                         "same_exponent_p": same})
+    return pd.DataFrame(rows, columns=LAW_COLUMNS)
 
 
 def probe_frame(study: optuna.Study) -> pd.DataFrame:

@@ -124,6 +124,14 @@ class Edge(Study):
 
         return edge_table(self.optuna, self.design)
 
+    def laws(self):
+        """One row per setting the search measured at two or more momenta or init scales: the edge's
+        law across them (lr90 proportional to (1 - momentum)^exponent, or init_scale^exponent), its
+        interval and tests (`results.LAW_COLUMNS`, `study.edge_law`). Empty when no axis varies."""
+        from study.results import law_table, seed_outcomes
+
+        return law_table(seed_outcomes(self.optuna))
+
     def probes(self):
         """One row per probe (setting, lr): verdict, trained of n_seeds, exact interval, accuracy of trained seeds."""
         from study.results import probe_frame
@@ -147,11 +155,16 @@ class Edge(Study):
         return cost_line(self.table(), self.design)
 
     def save(self, out_dir: str | Path | None = None) -> list[Path]:
-        """edge.csv (`table()`) and the pictures in `out_dir` (default: studies/NAME beside the
-        database): what `python -m study edge` writes. Returns their paths, edge.csv first."""
+        """edge.csv (`table()`), edge_laws.csv (`laws()`, where an axis varies) and the pictures in
+        `out_dir` (default: studies/NAME beside the database): what `python -m study edge` writes.
+        Returns their paths, edge.csv first."""
         from study.plots import save_figures
 
         out = Path(out_dir) if out_dir else self.place.out_dir()
         out.mkdir(parents=True, exist_ok=True)
         self.table().to_csv(out / "edge.csv", index=False)
-        return [out / "edge.csv", *save_figures(self.figures(), out)]
+        laws, written = self.laws(), [out / "edge.csv"]
+        if len(laws):
+            laws.to_csv(out / "edge_laws.csv", index=False)
+            written.append(out / "edge_laws.csv")
+        return [*written, *save_figures(self.figures(), out)]
