@@ -143,30 +143,34 @@ def edge_figures(table: pd.DataFrame, probes: pd.DataFrame, ladder: tuple[float,
             "edge_curves": edge_curves_figure(probes, table)}
 
 
-def sharpness_figure(edges: pd.DataFrame, init: pd.DataFrame, along: pd.DataFrame, step: float,
-                     momentum: float) -> Figure:
+def sharpness_figure(edges: pd.DataFrame, init: pd.DataFrame, along: pd.DataFrame, momentum: float) -> Figure:
     """Left: per setting, the stability bound 2 (1 + momentum) / lambda_max at initialisation (median
-    and range over seeds) against the measured edge interval (the largest stable rung to the first
-    unstable one), log-log, with the diagonal. Right: lambda_max along the first steps, per seed.
-    edges: `results.edge_table`; init: leak, sub, seed, lambda_max; along: leak, sub, seed, step, lambda_max."""
+    and range over seeds) against the fitted lr90 and its 95% interval (an open end drawn to the
+    estimate, the marker hollow), log-log, with the diagonal. Right: lambda_max along the first
+    steps, per seed. edges: `results.edge_table`; init: leak, sub, seed, lambda_max; along: leak,
+    sub, seed, step, lambda_max."""
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     for r in edges.to_dict("records"):
         values = init[(init["leak"] == r["leak"]) & (init["sub"] == r["sub"])]["lambda_max"]
+        if np.isnan(r["lr90"]) or values.empty:
+            continue
         bounds = 2 * (1 + momentum) / values
-        low = r["max_stable_lr"] if not np.isnan(r["max_stable_lr"]) else r["first_unstable_lr"] / step
-        high = r["first_unstable_lr"] if not np.isnan(r["first_unstable_lr"]) else r["max_stable_lr"] * step
-        centre = np.sqrt(low * high)
-        left.errorbar(centre, bounds.median(), xerr=[[centre - low], [high - centre]],
+        low, high = (r["lr90"] if np.isnan(r[end]) else r[end] for end in ("lr90_low", "lr90_high"))
+        colour = "tab:red" if r["sub"] > 0 else "tab:blue"
+        open_end = np.isnan(r["lr90_low"]) or np.isnan(r["lr90_high"])
+        left.errorbar(r["lr90"], bounds.median(), xerr=[[r["lr90"] - low], [high - r["lr90"]]],
                       yerr=[[bounds.median() - bounds.min()], [bounds.max() - bounds.median()]], fmt="o", ms=4,
-                      color="tab:red" if r["sub"] > 0 else "tab:blue", elinewidth=0.8)
-        left.annotate(f"({r['leak']:g}, {r['sub']:g})", (centre, bounds.median()), textcoords="offset points",
+                      color=colour, mfc="white" if open_end else colour, elinewidth=0.8)
+        left.annotate(f"({r['leak']:g}, {r['sub']:g})", (r["lr90"], bounds.median()), textcoords="offset points",
                       xytext=(4, 3), fontsize=6)
     span = [min(left.get_xlim()[0], left.get_ylim()[0]), max(left.get_xlim()[1], left.get_ylim()[1])]
     left.plot(span, span, color="grey", linestyle=":", label="bound = edge")
     left.set_xscale("log")
     left.set_yscale("log")
-    left.set_xlabel("measured edge: largest stable lr to first unstable lr")
+    for axis in (left.xaxis, left.yaxis):  # a log axis's minor labels overlap in this small a panel
+        axis.set_minor_formatter(NullFormatter())
+    left.set_xlabel("measured edge: lr90 and its 95% interval")
     left.set_ylabel(f"2 (1 + {momentum:g}) / lambda_max at init")
     left.scatter([], [], color="tab:blue", label="sub = 0")
     left.scatter([], [], color="tab:red", label="sub > 0")

@@ -27,7 +27,8 @@ LAYERS = {
     "experiments": ["study.experiments", "study.experiments.sharpness", "study.experiments.signal",
                     "study.experiments.findings", "study.experiments.findings.plan",
                     "study.experiments.findings.claims", "study.experiments.findings.tables",
-                    "study.experiments.findings.curvature", "study.experiments.findings.document"],
+                    "study.experiments.findings.curvature", "study.experiments.findings.edges",
+                    "study.experiments.findings.document"],
     "face": ["study.api", "study.flags", "study.parser", "study.cli", "study", "study.__main__"],
 }
 FLOOR = {module: floor for floor, modules in enumerate(LAYERS.values()) for module in modules}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from study.reliability import (clopper_pearson, discordant, fisher_exact, fisher_power, holm, mcnemar_exact,
+from study.reliability import (clopper_pearson, discordant, fisher_exact, fisher_power, holm, mcnemar_exact, wilcoxon_exact,
                                seeds_for_power)
 
 
@@ -63,3 +63,22 @@ def test_discordant_pairs_count_only_shared_seeds_that_disagree():
     assert discordant(second, first) == (4, 1, 1)
     assert discordant({0: True, 1: True}, {0: False, 1: False}) == (2, 2, 0)
     assert discordant({0: True}, {1: True}) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("differences", [
+    [0.01, 0.01, 0.02, -0.01, 0.03, 0.02, 0.01, 0.04, 0.02, 0.01, 0.03],  # ties
+    [0.012, -0.003, 0.021, 0.007, 0.015, -0.009, 0.004, 0.011],  # no ties
+    [0.01, 0.0, -0.02, 0.01, 0.0, 0.03, -0.01],  # zeros, dropped
+    [-0.02, -0.01, -0.03],
+])
+def test_the_exact_wilcoxon_counts_every_sign_pattern_with_the_datas_ties(differences):
+    every_pattern = stats.wilcoxon(differences, method=stats.PermutationMethod(n_resamples=np.inf)).pvalue
+    assert wilcoxon_exact(differences) == pytest.approx(every_pattern, rel=1e-9)
+
+
+def test_the_exact_wilcoxon_differs_from_the_normal_approximation_where_they_tie():
+    # 20 seeds, one negative: the normal approximation scipy uses with ties overstates p.
+    differences = [0.01] * 10 + [0.02] * 9 + [-0.01]
+    exact = wilcoxon_exact(differences)
+    assert exact == pytest.approx(24 / 2**20, rel=1e-9)  # none or one of the 11 smallest negative: 12 patterns a side
+    assert stats.wilcoxon(differences, method="approx").pvalue > 5 * exact

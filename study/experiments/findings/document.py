@@ -8,23 +8,21 @@ complete and the sharpness values are cached beside the database.
 from __future__ import annotations
 
 import datetime
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from study.data import load_fashion_mnist
 from study.design import MachineConfig
 from study.edge_plots import edge_figures, sharpness_figure
 from study.edge_search import EdgeSearch
-from study.ladder import SETTING_AXES
 from study.experiments.findings import claims
 from study.experiments.findings.curvature import measure_sharpness, sharpness_section
+from study.experiments.findings.edges import edge_section, law_section
 from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_RELU, RELU, FindingsPlan
-from study.experiments.findings.tables import lesson_outcome, markdown_table
+from study.experiments.findings.tables import lesson_outcome
 from study.experiments.signal import agreement, fixed_point_variance, run_signal, save_signal, signal_frame
 from study.plots import activation_figure, save_figures
 from study.records import study_threshold
@@ -50,28 +48,30 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
 
     grid_design, grid_study = edges["findings-edge"]
     grid = edge_table(grid_study, grid_design)
-    step = grid_design.ladder()[1] / grid_design.ladder()[0]
-    probes = probe_frame(grid_study)
     sharp = measure_sharpness(plan, grid, outcomes, progress)
-    pictures = save_figures({
-        **edge_figures(grid, probes, grid_design.ladder()),
-        "sharpness": sharpness_figure(grid, sharp["init"], sharp["steps"], step, plan.run.optim.momentum),
-    }, figures_dir)
     data = load_fashion_mnist(plan.run.data)
     profiles, predictions = run_signal(data.x_train[:plan.signal_images], data.y_train[:plan.signal_images],
                                        seeds=plan.signal_seeds, net=plan.signal, progress=progress)
+    # Everything is measured: what follows only reads and draws.
+    tables = {name: (design, study, edge_table(study, design)) for name, (design, study) in edges.items()}
+    rates = (grid_design.adaptive().low, grid_design.adaptive().high)
+    pictures = save_figures({
+        **edge_figures(grid, probe_frame(grid_study), rates, fitted=True),
+        "sharpness": sharpness_figure(grid, sharp["init"], sharp["steps"], plan.run.optim.momentum),
+    }, figures_dir)
     signal_paths = save_signal(signal_frame(profiles, predictions), profiles, predictions, plan.signal,
                                plan.signal_seeds, plan.signal_images, figures_dir)
 
     sections = [
         _header(plan, list(lesson.values()) + [s for _, s in edges.values()], time.perf_counter() - started),
         _setup_section(plan),
-        _edge_section(grid, probes, grid_design, pictures),
+        edge_section(grid, seed_frame(grid_study), grid_design, wall_time(grid_study)[1], pictures),
         _lesson_section(plan, outcomes),
-        _shift_section(plan, edges, grid),
-        sharpness_section(plan, grid, sharp, outcomes, step, pictures),
+        law_section(plan, tables, grid),
+        sharpness_section(plan, grid, sharp, outcomes, pictures),
         _signal_section(plan, profiles, predictions, signal_paths),
         _setup_change_section(plan, outcomes),
+        _later_section(),
     ]
     path = out_dir / "findings.md"
     path.write_text("\n\n".join(sections) + "\n")
@@ -100,11 +100,13 @@ def _header(plan: FindingsPlan, studies: list, seconds: float) -> str:
         f"Studies: `{plan.storage}`.{edition}",
         "",
         "Statistics: a seed *trained* when its validation accuracy exceeds the study's threshold (0.5; chance is "
-        "0.1). A share of seeds is k/n with its exact (Clopper-Pearson) 95% interval. A claim that a setting trains "
-        f"reliably holds when that interval lies above {claims.UNRELIABLE:g}, does not hold when it lies below "
-        f"{claims.RELIABLE:g}, and is *not established* otherwise. Comparisons use McNemar's exact test on shared "
-        "seeds (trained or not) and Wilcoxon's signed-rank test on the seeds both settings trained (accuracy), "
-        "with Holm's correction over each table; \"not established with n seeds\" is a verdict.",
+        "0.1). A share of seeds is k/n with its exact (Clopper-Pearson) 95% interval. A setting *trains reliably* "
+        f"when at least {claims.RELIABLE:g} of its seeds train: that holds only when the interval's lower end is at "
+        f"or above {claims.RELIABLE:g}, does not hold when its upper end is below, and is otherwise *not established*, "
+        "with what the lower end does establish (\"more than 0.62 of seeds train\"). Comparisons use McNemar's "
+        "exact test on shared seeds (trained or not) and Wilcoxon's signed-rank test, exact (every sign pattern, "
+        "ties at their mean rank), on the seeds both settings trained (accuracy), with Holm's correction over "
+        "each table; \"not established with n seeds\" is a verdict. The edge is a fitted curve (section 1).",
     ])
 
 
@@ -135,47 +137,19 @@ def _setup_section(plan: FindingsPlan) -> str:
     ])
 
 
-def _edge_section(grid: pd.DataFrame, probes: pd.DataFrame, design, pictures: list[Path]) -> str:
-    stable_at_lesson_lr = [r for r in grid.to_dict("records") if r["max_stable_lr"] >= LESSON_LR]
-    above = [r for r in grid.to_dict("records") if not r["max_stable_lr"] >= LESSON_LR]  # NaN: nothing stable
-    accuracy = []
-    for r in grid.to_dict("records"):
-        at_edge = probes[(probes["leak"] == r["leak"]) & (probes["sub"] == r["sub"]) & (probes["lr"] == r["max_stable_lr"])]
-        accuracy.append(float(at_edge["trained_acc_mean"].iloc[0]) if len(at_edge) else math.nan)
-    shown = grid.drop(columns=["done", *(axis for axis in SETTING_AXES if axis not in ("leak", "sub"))]).assign(
-        **{"acc of trained seeds at max_stable_lr": accuracy})
-    return "\n".join([
-        f"## 1. The edge of the lesson grid (momentum {LESSON_MOMENTUM:g})",
-        "",
-        f"The largest learning rate on the ladder {', '.join(f'{lr:.3g}' for lr in design.ladder())} at which each "
-        f"setting trains reliably, by bisection; each probe adds seeds until {design.test().describe()}. "
-        "An edge is an interval: the largest stable rung and the first unstable one (its verdict beside it).",
-        "",
-        f"The lesson's lr {LESSON_LR:g} is at or below the largest stable rung for {len(stable_at_lesson_lr)} of "
-        f"{len(grid)} settings; above it (or undecided there) for {len(above)}: "
-        f"{', '.join(_name(r) for r in above) or 'none'}.",
-        "",
-        markdown_table(shown),
-        "",
-        *[f"![{p.stem}](findings/{p.name})" for p in pictures if p.stem in ("edge_heatmap", "edge_curves")],
-    ])
-
-
-def _name(row: dict) -> str:
-    return f"({row['leak']:g}, {row['sub']:g})"
-
-
 def _lesson_section(plan: FindingsPlan, outcomes: dict) -> str:
     def at(setting):
         return lesson_outcome(outcomes, "lesson", setting)
 
     relu, general = at(RELU), at(LESSON_RELU)
-    verdicts = [claims.trains_reliably(f"GeneralRelu{LESSON_RELU}, the lesson's choice, trains reliably at lr {LESSON_LR:g}", general)]
+    verdicts = [claims.trains_reliably(f"GeneralRelu{LESSON_RELU}, the lesson's choice, trains reliably at lr {LESSON_LR:g} "
+                                       f"(at least {claims.RELIABLE:g} of seeds)", general)]
     if (0.2, 0.4) in plan.lesson_settings:
         verdicts += [claims.fails_for_some("(.2, .4) fails for some seed (the lesson: for seed 1)", at((0.2, 0.4))),
                      claims.more_reliable("(.1, .4) trains for more seeds than (.2, .4)", general, at((0.2, 0.4)))]
     if (0.5, 0.7) in plan.lesson_settings:
-        verdicts += [claims.trains_reliably("(.5, .7) works well: trains reliably", at((0.5, 0.7))),
+        verdicts += [claims.trains_reliably(f"(.5, .7) works well: trains reliably (at least {claims.RELIABLE:g} of seeds)",
+                                            at((0.5, 0.7))),
                      claims.more_accurate("(.5, .7) trains to a higher accuracy than (.1, .4)", at((0.5, 0.7)), general)]
     if (0.05, 0.9) in plan.lesson_settings:
         verdicts.append(claims.fails_for_most("(.05, .9) collapses: fails for most seeds", at((0.05, 0.9))))
@@ -184,28 +158,11 @@ def _lesson_section(plan: FindingsPlan, outcomes: dict) -> str:
     verdicts = claims.with_holm(verdicts)
     rows = ["| statement | evidence | verdict | test |", "|---|---|---|---|"]
     rows += [f"| {v.statement} | {v.evidence} | **{v.verdict}** | {v.test} |" for v in verdicts]
+    seeds = ["| setting | seeds trained | how the others failed |", "|---|---|---|"]
+    seeds += [f"| {at(setting).name} | {at(setting).share()} | {at(setting).failures()} |" for setting in plan.lesson_settings]
     return "\n".join([f"## 2. The lesson's settings at lr {LESSON_LR:g}", "",
                       f"{plan.seeds} seeds per setting, the same seeds for every setting (paired), momentum {LESSON_MOMENTUM:g}.",
-                      "", *rows])
-
-
-def _shift_section(plan: FindingsPlan, edges: dict, grid: pd.DataFrame) -> str:
-    lines = ["## 3. Momentum and init scale move the edge", ""]
-    for leak, sub in plan.shifted:
-        base = grid[(grid["leak"] == leak) & (grid["sub"] == sub)]
-        design, study = edges[f"findings-edge-momentum-{leak:g}-{sub:g}"]
-        by_momentum = pd.concat([edge_table(study, design), base]).sort_values("momentum")
-        design, study = edges[f"findings-edge-scale-{leak:g}-{sub:g}"]
-        by_scale = pd.concat([edge_table(study, design), base]).sort_values("init_scale")
-        consistent = claims.momentum_scalings(by_momentum.to_dict("records"))
-        kept = ", ".join(name for name, ok in consistent.items() if ok) or "none of them"
-        ruled_out = ", ".join(name for name, ok in consistent.items() if not ok) or "none of them"
-        columns = ["momentum", "init_scale", "max_stable_lr", "first_unstable_lr", "first_unstable_verdict", "trainings"]
-        lines += [f"### ({leak:g}, {sub:g})", "", markdown_table(by_momentum[columns]), "",
-                  f"Constant across momenta within the rung intervals: {kept}; ruled out by them: {ruled_out}. "
-                  "(Each interval rests on sequential-test verdicts with 5% error each way.)", "",
-                  markdown_table(by_scale[columns]), ""]
-    return "\n".join(lines).rstrip()
+                      "", *seeds, "", *rows])
 
 
 def _signal_section(plan: FindingsPlan, profiles, predictions, paths: dict) -> str:
@@ -249,11 +206,12 @@ def _setup_change_section(plan: FindingsPlan, outcomes: dict) -> str:
     for variant, text in (("zero-bias", "zero biases"), ("split-50k", "the 50,000-image split (49 steps)")):
         for setting in plan.setup_settings:
             ours, theirs = lesson_outcome(outcomes, "lesson", setting), lesson_outcome(outcomes, variant, setting)
-            theirs = claims.Outcomes(f"{theirs.name} with {text}", theirs.seeds)
+            theirs = claims.Outcomes(f"{theirs.name} with {text}", theirs.seeds, theirs.test)
+            # Accuracy on the test file for both: under the split the validation images are others.
             verdicts += [claims.more_reliable(f"{ours.name}: the lesson's set-up trains for more seeds than {text}",
                                               ours, theirs),
-                         claims.more_accurate(f"{ours.name}: the lesson's set-up trains to a higher accuracy than {text}",
-                                              ours, theirs)]
+                         claims.more_accurate(f"{ours.name}: the lesson's set-up trains to a higher test-file accuracy "
+                                              f"than {text}", ours, theirs, on="test")]
     verdicts = claims.with_holm(verdicts)
     rows = ["| statement | evidence | verdict | test |", "|---|---|---|---|"]
     rows += [f"| {v.statement} | {v.evidence} | **{v.verdict}** | {v.test} |" for v in verdicts]
@@ -261,9 +219,26 @@ def _setup_change_section(plan: FindingsPlan, outcomes: dict) -> str:
         "## 6. What the project's earlier set-up changes",
         "",
         f"The same seeds at lr {LESSON_LR:g}, one difference at a time. Zero biases keep every weight of a seed "
-        "(the weights are drawn before the biases); the 50,000-image split changes the data order and the steps, "
-        "and also which images validate (10,000 held out of the training file instead of the test file), so an "
-        "accuracy difference under the split mixes the two.",
+        "(the weights are drawn before the biases); the 50,000-image split changes the data order and the number "
+        "of steps (49 against 59), so a difference under it is the two together. Accuracies are compared on the "
+        "same 10,000 images, the test file, for both set-ups (the split validates on images held out of the "
+        "training file); whether a seed trained is judged on each set-up's own validation images.",
         "",
         *rows,
+    ])
+
+
+def _later_section() -> str:
+    return "\n".join([
+        "## Left for later",
+        "",
+        "- Why a seed fails: the first steps of every seed (loss, lambda_max and lr x lambda_max / (2 (1 + mu)) per "
+        "step), each failure classed as a catapult, a divergence or a stall, and whether a learning-rate warm-up "
+        "moves lr90 (section 4 only observes the early sharpening).",
+        "- The adaptive method's interval covered the true lr90 in 0.905 of simulated settings on a shallow curve "
+        "(README, *The edge as a curve*), below the nominal 0.95: a wider slope prior or a calibrated interval.",
+        "- The laws of section 3 share one slope across levels; a law whose slope also changes with momentum is "
+        "not fitted. The momentum rule lr / (1 + mu) is not a power of (1 - mu) and is not tested.",
+        "- The lesson's own seeds: ours draw the weights and the data order from two generators, so the lesson's "
+        "\"seed 1\" has no match here.",
     ])

@@ -24,3 +24,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def lesson_outcome(outcomes: dict, variant: str, setting: tuple[float, float]) -> claims.Outcomes:
     """The seeds' outcomes of one lesson study (`FindingsPlan.lesson_studies`) of `variant`."""
     return outcomes[f"findings-{variant}-{setting[0]:g}-{setting[1]:g}"]
+
+
+def setting_name(row: dict) -> str:
+    """(leak, sub) of a table's row: "(0.1, 0.4)"."""
+    return f"({row['leak']:g}, {row['sub']:g})"
