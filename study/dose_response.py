@@ -22,6 +22,7 @@ both ways of choosing the rates is measured by `study.edge_simulation` (README, 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -96,6 +97,12 @@ class Profile:
 
 def fit_curve(lrs, trained, links: tuple[str, ...] = LINKS) -> Curve:
     """The curve through per-seed outcomes: `lrs` the rate each seed ran at, `trained` whether it trained."""
+    return _fit_curve(tuple(map(float, lrs)), tuple(map(bool, trained)), tuple(links))
+
+
+# The driver's next rate, the edge table and its pictures each fit a setting's outcomes: fitted once.
+@functools.lru_cache(maxsize=4096)
+def _fit_curve(lrs: tuple[float, ...], trained: tuple[bool, ...], links: tuple[str, ...]) -> Curve:
     x = np.log(np.asarray(lrs, dtype=float))
     y = np.asarray(trained, dtype=bool)
     if len(x) == 0:

@@ -21,7 +21,7 @@ from study.ladder import EdgeDesign, setting_key
 from study.records import (fixed_values, is_trained, point, point_of, probe_outcomes, probe_verdicts, probes_by_setting,
                            setting_of, study_threshold, summarise)
 from study.runner import Search
-from study.schedule import MAX_FAILS_PER_SETTING, count_states, suggest
+from study.schedule import MAX_FAILS_PER_SETTING, count_states, held_elsewhere, suggest
 
 SEEDS_ATTR = "probe_seeds"  # an adaptive probe's seeds, a user attribute given when it is queued
 
@@ -115,12 +115,8 @@ class EdgeSearch(Search):
         if self.design.method == "bisect":
             return super()._start(trial)
         params = suggest(trial, self.design)
-        trials, fixed = trial.study.get_trials(deepcopy=False), fixed_values(trial.study)
-        this = next(t for t in trials if t.number == trial.number)
-        mine = (setting_key(params), this.user_attrs.get(SEEDS_ATTR))
-        if any((setting_key(setting_of(t, fixed)), t.user_attrs.get(SEEDS_ATTR)) == mine and
-               (t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number))
-               for t in trials if t.number != trial.number):
+        fixed = fixed_values(trial.study)
+        if held_elsewhere(trial, lambda t: (setting_key(setting_of(t, fixed)), tuple(t.user_attrs.get(SEEDS_ATTR, ())))):
             raise optuna.TrialPruned("another probe holds these seeds of this setting")  # a race between workers
         return params
 

@@ -35,9 +35,8 @@ from study.place import StudyPlace, make_dir, sqlite_path
 from study.errors import BadInput
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.records import (StoredSeed, activation_picture_name, point, reused_record,
-                           seed_record, stored_seed_results, summarise, summary_of, trial_note, write_seed,
-                           write_summary, write_target)
+from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, reused_record, seed_record,
+                           stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary, write_target)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
                             held_elsewhere, n_complete, requeue, suggest)
 from study.stats import LayerHistory
@@ -259,7 +258,8 @@ class Search:
     def _start(self, trial: optuna.Trial) -> dict:
         """The trial's setting; TrialPruned when another trial holds it."""
         params = suggest(trial, self.design)
-        if held_elsewhere(trial, params, self.design.sampler):
+        fixed = fixed_values(trial.study)
+        if held_elsewhere(trial, lambda t: point_of(t, fixed), always=self.design.sampler == "grid"):
             raise optuna.TrialPruned("another trial holds this setting")  # a race between workers
         return params
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable, Hashable
 from itertools import product
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from study import axes
 from study.axes import Range
@@ -58,17 +59,19 @@ def requeue(study: optuna.Study, design: StudyDesign) -> int:
     return len(wanted)
 
 
-def held_elsewhere(trial: optuna.Trial, params: dict[str, float], sampler: str) -> bool:
-    """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's setting.
-    Only grid points and retries must be unique; a sampler may choose to repeat a setting."""
+def held_elsewhere(trial: optuna.Trial, identity: Callable[[FrozenTrial], Hashable], always: bool = True) -> bool:
+    """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's identity
+    (`identity` of a stored trial: its setting, or an edge probe's setting and seeds). `always`
+    False: only a trial queued with its params (a grid point or a retry) must be unique; a sampler
+    may choose to repeat a setting."""
     trials = trial.study.get_trials(deepcopy=False)
     this = next(t for t in trials if t.number == trial.number)
-    if sampler != "grid" and "fixed_params" not in this.system_attrs:
+    if not always and "fixed_params" not in this.system_attrs:
         return False
-    here, fixed = point(params), fixed_values(trial.study)
-    return any(point_of(t, fixed) == here and (t.state == TrialState.COMPLETE or
-                                         (t.state == TrialState.RUNNING and t.number < trial.number))
-               for t in trials)
+    mine = identity(this)
+    return any(identity(t) == mine and (t.state == TrialState.COMPLETE or
+                                        (t.state == TrialState.RUNNING and t.number < trial.number))
+               for t in trials if t.number != trial.number)
 
 
 def fail_stale_and_requeue(study: optuna.Study, design: StudyDesign) -> Counter:
