@@ -169,10 +169,13 @@ def initial_model(config: RunConfig, data: FashionMNIST, device: torch.device) -
     return model, order_gen
 
 
-def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = False) -> TrainResult:
+def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = False,
+          probe: Callable[[int, nn.Module, torch.Tensor, torch.optim.Optimizer], None] | None = None) -> TrainResult:
     """Train `config` once. `data` (already on the device) saves reloading in loops over seeds. The
     steps, the scoring, the divergence rule and the seeds' generators are those of a population
-    (`study.population.train_population`)."""
+    (`study.population.train_population`). `probe(step, model, loss, optimizer)`, if given, sees
+    every step that updates the weights just before it does (the loss of that step's batch, its
+    graph alive): `study.experiments.dynamics` measures the first steps with it."""
     device, data = prepare_data(config, data)
     start = time.perf_counter()
     model, order_gen = initial_model(config, data, device)
@@ -206,6 +209,8 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
             if is_diverged(losses[-1], losses[0], config):
                 diverged_step = step
                 break
+            if probe is not None:
+                probe(step, model, loss, optimizer)
             optimiser_step(loss, optimizer, scheduler)
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)

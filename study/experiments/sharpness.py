@@ -16,7 +16,7 @@ than the largest, a second iteration on H - lambda_neg I finds the largest.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import pandas as pd
@@ -41,6 +41,7 @@ class Eigen:
     residual: float  # ||Hv - value v|| for the unit iterate v: an eigenvalue lies within it of `value`
     iterations: int  # Hessian-vector products taken
     converged: bool  # residual <= tol |value| within the allowed iterations
+    vector: torch.Tensor | None = field(default=None, compare=False, repr=False)  # the last unit iterate
 
 
 @dataclass(frozen=True)
@@ -58,20 +59,25 @@ class SharpnessPoint:
 
 
 def top_eigenvalue(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, like: torch.Tensor,
-                   tol: float = TOLERANCE, max_iterations: int = MAX_ITERATIONS) -> Eigen:
+                   tol: float = TOLERANCE, max_iterations: int = MAX_ITERATIONS,
+                   start: torch.Tensor | None = None) -> Eigen:
     """The largest eigenvalue of the symmetric operator `matvec` on vectors of `size` (dtype and
-    device of `like`)."""
-    dominant = _power(matvec, size, like, 0.0, tol, max_iterations)
+    device of `like`), iterated from `start` (a nearby operator's `Eigen.vector`: a warm start) or
+    from a fixed random vector."""
+    dominant = _power(matvec, size, like, 0.0, tol, max_iterations, start)
     if dominant.value >= 0:
         return dominant
     largest = _power(matvec, size, like, dominant.value, tol, max_iterations)
-    return Eigen(largest.value, largest.residual, dominant.iterations + largest.iterations, largest.converged)
+    return Eigen(largest.value, largest.residual, dominant.iterations + largest.iterations, largest.converged,
+                 largest.vector)
 
 
-def _power(matvec, size: int, like: torch.Tensor, shift: float, tol: float, max_iterations: int) -> Eigen:
+def _power(matvec, size: int, like: torch.Tensor, shift: float, tol: float, max_iterations: int,
+           start: torch.Tensor | None = None) -> Eigen:
     """Power iteration on matvec - shift I; the value returned is of matvec itself."""
-    generator = torch.Generator().manual_seed(START_SEED)
-    v = torch.randn(size, generator=generator, dtype=torch.float64).to(like)
+    if start is None:
+        start = torch.randn(size, generator=torch.Generator().manual_seed(START_SEED), dtype=torch.float64)
+    v = start.to(like)
     v = v / v.norm()
     value = residual = float("nan")
     for iteration in range(1, max_iterations + 1):
@@ -80,19 +86,26 @@ def _power(matvec, size: int, like: torch.Tensor, shift: float, tol: float, max_
         rayleigh = torch.dot(v, hv).item()
         value, residual = rayleigh + shift, (hv - rayleigh * v).norm().item()
         if residual <= tol * abs(value):
-            return Eigen(value, residual, iteration, True)
+            return Eigen(value, residual, iteration, True, v)
         norm = hv.norm()
         if not torch.isfinite(norm) or norm == 0:
             break
         v = hv / norm
-    return Eigen(value, residual, iteration, False)
+    return Eigen(value, residual, iteration, False, v)
 
 
 def loss_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Callable, int]:
     """(loss, v -> H v, number of parameters) of the cross-entropy of `model` on (x, y); v and Hv
     are flat vectors over all parameters in `model.parameters()` order."""
-    params = [p for p in model.parameters() if p.requires_grad]
     loss = F.cross_entropy(model(x), y)
+    _, hvp, size = loss_hessian_of(model, loss)
+    return loss.item(), hvp, size
+
+
+def loss_hessian_of(model: nn.Module, loss: torch.Tensor) -> tuple[float, Callable, int]:
+    """(gradient norm, v -> H v, number of parameters) of `loss`, a scalar of `model`'s parameters
+    whose graph is alive (and stays so: the caller may still step on it)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, create_graph=True)
     flat_grad = torch.cat([g.reshape(-1) for g in grads])
 
@@ -100,7 +113,7 @@ def loss_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[fl
         parts = torch.autograd.grad(flat_grad, params, grad_outputs=v, retain_graph=True)
         return torch.cat([p.reshape(-1) for p in parts])
 
-    return loss.item(), hvp, flat_grad.numel()
+    return flat_grad.norm().item(), hvp, flat_grad.numel()
 
 
 def sharpness_text(points: pd.DataFrame, optim: OptimConfig) -> str:
