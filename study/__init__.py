@@ -12,16 +12,19 @@
     e.table()                   # pandas: the largest stable learning rate of each setting
     e.save("out")               # edge.csv and its pictures, as `python -m study edge` writes them
     study.sharpness(model="mlp", leak=.1, sub=.4, seeds=(0, 1), steps=5)   # pandas: lambda_max per step
+    d = study.dynamics(leak=(0,), sub=(0,), lr=(0.2,), seeds=(0, 1), steps=6, model="mlp")
+    d.steps(), d.outcomes()     # pandas: each seed's first steps; its outcome (trained, catapult, ...)
     study.signal(depth=30)      # pandas: signal propagation against the mean-field prediction
     study.findings(quick=True)  # runs the findings studies, writes findings.md
 
 See `study.api` for the keywords; `python -m study --help` for the command line.
 """
 
-from study.api import Edge, Study, create, edge, findings, load, search, sharpness, signal, train, work  # noqa: E402
+from study.api import (Dynamics, Edge, Study, create, dynamics, edge, findings, load, search, sharpness,  # noqa: E402
+                       signal, train, work)
 from study.axes import Range  # noqa: E402
 from study.errors import BadInput, FieldError, Interrupted, StorageFault  # noqa: E402
 from study.version import __version__  # noqa: E402,F401
 
-__all__ = ["BadInput", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "create", "edge",
-           "findings", "load", "search", "sharpness", "signal", "train", "work"]
+__all__ = ["BadInput", "Dynamics", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "create",
+           "dynamics", "edge", "findings", "load", "search", "sharpness", "signal", "train", "work"]

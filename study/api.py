@@ -1,4 +1,4 @@
-"""The Python face, for notebooks: `study.search`, `study.edge`, `study.create`, `study.work`,
+"""The Python face, for notebooks: `study.search`, `study.edge`, `study.dynamics`, `study.create`, `study.work`,
 `study.load`, `study.train`, `study.sharpness`, `study.signal`, `study.findings` (exported by `study`). The command line
 (`study.cli`) parses its flags into the same dataclasses and calls the same functions.
 
@@ -24,13 +24,13 @@ from typing import Iterator
 
 from study import axes, interrupts
 from study.config import MACHINE_LOCAL, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import MachineConfig, StudyDesign
+from study.design import DynamicsDesign, MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
 from study.place import StudyPlace
 from study.stored_design import check_storable
 from study.quiet import libraries_quiet
-from study.views import Edge, Study
+from study.views import Dynamics, Edge, Study
 
 RUN_CLASSES = (DataConfig, ModelConfig, OptimConfig, TrainConfig)
 
@@ -91,7 +91,7 @@ def create_study(place: StudyPlace, design: StudyDesign | EdgeDesign, run: RunCo
 
 
 def work(name: str, *, storage: str | None = None, progress: bool = True, data_dir: str | None = None,
-         device: str = "auto", callbacks=(), **machine) -> Study | Edge:
+         device: str = "auto", callbacks=(), **machine) -> Study | Edge | Dynamics:
     """Join study `name`, on this machine, until it is done: its design (a search's or an edge
     search's) is read from the storage, where `create` (or a first `search` or `edge`) stored it.
 
@@ -113,6 +113,8 @@ def work(name: str, *, storage: str | None = None, progress: bool = True, data_d
         run = run_of(stored, data_dir, device)
     if isinstance(design, EdgeDesign):
         return edge_study(place, design, run, machine_config, progress, callbacks)
+    if isinstance(design, DynamicsDesign):
+        return dynamics_study(place, design, run, machine_config, progress, callbacks)
     return search_study(place, design, run, machine_config, progress, callbacks)
 
 
@@ -142,6 +144,32 @@ def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: M
         optuna_study = run_study(place, design, run, machine, progress, driver=EdgeSearch,
                                  seed_picture=activation_figure, callbacks=callbacks)
         return Edge(optuna_study, place, design)
+
+
+def dynamics(name: str = "dynamics", *, storage: str | None = None, progress: bool = True, callbacks=(),
+             **settings) -> Dynamics:
+    """Train every seed of every setting and rate given to its end, measuring its first `steps`
+    (loss, lambda_max, lr x lambda_max / (2 (1 + momentum)), gradient norm) and classing its
+    outcome (`study.experiments.dynamics`); the stored study (`.steps()`, `.outcomes()`,
+    `.outcome_summary()`). Calling again trains nothing.
+
+    settings: fields of `DynamicsDesign` (the axes as tuples, seeds, steps, catapult_factor,
+    train_threshold), of `MachineConfig` and of the run configuration (model, max_steps, ...)."""
+    design, machine, *run_parts = _split(settings, (DynamicsDesign, MachineConfig, *RUN_CLASSES),
+                                         skip=axes.NAMES + ("seed",))
+    return dynamics_study(StudyPlace(name=name, storage=storage), design, RunConfig(*run_parts), machine, progress,
+                          callbacks)
+
+
+def dynamics_study(place: StudyPlace, design: DynamicsDesign, run: RunConfig, machine: MachineConfig = MachineConfig(),
+                   progress: bool = True, callbacks=()) -> Dynamics:
+    """`dynamics` from the configuration dataclasses (the command line's way in)."""
+    with _call(run.train.backend):
+        from study.experiments.dynamics import DynamicsSearch
+        from study.runner import run_study
+
+        return Dynamics(run_study(place, design, run, machine, progress, driver=DynamicsSearch, callbacks=callbacks),
+                        place)
 
 
 def load(name: str = "quick", storage: str | None = None) -> Study:

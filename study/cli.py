@@ -22,7 +22,7 @@ from typing import Sequence
 
 from study import api, axes, interrupts
 from study.config import MACHINE_LOCAL, DataConfig, RunConfig
-from study.design import MachineConfig, StudyDesign
+from study.design import DynamicsDesign, MachineConfig, StudyDesign
 from study.errors import BadInput, FieldError, StorageFault, WorkerStopped
 from study.flags import EXIT_BAD_INPUT, as_flags, config_from_flags, flag_of
 from study.ladder import EdgeDesign
@@ -70,6 +70,30 @@ def run_edge(args: argparse.Namespace) -> int:
         return _created(api.create_study(place, design, run_config), place)
     _show_edge(api.edge_study(place, design, run_config, machine, progress=sys.stderr.isatty()), args.out)
     return 0
+
+
+def run_dynamics(args: argparse.Namespace) -> int:
+    place = config_from_flags(StudyPlace, args)
+    place = place if args.name is not None else dataclasses.replace(place, name="dynamics")
+    design, machine = config_from_flags(DynamicsDesign, args), config_from_flags(MachineConfig, args)
+    run_config = RunConfig(*(config_from_flags(cls, args, skip=axes.NAMES + ("seed",)) for cls in RUN_CONFIGS))
+    study = api.dynamics_study(place, design, run_config, machine, progress=not args.json and sys.stderr.isatty())
+    steps, outcomes = study.steps(), study.outcomes()
+    if args.json:
+        for row in [*steps.to_dict("records"), *outcomes.to_dict("records")]:
+            print(json.dumps({key: _plain(value) for key, value in row.items()}))
+        return 0
+    print(outcomes.to_string(index=False, na_rep="-", float_format="{:.3g}".format))
+    print("\n" + study.outcome_summary().to_string(index=False, na_rep="-", float_format="{:.3g}".format))
+    print("\n" + "\n".join(str(path) for path in study.save_figures()))
+    return 0
+
+
+def _plain(value):
+    """A pandas cell as JSON: None for a missing number, Python's int and float for numpy's."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -263,7 +287,8 @@ def _storage_fault(fault: StorageFault) -> int:
     return EXIT_STORAGE_FAULT
 
 
-HANDLERS = {"train": run_train, "search": run_search, "edge": run_edge, "create": run_create, "work": run_work,
+HANDLERS = {"train": run_train, "search": run_search, "edge": run_edge, "dynamics": run_dynamics, "create": run_create,
+            "work": run_work,
             "heatmaps": run_heatmaps, "report": run_report, "export": run_export, "depth": run_depth,
             "sharpness": run_sharpness, "findings": run_findings, "bench study": run_bench_study,
             "bench kernel": run_bench_kernel, "bench edge": run_bench_edge, "dashboard": run_dashboard}

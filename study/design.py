@@ -29,6 +29,7 @@ DEFAULT_OTHER_SAMPLER_TRIALS = 30  # a study of a non-grid sampler stops here un
 STORAGE_RETRY_SECONDS = 180  # rides out a server restart or failover; past it the command stops, resumable
 CONFIG_ATTR = "initstudy_config"  # the study user attribute that holds a study's design
 TRAIN_THRESHOLD = 0.5  # chance is 0.1; a run below 0.5 after training has not learnt the task
+CATAPULT_FACTOR = 2.0  # a loss above twice its start that comes back: the catapult of Lewkowycz et al. 2020
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,29 @@ class StudyDesign(Design):
         if self.n_trials is not None:
             return self.n_trials
         return self.grid_size() if self.sampler == "grid" else DEFAULT_OTHER_SAMPLER_TRIALS
+
+
+@dataclass(frozen=True)
+class DynamicsDesign(StudyDesign):
+    """A grid study whose seeds are measured along their first `steps` and classed by outcome
+    (`study.experiments.dynamics`): the settings' and rates' lists, the seeds, and the measurement."""
+
+    steps: int = field(default=6, metadata=describe("optimiser steps measured from the start of each seed"))
+    catapult_factor: float = field(
+        default=CATAPULT_FACTOR,
+        metadata=describe("a seed that trained after its loss rose above this many times its first loss is a catapult"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sampler != "grid":
+            raise FieldError("sampler", "dynamics trains every setting and rate given: the grid sampler only")
+        if self.steps < 1:
+            raise FieldError("steps", f"must be >= 1, got {self.steps}")
+        if not 1 < self.catapult_factor < math.inf:
+            raise FieldError("catapult_factor", f"must be a finite number above 1, got {self.catapult_factor:g}")
+
+    def stored(self) -> dict:
+        return {**super().stored(), "dynamics": {"steps": self.steps, "catapult_factor": self.catapult_factor}}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import dataclasses
 
 from study import axes
 from study.config import MACHINE_LOCAL, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from study.design import MachineConfig, StudyDesign
+from study.design import DynamicsDesign, MachineConfig, StudyDesign
 from study.flags import EXIT_BAD_INPUT, OneLineParser, add_config_flags, as_flags, int_tuple, words
 from study.ladder import EdgeDesign
 from study.place import StudyPlace
@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="store the design and train nothing: machines join with `work`")
     edge.set_defaults(resumable=True)
 
+    dynamics = commands.add_parser("dynamics", help="each seed's first steps (loss, lambda_max, lr x lambda_max / "
+                                                    "(2 (1 + momentum))) and its outcome: trained, catapult, "
+                                                    "diverged or stalled")
+    add_config_flags(dynamics, StudyPlace)
+    add_config_flags(dynamics, DynamicsDesign, skip=("sampler", "objective", "n_trials"))
+    add_config_flags(dynamics, MachineConfig)
+    for cls in RUN_CONFIGS:
+        add_config_flags(dynamics, cls, skip=axes.NAMES + ("seed",))
+    dynamics.add_argument("--json", action="store_true",
+                          help="print one JSON object per seed and step, then one per seed with its outcome")
+    dynamics.set_defaults(resumable=True)
+
     create = commands.add_parser("create", help="store a study's design and train nothing: machines join it "
                                                 "with work (an edge search: edge --create-only)")
     for cls in (StudyPlace, StudyDesign):
@@ -69,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(work, TrainConfig, skip=tuple(f for f in _field_names(TrainConfig) if f != "device"))
     work.add_argument("--out", help="an edge search's edge.csv and pictures (default: studies/NAME)")
     taken = {option for action in work._actions for option in action.option_strings}
-    for option in sorted({option for command in (search, edge) for action in command._actions
+    for option in sorted({option for command in (search, edge, dynamics) for action in command._actions
                           for option in action.option_strings} - taken):
         work.add_argument(option, action=RefusedFlag, nargs="?", help=argparse.SUPPRESS)
     work.set_defaults(resumable=True)

@@ -117,7 +117,7 @@ def _open(place: StudyPlace, design, run: RunConfig, machine: MachineConfig):
 def _driver(design, driver: type["Search"] | None) -> type["Search"]:
     if driver is not None:
         return driver
-    if not isinstance(design, StudyDesign):
+    if type(design) is not StudyDesign:
         raise TypeError(f"a {type(design).__name__} needs its driver, e.g. study.edge_search.EdgeSearch")
     return Search
 
@@ -270,8 +270,8 @@ class Search:
         self._seeds_stored(len(records))
         return records
 
-    def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> dict:
-        record = seed_record(result)
+    def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult, extra=None) -> dict:
+        record = {**seed_record(result), **(extra or {})}  # extra: what a driver measured beside the result
         write_seed(trial, seed, record)
         if self.seed_picture is not None:
             self._upload_picture(trial, result, params, seed)

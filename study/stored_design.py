@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from study.axes import describe_space, parse_space
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from study.design import TRAIN_THRESHOLD, Design, StudyDesign
+from study.design import TRAIN_THRESHOLD, Design, DynamicsDesign, StudyDesign
 from study.errors import FieldError
 from study.ladder import EdgeDesign
 
@@ -24,14 +24,15 @@ def is_edge(stored: dict) -> bool:
 
 
 def design_of(stored: dict, n_trials: int | None = None) -> Design:
-    """The design of an upgraded stored configuration: a `StudyDesign`, or an `EdgeDesign` whose
-    `lr` is its stored ladder's rungs."""
+    """The design of an upgraded stored configuration: a `StudyDesign`, a `DynamicsDesign`, or an
+    `EdgeDesign` whose `lr` is its stored ladder's rungs."""
     spaces = {name: parse_space(text) for name, text in stored["space"].items()}
     threshold = stored.get("train_threshold", TRAIN_THRESHOLD)
     if is_edge(stored):
         return EdgeDesign(**spaces, **stored["edge"], train_threshold=threshold)
-    return StudyDesign(**spaces, sampler=stored["sampler"], objective=stored["objective"],
-                       seeds=tuple(stored["seeds"]), train_threshold=threshold, n_trials=n_trials)
+    kind, measured = (DynamicsDesign, stored["dynamics"]) if "dynamics" in stored else (StudyDesign, {})
+    return kind(**spaces, sampler=stored["sampler"], objective=stored["objective"], seeds=tuple(stored["seeds"]),
+                train_threshold=threshold, n_trials=n_trials, **measured)
 
 
 def run_of(stored: dict, data_dir: str | None = None, device: str = "auto") -> RunConfig:

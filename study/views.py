@@ -168,3 +168,33 @@ class Edge(Study):
             laws.to_csv(out / "edge_laws.csv", index=False)
             written.append(out / "edge_laws.csv")
         return [*written, *save_figures(self.figures(), out)]
+
+
+class Dynamics(Study):
+    """A stored dynamics study (`study.experiments.dynamics`): its seeds' first steps and outcomes."""
+
+    def steps(self):
+        """One row per measured step of every seed: the setting, seed, step, loss, lambda_max, ratio
+        (lr x lambda_max / (2 (1 + momentum))), grad_norm, converged, products."""
+        from study.dynamics_tables import step_frame
+
+        return step_frame(self.optuna)
+
+    def outcomes(self):
+        """One row per seed: the setting, seed, outcome, diverged_step, val_acc, peak_ratio, peak_step."""
+        from study.dynamics_tables import outcome_frame
+
+        return outcome_frame(self.optuna)
+
+    def figures(self, x: str = "leak", y: str = "sub") -> dict:
+        """The study's picture, by file name: each seed's ratio and loss along its first steps."""
+        from study.dynamics_plots import dynamics_figure
+
+        return {"dynamics": dynamics_figure(self.steps(), self.outcomes())}
+
+    def outcome_summary(self):
+        """One row per setting and rate: each outcome's count with its exact interval, and the peak
+        ratio of failed against trained seeds with its exact rank test."""
+        from study.dynamics_tables import outcome_summary
+
+        return outcome_summary(self.outcomes())

@@ -2,9 +2,16 @@
 against a cold start run to convergence, the ratio with each step's own rate, a probe that changes
 nothing, and the outcome classes on made-up loss curves."""
 
+import json
+
+import optuna
 import pytest
 
+from conftest import run_cli
 from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.design import DynamicsDesign
+from study.errors import FieldError
+from study.dynamics_tables import OUTCOMES
 from study.experiments.dynamics import FirstSteps, classify, seed_dynamics
 from study.experiments.sharpness import loss_hessian_of, top_eigenvalue
 from study.training import train
@@ -65,3 +72,28 @@ def test_the_probe_only_reads_the_seed_trains_as_it_does_alone(fashion):
 ])
 def test_outcome_classes_on_made_up_loss_curves(losses, diverged_step, val_acc, outcome):
     assert classify(losses, diverged_step, val_acc, threshold=0.5) == outcome
+
+
+@pytest.mark.slow
+def test_the_dynamics_command_prints_each_step_and_each_outcome_and_a_second_run_trains_nothing(tmp_path):
+    flags = ["dynamics", "--model", "mlp", "--widths", "32", "--leak", "0", "--sub", "0", "--lr", "0.2",
+             "--seeds", "0,1", "--steps", "3", "--max-steps", "12", "--json"]
+    proc = run_cli(*flags, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    steps, seeds = [r for r in rows if "step" in r], [r for r in rows if "outcome" in r]
+    assert [(r["seed"], r["step"]) for r in steps] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    for r in steps:
+        assert {"loss", "lambda_max", "ratio", "grad_norm", "converged"} <= set(r)
+        assert r["ratio"] == pytest.approx(0.2 * r["lambda_max"] / (2 * (1 + 0.85)), rel=1e-12)
+    assert [r["seed"] for r in seeds] == [0, 1] and all(r["outcome"] in OUTCOMES for r in seeds)
+    storage = f"sqlite:///{tmp_path}/studies/dynamics.db"
+    before = [(t.number, t.user_attrs) for t in optuna.load_study(study_name="dynamics", storage=storage).trials]
+    again = run_cli(*flags, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == proc.stdout
+    assert [(t.number, t.user_attrs) for t in optuna.load_study(study_name="dynamics", storage=storage).trials] == before
+
+
+def test_dynamics_runs_a_grid_only():
+    with pytest.raises(FieldError, match="the grid sampler only"):
+        DynamicsDesign(sampler="tpe")

@@ -23,7 +23,7 @@ LAYERS = {
                  "study.population"],
     "records and storage": ["study.records", "study.faults", "study.storage", "study.artifacts"],
     "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search", "study.edge_simulation"],
-    "readers": ["study.results", "study.plots", "study.edge_plots", "study.report", "study.views", "study.dashboard"],
+    "readers": ["study.results", "study.dynamics_tables", "study.dynamics_plots", "study.plots", "study.edge_plots", "study.report", "study.views", "study.dashboard"],
     "experiments": ["study.experiments", "study.experiments.sharpness", "study.experiments.signal", "study.experiments.dynamics",
                     "study.experiments.findings", "study.experiments.findings.plan",
                     "study.experiments.findings.claims", "study.experiments.findings.tables",

@@ -15,7 +15,7 @@ from pausing import PausedCommand
 from study.artifacts import Prefixed, artifact_store
 from study.axes import Range
 from study.config import ModelConfig, RunConfig, TrainConfig
-from study.design import StudyDesign, study_config, upgrade_stored_config
+from study.design import DynamicsDesign, StudyDesign, study_config, upgrade_stored_config
 from study.errors import BadInput, FieldError
 from study.ladder import EdgeDesign
 from study.place import StudyPlace
@@ -35,10 +35,13 @@ TINY_FLAGS = ["--model", "mlp", "--widths", "16", "--lr", "0.05", "--max-steps",
     (EdgeDesign(sub=(0.0, 0.4), lr=Range(0.05, 0.8, log=True), max_seeds=7, reliability=0.8, method="bisect"),
      RunConfig(train=TrainConfig(max_steps=9, dtype="float64"))),
     (EdgeDesign(lr=Range(0.05, 0.8, log=True), method="adaptive", precision=1.4, round_seeds=3), RunConfig()),
+    (DynamicsDesign(leak=(0.0, 0.1), lr=(0.1, 0.2), steps=4, catapult_factor=3.0, seeds=(0, 5)),
+     RunConfig(train=TrainConfig(diverge_factor=None, diverge_loss=100.0))),
 ])
 def test_the_stored_configuration_gives_back_the_design_that_stored_it(design, run):
     stored = study_config(design, run)
     assert config_differences(stored, study_config(design_of(stored), run_of(stored))) == []
+    assert type(design_of(stored)) is type(design)
 
 
 def test_a_study_stored_by_0_1_0_gives_back_its_design():

@@ -9,7 +9,7 @@ bound on a quadratic of that curvature), and the gradient's norm. The seed then 
 and is classed (`classify`):
   - `diverged`: stopped by the divergence rule, at its step;
   - `stalled`: ended at or below the accuracy threshold without diverging;
-  - `catapult`: trained, after its loss rose above CATAPULT_FACTOR times its first loss (and came back);
+  - `catapult`: trained, after its loss rose above `catapult_factor` (default 2) times its first loss;
   - `trained`: trained without such a rise.
 The probe only reads: the seed's weights, batches and result are those `train` gives alone.
 """
@@ -18,17 +18,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import optuna
 import torch
 from torch import nn
 
+from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST
+from study.design import CATAPULT_FACTOR, DynamicsDesign
 from study.experiments.sharpness import TOLERANCE, loss_hessian_of, top_eigenvalue
 from study.records import is_trained
+from study.runner import Search
 from study.training import TrainResult, train
 
-OUTCOMES = ("trained", "catapult", "diverged", "stalled")
-CATAPULT_FACTOR = 2.0  # a loss above twice its start that comes back: the catapult of Lewkowycz et al. 2020
 WARM_ITERATIONS = 100  # per step: a warm start needs few; a step that needs more is flagged unconverged
 
 
@@ -72,7 +74,7 @@ class FirstSteps:
 
 def classify(losses: list[float], diverged_step: int | None, val_acc: float, threshold: float,
              catapult_factor: float = CATAPULT_FACTOR) -> str:
-    """One of OUTCOMES for a finished seed: `losses` its training losses, step by step."""
+    """One of `study.dynamics_tables.OUTCOMES` for a finished seed: `losses` its training losses, step by step."""
     if diverged_step is not None:
         return "diverged"
     if not is_trained(val_acc, threshold):
@@ -81,8 +83,27 @@ def classify(losses: list[float], diverged_step: int | None, val_acc: float, thr
 
 
 def seed_dynamics(config: RunConfig, steps: int, threshold: float, data: FashionMNIST | None = None,
-                  progress: bool = False) -> tuple[list[StepPoint], TrainResult, str]:
+                  catapult_factor: float = CATAPULT_FACTOR, progress: bool = False,
+                  ) -> tuple[list[StepPoint], TrainResult, str]:
     """The first `steps` of `config`'s seed measured, its result trained to the end, and its outcome."""
     first = FirstSteps(config.train.seed, steps, config.optim.momentum)
     result = train(config, data, progress, probe=first)
-    return first.points, result, classify(result.losses, result.diverged_step, result.val_acc, threshold)
+    return first.points, result, classify(result.losses, result.diverged_step, result.val_acc, threshold,
+                                          catapult_factor)
+
+
+class DynamicsSearch(Search):
+    """The driver of a `DynamicsDesign` study: every seed trained alone (its first steps measured by
+    the probe), stored with its `first_steps` and `outcome` beside the ordinary record."""
+
+    design: DynamicsDesign
+
+    def _train_round(self, models: list[tuple[optuna.Trial, dict, int]], records: dict[int, dict[int, dict]],
+                     size: int) -> None:
+        for trial, params, seed in models:  # one at a time, whatever `size`: the probe follows one model
+            self.bar.set_description(f"{describe_setting(params)} seed {seed}")
+            points, result, outcome = seed_dynamics(self._run_config(params, seed), self.design.steps,
+                                                    self.design.train_threshold, self.data,
+                                                    self.design.catapult_factor)
+            measured = {"first_steps": [point.to_dict() for point in points], "outcome": outcome}
+            records[trial.number][seed] = self._store_seed(trial, params, seed, result, measured)
