@@ -21,6 +21,8 @@ the larger one (a separated level's plain fit is a step, its likelihood the supr
     then its exponent is a summary, not a law.
   - `same_exponent_p`: several settings' laws with one exponent against one each, against chi2
     (df = settings - 1).
+Levels with no law between them (warm-up 0, 5, 20 steps) are compared by `same_curve_p`: one curve
+for all against one location per level, by parametric bootstrap.
 """
 
 from __future__ import annotations
@@ -180,3 +182,30 @@ def _arrays(lrs, trained, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not len(x) == len(c) == len(y) or len(y) == 0:
         raise ValueError("a law needs one rate, outcome and base per seed")
     return x, c, y
+
+
+def same_curve_p(lrs, trained, levels, links: tuple[str, ...] = LINKS, draws: int | None = None) -> float:
+    """p of the test that every level (warm-up steps, say: levels with no law between them) shares
+    one curve, against one location per level with the slope shared (L - 1 more parameters): twice
+    the plain log-likelihood ratio, its p by parametric bootstrap from the shared curve's penalised
+    fit (`draws`, default FIT_DRAWS), as `fit_p` and for its reason. lrs, trained, levels: per seed."""
+    x, _, y = _arrays(lrs, trained, np.ones(len(lrs)))
+    level = np.unique(np.asarray(levels), return_inverse=True)[1]
+    if level.max() < 1 or y.all() or not y.any():
+        return math.nan
+    x = x - x.mean()
+    shared = np.column_stack([np.ones_like(x), x])
+    apart = np.column_stack([np.eye(level.max() + 1)[level], x])
+    fits = [(link, Likelihood(shared, y, link).maximum(np.array([0.0, -2.0]))) for link in links]
+    link, (beta, _) = max(fits, key=lambda fit: fit[1][1])
+    p_trained = np.exp(Likelihood(shared, y, link).log_p(shared @ beta))
+
+    def statistic(outcomes: np.ndarray) -> float:
+        one = Likelihood(shared, outcomes, link, firth=False).maximum(beta)[1]
+        each = Likelihood(apart, outcomes, link, firth=False).maximum(
+            np.concatenate([np.full(level.max() + 1, beta[0]), beta[1:]]))[1]
+        return max(2 * (each - one), 0.0)
+
+    observed, rng = statistic(y), np.random.default_rng(0)
+    drawn = [statistic(rng.random(len(y)) < p_trained) for _ in range(FIT_DRAWS if draws is None else draws)]
+    return (1 + sum(value >= observed for value in drawn)) / (len(drawn) + 1)

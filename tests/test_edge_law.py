@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import special
 
-from study.edge_law import fit_law, same_exponent_p
+from study.edge_law import fit_law, same_curve_p, same_exponent_p
 from study.results import LAW_COLUMNS, law_table
 
 MOMENTA = (0.0, 0.5, 0.85, 0.9)
@@ -88,3 +88,12 @@ def test_the_law_table_has_a_row_per_setting_and_axis_that_varies(monkeypatch):
     assert table["momentum"].isna().all() and (table["levels"] == 4).all() and table["fit_p"].between(0.1, 1).all()
     assert table["same_exponent_p"].nunique() == 1 and 0 <= table["same_exponent_p"].iloc[0] <= 1
     assert law_table(pd.DataFrame(rows[:40])).empty  # one momentum: no law
+
+
+def test_levels_with_one_curve_are_told_from_levels_whose_curve_moved():
+    rng = np.random.default_rng(6)
+    same = draw(rng, exponent=0.0, bases=(1.0, 2.0, 3.0))  # one lr90 at every level
+    assert same_curve_p(*same, draws=49) > 0.05
+    moved = draw(rng, exponent=0.0, bases=(1.0, 2.0, 3.0), lr90_of={1.0: 0.1, 2.0: 0.3, 3.0: 0.9}.get)
+    assert same_curve_p(*moved, draws=49) == 1 / 50
+    assert math.isnan(same_curve_p([0.1, 0.2], [True, False], [0, 0]))  # one level
