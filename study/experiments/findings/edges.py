@@ -35,6 +35,10 @@ def edge_section(grid: pd.DataFrame, seeds: pd.DataFrame, design: EdgeDesign, mi
                            "lr50 (95% CI)": interval(r, "lr50"), "slope": r["slope"], "link": r["link"],
                            "trainings": r["trainings"]} for r in rows])
     order = claims.monotonicity(seeds)
+    twins = [" and ".join(setting_name(r) for r in group.to_dict("records"))
+             for _, group in grid.groupby(["lr90", "lr90_low", "lr90_high", "trainings"]) if len(group) > 1]
+    same = ("" if not twins else " Settings with the same number trained at the same rates get the same curve (the "
+            "adaptive method's next rate follows from those counts alone): " + "; ".join(twins) + ".")
     adaptive = design.adaptive()
     precise = sum(r["lr90_high"] / r["lr90_low"] <= design.precision for r in rows)
     return "\n".join([
@@ -58,7 +62,7 @@ def edge_section(grid: pd.DataFrame, seeds: pd.DataFrame, design: EdgeDesign, mi
         f"The curve assumes that a higher rate never trains more seeds. Checked on the probes: of "
         f"{order['pairs']} pairs of probes of one setting, the higher rate trained a larger share in "
         f"{order['higher_trained_more']}, by more than chance (Fisher's exact test, one-sided, p < {ALPHA:g}, "
-        f"uncorrected) in {order['significant']}. Failures: {claims.failure_modes(seeds)}.",
+        f"uncorrected) in {order['significant']}. Failures: {claims.failure_modes(seeds)}.{same}",
         "",
         *[f"![{p.stem}](findings/{p.name})" for p in pictures if p.stem in ("edge_heatmap", "edge_curves")],
     ])
