@@ -51,7 +51,9 @@ def edge_section(grid: pd.DataFrame, seeds: pd.DataFrame, design: EdgeDesign, mi
         f"least known, {design.round_seeds} fresh seeds at a time, until lr90's interval was within "
         f"x{design.precision:g} or the setting had {design.max_trainings} trainings: within x{design.precision:g} "
         f"for {precise} of {len(rows)} settings. {int(grid['trainings'].sum())} trainings, {minutes:.0f} min "
-        f"(the search's wall time). '?' marks an end the data cannot bound.",
+        f"(the search's wall time). '?' marks an end the data cannot bound. The second edition's bisection and "
+        f"its sequential verdicts are not used: their error rates held only at the two shares the test weighed "
+        f"(0.9 against 0.6), and a rung between them could be called either way.",
         "",
         f"The lesson's lr {LESSON_LR:g} lies below the whole interval for {len(below)} of {len(rows)} settings (their "
         f"curve has more than 90% of seeds training there) and above it for {len(above)}: "
