@@ -194,7 +194,7 @@ class Dynamics(Study):
 
     def outcome_summary(self):
         """One row per setting and rate: each outcome's count with its exact interval, and the peak
-        ratio of failed against trained seeds with its exact rank test."""
+        ratio of diverged against trained seeds over their common first steps, with its rank test."""
         from study.dynamics_tables import outcome_summary
 
-        return outcome_summary(self.outcomes())
+        return outcome_summary(self.outcomes(), self.steps())

@@ -25,6 +25,12 @@ RELIABLE = EdgeDesign.reliability
 HOLDS, DOES_NOT_HOLD = "holds", "does not hold"
 
 
+def seeds_to_hold() -> int:
+    """The fewest seeds with which "trains reliably" can hold: all of them trained, and the exact
+    interval's lower end then at RELIABLE or above (36 for 0.9)."""
+    return next(n for n in range(1, 1000) if clopper_pearson(n, n)[0] >= RELIABLE)
+
+
 def not_established(n: int) -> str:
     return f"not established with {n} seeds"
 
@@ -86,7 +92,8 @@ def trains_reliably(statement: str, setting: Outcomes) -> Verdict:
     end below it; otherwise not established, saying what the lower end does establish."""
     low, high = clopper_pearson(setting.k, setting.n)
     verdict = (HOLDS if low >= RELIABLE else DOES_NOT_HOLD if high < RELIABLE else
-               f"{not_established(setting.n)}; more than {low:.2f} of seeds train")
+               f"{not_established(setting.n)}; at least {math.floor(low * 100) / 100:.2f} of seeds train "
+               "(the interval's lower end)")
     return Verdict(statement, f"{setting.name}: {setting.share()}; {setting.failures()}", verdict,
                    f"exact interval against {RELIABLE:g}")
 
@@ -101,8 +108,9 @@ def fails_for_some(statement: str, setting: Outcomes) -> Verdict:
     failed = sorted(seed for seed, (trained, _, _) in setting.seeds.items() if not trained)
     low, high = clopper_pearson(setting.n - setting.k, setting.n)
     evidence = (f"{setting.name}: {setting.share()}; failed seeds {', '.join(map(str, failed)) or 'none'}; "
-                f"failure rate {low:.2f}-{high:.2f}")
-    return Verdict(statement, evidence, HOLDS if failed else DOES_NOT_HOLD,
+                f"failure rate 95% CI {low:.2f}-{high:.2f}")
+    verdict = HOLDS if failed else f"no failure in {setting.n} seeds (failure rate at most {high:.2f})"
+    return Verdict(statement, evidence, verdict,
                    "count of failed seeds (our seeds are not the lesson's: its seed 1 has no match here)")
 
 
@@ -124,15 +132,17 @@ def more_accurate(statement: str, better: Outcomes, worse: Outcomes, on: str = "
     accuracy = ((lambda o, s: o.seeds[s][1]) if on == "val" else (lambda o, s: o.test[s]))
     differences = np.array([accuracy(better, s) - accuracy(worse, s) for s in both])
     if len(both) < 2 or not differences.any():
+        reason = "too few seeds trained with both" if len(both) < 2 else "every difference is zero"
         return Verdict(statement, f"{better.name} and {worse.name}: {len(both)} seeds trained with both",
-                       not_established(len(both)),
-                       "Wilcoxon signed-rank: too few seeds trained with both")
+                       not_established(len(both)), f"Wilcoxon signed-rank: {reason}")
     p = wilcoxon_exact(differences)
+    nonzero = differences[differences != 0]
+    signed_ranks = float((np.sign(nonzero) * stats.rankdata(np.abs(nonzero))).sum())  # W+ - W-: the test's side
     images = "validation" if on == "val" else "test-file"
     evidence = (f"{images} accuracy on the {len(both)} seeds both trained: {better.name} "
                 f"{np.mean([accuracy(better, s) for s in both]):.3f}, {worse.name} "
                 f"{np.mean([accuracy(worse, s) for s in both]):.3f} (median difference {np.median(differences):+.3f})")
-    return Verdict(statement, evidence, _direction(p, float(np.median(differences)), len(both)),
+    return Verdict(statement, evidence, _direction(p, signed_ranks, len(both)),
                    f"Wilcoxon signed-rank, exact, p = {p:.2g}", p, len(both))
 
 
@@ -190,12 +200,16 @@ def failure_modes(seeds: pd.DataFrame) -> str:
 
 
 def rank_agreement(bounds: list[float], edges: list[float]) -> tuple[float, float]:
-    """Spearman's rank correlation of the sharpness bound with the measured edge, and its p-value;
-    NaN for both where either does not vary."""
+    """Spearman's rank correlation of the sharpness bound with the measured edge, and its two-sided
+    permutation p-value; NaN for both where either does not vary."""
     if len(set(bounds)) < 2 or len(set(edges)) < 2:
         return math.nan, math.nan
-    result = stats.spearmanr(bounds, edges)
-    return float(result.statistic), float(result.pvalue)
+    rho = float(stats.spearmanr(bounds, edges).statistic)
+    # The permutation p (every pairing where there are few, else 9,999 seeded ones): the t approximation
+    # of spearmanr is off with a handful of settings and ties.
+    test = stats.permutation_test((bounds,), lambda b: stats.spearmanr(b, edges).statistic,
+                                  permutation_type="pairings", n_resamples=9_999, rng=0)
+    return rho, float(test.pvalue)
 
 
 def sharper_seeds_diverge(failed: list[float], trained: list[float]) -> tuple[float, str]:
@@ -204,6 +218,7 @@ def sharper_seeds_diverge(failed: list[float], trained: list[float]) -> tuple[fl
     if not failed or not trained:
         return math.nan, "no comparison: every seed had the same outcome"
     p = float(stats.mannwhitneyu(failed, trained, alternative="greater").pvalue)
-    n = len(failed) + len(trained)
+    smallest = 1 / math.comb(len(failed) + len(trained), len(failed))  # every failed seed sharper than every trained
     return p, ("the failed seeds started sharper" if p < ALPHA else
-               f"the failed seeds cannot be told apart by their lambda_max at init with {n} seeds")
+               f"the failed seeds are not shown to start sharper (with {len(failed)} against {len(trained)} "
+               f"seeds p cannot fall below {smallest:.2g})")

@@ -8,6 +8,7 @@ complete and the sharpness values are cached beside the database.
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_R
 from study.experiments.findings.tables import lesson_outcome
 from study.experiments.signal import agreement, fixed_point_variance, run_signal, save_signal, signal_frame
 from study.plots import activation_figure, save_figures
+from study.reliability import clopper_pearson
 from study.records import study_threshold
 from study.results import edge_table, probe_frame, seed_frame, wall_time
 from study.runner import run_study
@@ -103,10 +105,14 @@ def _header(plan: FindingsPlan, studies: list, seconds: float) -> str:
         "0.1). A share of seeds is k/n with its exact (Clopper-Pearson) 95% interval. A setting *trains reliably* "
         f"when at least {claims.RELIABLE:g} of its seeds train: that holds only when the interval's lower end is at "
         f"or above {claims.RELIABLE:g}, does not hold when its upper end is below, and is otherwise *not established*, "
-        "with what the lower end does establish (\"more than 0.62 of seeds train\"). Comparisons use McNemar's "
-        "exact test on shared seeds (trained or not) and Wilcoxon's signed-rank test, exact (every sign pattern, "
-        "ties at their mean rank), on the seeds both settings trained (accuracy), with Holm's correction over "
-        "each table; \"not established with n seeds\" is a verdict. The edge is a fitted curve (section 1).",
+        "with what the lower end does establish (\"at least 0.62 of seeds train\"); with "
+        f"{plan.seeds} seeds even {plan.seeds}/{plan.seeds} establishes only at least "
+        f"{math.floor(clopper_pearson(plan.seeds, plan.seeds)[0] * 100) / 100:.2f}, and the claim can hold only "
+        f"from {claims.seeds_to_hold()} seeds, all trained. Comparisons use McNemar's exact test on shared seeds "
+        "(trained or not) and Wilcoxon's signed-rank test, exact (every sign pattern, ties at their mean rank, "
+        "zero differences dropped), on the seeds both settings trained (accuracy), with Holm's correction over "
+        "each table of verdicts (sections 2 and 6); the p-values elsewhere (sections 1, 3 and 4) are uncorrected "
+        "and descriptive. \"not established with n seeds\" is a verdict. The edge is a fitted curve (section 1).",
     ])
 
 
@@ -168,7 +174,7 @@ def _lesson_section(plan: FindingsPlan, outcomes: dict) -> str:
 def _signal_section(plan: FindingsPlan, profiles, predictions, paths: dict) -> str:
     net = plan.signal
     rows = ["| setting | layer-%d variance, measured / mean-field | mean | pair correlation, layer 1 -> %d | "
-            "largest variance error | q* (sub > 0) |" % (net.depth, net.depth), "|---|---|---|---|---|---|"]
+            "largest variance error | q*, zero biases (sub > 0) |" % (net.depth, net.depth), "|---|---|---|---|---|---|"]
     for prediction in predictions:
         mine = [p for p in profiles if (p.leak, p.sub) == (prediction.leak, prediction.sub)]
         errors = agreement(profiles, prediction)
@@ -189,11 +195,12 @@ def _signal_section(plan: FindingsPlan, profiles, predictions, paths: dict) -> s
         "and q' = g^2 E[a^2] + b with g^2 = 2 / (1 + leak^2) (Kaiming) and b = 1 / (3 fan_in) for PyTorch's biases; "
         "pairs of images follow the arc-cosine kernel (study/experiments/signal.py states it).",
         "",
-        "By construction, not findings: with sub = 0 Kaiming's gain makes q' = q; the backward gain per layer is "
+        "By construction, not findings: with sub = 0 and zero biases Kaiming's gain makes q' = q (this net's "
+        "biases add b per layer); the backward gain per layer is "
         "init_scale^2 = 1 whatever leak and sub (the grey line in the last panel); seed s draws the same standard "
-        "normals for every setting (settings are paired on seeds). Derived from the formulas (and measured below): "
-        "with sub > 0 the variance has the fixed point q* = pi sub^2 / (2 (1 - leak)^2) (zero biases), where the "
-        "mean activation is -sub / 2.",
+        "normals for every setting (settings are paired on seeds). Derived from the formulas: with sub > 0 and zero "
+        "biases the variance has the fixed point q* = pi sub^2 / (2 (1 - leak)^2), where the mean activation is "
+        "-sub / 2 (the table's last column; this net's biases move it).",
         "",
         *rows,
         "",
