@@ -220,5 +220,5 @@ def sharper_seeds_diverge(failed: list[float], trained: list[float]) -> tuple[fl
     p = float(stats.mannwhitneyu(failed, trained, alternative="greater").pvalue)
     smallest = 1 / math.comb(len(failed) + len(trained), len(failed))  # every failed seed sharper than every trained
     return p, ("the failed seeds started sharper" if p < ALPHA else
-               f"the failed seeds are not shown to start sharper (with {len(failed)} against {len(trained)} "
-               f"seeds p cannot fall below {smallest:.2g})")
+               f"the failed seeds are not shown to start sharper, and with {len(failed)} against {len(trained)} "
+               f"seeds p cannot fall below {smallest:.2g}")

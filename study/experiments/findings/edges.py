@@ -113,9 +113,10 @@ def _law_sentence(law: pd.Series, axis: str, name: str) -> str:
     if math.isnan(law["exponent"]):
         return f"No law: {law['levels']} levels, {law['k']} of {law['n']} seeds trained."
     low, high = law["exponent_low"], law["exponent_high"]
+    def number(value: float) -> str:
+        return "?" if math.isnan(value) else f"{value:.2f}".replace("-0.00", "0.00")
     text = (f"lr90 ~ {'(1 - momentum)' if axis == 'momentum' else 'init_scale'}^{name}, {name} = "
-            f"{law['exponent'] + 0.0:.2f} [{'?' if math.isnan(low) else f'{low:.2f}'}, "
-            f"{'?' if math.isnan(high) else f'{high:.2f}'}] (95%), {law['link']}, {law['n']} seeds at "
+            f"{number(law['exponent'])} [{number(low)}, {number(high)}] (95%), {law['link']}, {law['n']} seeds at "
             f"{law['levels']} levels")
     if law["levels"] < 3:
         text += (f"; with two levels any two points fit a power law: law fit p = {law['fit_p']:.2g} tests only "
