@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from study.axes import NAMES as AXIS_NAMES
 from study.plots import lazy_seaborn
@@ -87,9 +87,13 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
     for ax, setting, edge in zip(axes.flat, settings, table.to_dict("records")):
         mine = probes[(probes[list(setting)] == pd.Series(setting)).all(axis=1)].sort_values("lr")
         fraction = mine["trained"] / mine["n_seeds"]
-        ax.fill_between(mine["lr"], mine["ci_low"], mine["ci_high"], color="tab:blue", alpha=0.2,
-                        label="exact 95% interval")
-        ax.plot(mine["lr"], fraction, "o-", color="tab:blue", ms=4, label="seeds trained (k/n)")
+        if ticks is not None:  # rungs: a band and a line along them
+            ax.fill_between(mine["lr"], mine["ci_low"], mine["ci_high"], color="tab:blue", alpha=0.2,
+                            label="exact 95% interval")
+            ax.plot(mine["lr"], fraction, "o-", color="tab:blue", ms=4, label="seeds trained (k/n)")
+        else:  # continuous rates, some probed twice: each probe on its own, no line to zigzag between them
+            ax.errorbar(mine["lr"], fraction, yerr=[fraction - mine["ci_low"], mine["ci_high"] - fraction], fmt="o",
+                        color="tab:blue", ms=4, elinewidth=0.8, alpha=0.7, label="seeds trained (k/n, exact 95%)")
         for lr, k, n in zip(mine["lr"], mine["trained"], mine["n_seeds"]):
             ax.annotate(f"{k}/{n}", (lr, k / n), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
         if not np.isnan(edge["max_stable_lr"]):
@@ -107,6 +111,9 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
             ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.tick_params(axis="x", labelsize=7)
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.05, 0.1, 0.2, 0.5, ...
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis overlap here
         ax.set_ylim(-0.05, 1.12)
         ax.set_title(", ".join(f"{name} {setting[name]:g}" for name in ("leak", "sub", *varying)), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -114,8 +121,8 @@ def edge_curves_figure(probes: pd.DataFrame, table: pd.DataFrame) -> Figure:
         ax.set_visible(False)
     handles = [h for ax in (axes.flat[0], accuracy) for h in ax.get_legend_handles_labels()[0]]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8)
-    fig.supxlabel("learning rate\ngrey: the fitted curve; green: lr90 and its 95% interval; dashed: the largest "
-                  "stable rung", fontsize=8)
+    fig.supxlabel("learning rate\ngrey: the fitted curve; green: lr90 and its 95% interval"
+                  + ("; dashed: the largest stable rung" if table["max_stable_lr"].notna().any() else ""), fontsize=8)
     fig.supylabel("fraction of seeds trained", fontsize=9)
     return fig
 

@@ -219,6 +219,8 @@ def sharper_seeds_diverge(failed: list[float], trained: list[float]) -> tuple[fl
         return math.nan, "no comparison: every seed had the same outcome"
     p = float(stats.mannwhitneyu(failed, trained, alternative="greater").pvalue)
     smallest = 1 / math.comb(len(failed) + len(trained), len(failed))  # every failed seed sharper than every trained
-    return p, ("the failed seeds started sharper" if p < ALPHA else
-               f"the failed seeds are not shown to start sharper, and with {len(failed)} against {len(trained)} "
-               f"seeds p cannot fall below {smallest:.2g}")
+    if p < ALPHA:
+        return p, "the failed seeds started sharper"
+    floor = (f", and with {len(failed)} against {len(trained)} seeds p cannot fall below {smallest:.2g}"
+             if smallest >= ALPHA else "")
+    return p, f"the failed seeds are not shown to start sharper{floor}"

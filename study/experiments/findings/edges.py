@@ -98,9 +98,12 @@ def law_section(plan: FindingsPlan, edges: dict, grid: pd.DataFrame) -> str:
                       markdown_table(pd.DataFrame([{axis: r[axis], "lr90 (95% CI)": interval(r), "trainings": r["trainings"]}
                                                    for r in rows.to_dict("records")])),
                       "", _law_sentence(law, axis, name)]
-        same = laws[laws["axis"] == axis]["same_exponent_p"].iloc[0]
+        mine = laws[laws["axis"] == axis]
+        same = mine["same_exponent_p"].iloc[0]
+        unfit = bool((mine["fit_p"] < ALPHA).any())
         lines += ["", f"One {name} for {' and '.join(setting_name(dict(leak=l, sub=s)) for l, s in plan.shifted)}: "
                       + ("not tested (one setting)" if math.isnan(same) else
+                         "not compared: the law does not describe the levels of every setting" if unfit else
                          f"rejected (likelihood ratio, chi2 approximate, p = {same:.2g}): their exponents differ"
                          if same < ALPHA else
                          f"not rejected (likelihood ratio, chi2 approximate, p = {same:.2g}): their exponents cannot "
