@@ -112,8 +112,10 @@ def test_the_edge_studies_are_the_ones_the_edge_command_makes(plan):
 
 
 def _table(text: str, heading: str) -> list[list[str]]:
+    """The rows of the section's table of verdicts (the one headed "| statement")."""
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| statement")]
+    verdicts = section.split("| statement", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in verdicts.splitlines()[1:] if line.startswith("| ")]
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
 
 
@@ -180,8 +182,9 @@ def test_findings_quick_writes_verdicts_that_a_recomputation_from_the_stored_tri
                     images = 2 if heading == "## 6." else 1  # section 6 compares on the test file
                     differences = [first[images][s] - second[images][s] for s in both]
                     p = stats.wilcoxon(differences, method=stats.PermutationMethod(n_resamples=np.inf)).pvalue
-                    recomputed.append((verdict, p, sorted(differences)[len(differences) // 2] if differences else 0,
-                                       len(both), test))
+                    nonzero = np.array([d for d in differences if d != 0])
+                    side = float((np.sign(nonzero) * stats.rankdata(np.abs(nonzero))).sum()) if len(nonzero) else 0
+                    recomputed.append((verdict, p, side, len(both), test))  # W+ - W-: the side the test found
         adjusted = _holm([p for _, p, _, _, _ in recomputed])
         for (verdict, p, direction, n, test), p_holm in zip(recomputed, adjusted):
             assert f"p = {p:.2g}" in test and f"Holm {p_holm:.2g}" in test
