@@ -40,9 +40,9 @@ def test_the_exponent_is_recovered_with_an_interval_around_it():
 @pytest.mark.slow
 def test_the_exponents_interval_covers_the_true_one_at_least_93_percent_of_the_time():
     rng = np.random.default_rng(2026)
-    laws = [fit_law(*draw(rng, exponent=0.5), fit_draws=0) for _ in range(60)]
+    laws = [fit_law(*draw(rng, exponent=0.5), fit_draws=0) for _ in range(40)]
     covered = sum(law.exponent_low <= 0.5 <= law.exponent_high for law in laws)
-    assert covered >= 56  # 0.933 of 60
+    assert covered >= 38  # 0.95 of 40
 
 
 def test_the_fit_test_rejects_levels_that_follow_no_power_law_and_not_those_that_do():
