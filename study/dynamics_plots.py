@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from study import axes
 from study.axes import describe_setting
@@ -30,8 +30,12 @@ def dynamics_figure(steps: pd.DataFrame, outcomes: pd.DataFrame) -> Figure:
         panels[0, column].axhline(1.0, color="black", linestyle=":", linewidth=0.8)
         panels[0, column].set_title(describe_setting(values).replace(", lr", "\nlr"), fontsize=7)
         panels[1, column].set_xlabel("optimiser step")
+        panels[1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
         for row in (0, 1):
             panels[row, column].set_yscale("log")
+            # Ticks at 1, 2, 5 per decade: a panel within one decade still gets numbers.
+            panels[row, column].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            panels[row, column].yaxis.set_major_formatter(FormatStrFormatter("%g"))
             panels[row, column].yaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a log axis
     panels[0, 0].set_ylabel("lr x lambda_max / (2 (1 + mu))")
     panels[1, 0].set_ylabel("training loss (the step's batch)")

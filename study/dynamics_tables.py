@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
@@ -12,7 +13,7 @@ from scipy import stats
 
 from study import axes
 from study.records import fixed_values, seed_records, setting_of
-from study.reliability import clopper_pearson
+from study.reliability import clopper_pearson, holm
 
 OUTCOMES = ("trained", "catapult", "diverged", "stalled")
 STEP_COLUMNS = ("seed", "step", "loss", "lambda_max", "ratio", "grad_norm", "converged", "products")
@@ -75,3 +76,61 @@ def outcome_summary(outcomes: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame
                      "peak_ratio_p": p})
     return pd.DataFrame(rows, columns=[*axes.NAMES, "n", *OUTCOMES, "common_steps", "peak_ratio_diverged",
                                        "peak_ratio_trained", "peak_ratio_p"])
+
+
+def ratio_by_step(outcomes: pd.DataFrame, steps: pd.DataFrame, draws: int = 9_999) -> pd.DataFrame:
+    """From which step on the seeds that diverged are told apart from those that trained (trained or
+    catapult) by how far they had gone beyond the bound: one row per step t, each seed's peak ratio
+    over steps 0..t (converged values), compared within each stratum (setting and rate, every axis)
+    whose seeds were all measured through t and which holds both groups. Columns: step, strata,
+    diverged and trained (seeds), their medians, `auc` (the mean over strata of P(a diverged seed's
+    peak > a trained seed's)) and `p`, two-sided, of the stratified rank-sum test (the sum over
+    strata of auc - 1/2, outcomes permuted within strata, `draws` seeded permutations), and `p_holm`
+    over the steps. Outcomes and steps as for `outcome_summary`; a seed stopped before t (diverged
+    early) ends its stratum at t."""
+    keys = list(axes.NAMES)
+    strata = []  # per stratum: (diverged seeds, trained seeds, that stratum's steps, measured through)
+    for setting, group in outcomes.groupby(keys, sort=True):
+        mine = steps[(steps[keys] == pd.Series(dict(zip(keys, setting)))).all(axis=1)]
+        through = int(mine.groupby("seed")["step"].count().reindex(group["seed"], fill_value=0).min())
+        diverged = set(group[group["outcome"] == "diverged"]["seed"])
+        trained = set(group[group["outcome"].isin(("trained", "catapult"))]["seed"])
+        usable = mine[mine["converged"].astype(bool) & mine["ratio"].notna()]
+        if diverged and trained:
+            strata.append((diverged, trained, usable, through))
+    rows, rng = [], np.random.default_rng(0)
+    for step in range(max((through for *_, through in strata), default=0)):
+        parts = []  # (ranks of the stratum's peaks, how many diverged); diverged seeds first
+        medians = {"diverged": [], "trained": []}
+        for diverged, trained, usable, through in strata:
+            if step >= through:
+                continue
+            peaks = usable[usable["step"] <= step].groupby("seed")["ratio"].max()
+            first, second = peaks[peaks.index.isin(diverged)], peaks[peaks.index.isin(trained)]
+            if len(first) and len(second):
+                parts.append((stats.rankdata(np.concatenate([first, second])), len(first)))
+                medians["diverged"] += list(first)
+                medians["trained"] += list(second)
+        if not parts:
+            continue
+        observed = sum(_auc(ranks[:k], len(ranks) - k) for ranks, k in parts) - len(parts) / 2
+        drawn = np.zeros(draws)
+        for ranks, k in parts:
+            chosen = rng.random((draws, len(ranks))).argsort(axis=1)[:, :k]
+            drawn += _auc(ranks[chosen], len(ranks) - k) - 0.5
+        rows.append({"step": step, "strata": len(parts), "diverged": len(medians["diverged"]),
+                     "trained": len(medians["trained"]), "median_diverged": float(np.median(medians["diverged"])),
+                     "median_trained": float(np.median(medians["trained"])),
+                     "auc": 0.5 + observed / len(parts),
+                     "p": (1 + int((np.abs(drawn) >= abs(observed) - 1e-12).sum())) / (draws + 1)})
+    frame = pd.DataFrame(rows, columns=["step", "strata", "diverged", "trained", "median_diverged", "median_trained",
+                                        "auc", "p"])
+    frame["p_holm"] = holm(list(frame["p"])) if len(frame) else []
+    return frame
+
+
+def _auc(first_ranks: np.ndarray, others: int) -> np.ndarray:
+    """P(a value of the first group > one of the others) from the first group's ranks among both
+    (ties counting one half): Mann-Whitney's U / (n1 n2). first_ranks: (..., n1)."""
+    n1 = first_ranks.shape[-1]
+    return (first_ranks.sum(axis=-1) - n1 * (n1 + 1) / 2) / (n1 * others)

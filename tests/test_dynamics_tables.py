@@ -1,12 +1,13 @@
 """A dynamics study's summary per setting and rate, on made-up seeds: counts with exact intervals,
 and the peak ratio of diverged against trained seeds over their common first steps."""
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
 from study import axes
-from study.dynamics_tables import OUTCOMES, outcome_summary
+from study.dynamics_tables import OUTCOMES, outcome_summary, ratio_by_step
 from study.reliability import clopper_pearson
 
 SETTING = {name: 0.0 for name in axes.NAMES} | {"init_scale": 1.0, "momentum": 0.85}
@@ -39,3 +40,38 @@ def test_each_setting_and_rate_counts_its_outcomes_and_compares_peaks_over_the_c
     exact = stats.mannwhitneyu(diverged, trained, method="exact").pvalue
     assert table.loc[0.2, "peak_ratio_p"] == pytest.approx(exact)  # 0.1: three against three cannot go lower
     assert pd.isna(table.loc[0.1, "peak_ratio_p"]) and table.loc[0.1, "trained"].startswith("3/3")
+
+
+def test_by_step_the_pooled_test_finds_the_step_from_which_diverged_seeds_peak_higher():
+    """Two rates (strata): until step 1 the groups' ratios interleave, from step 2 every diverged seed
+    has peaked above every trained one; a third rate with trained seeds only takes no part."""
+    rng = np.random.default_rng(1)
+    parts = []
+    for lr in (0.2, 0.3):
+        seeds = [("trained", [1.0 + rng.random(), 1.0 + rng.random(), 1.5, 1.4], None) for _ in range(6)]
+        seeds += [("diverged", [1.0 + rng.random(), 1.0 + rng.random(), 5.0, 4.0], None) for _ in range(5)]
+        parts.append(frames(lr, seeds))
+    parts.append(frames(0.1, [("trained", [0.5, 0.5, 0.5, 0.5], None)] * 3))
+    outcomes, steps = (pd.concat(frame) for frame in zip(*parts))
+    table = ratio_by_step(outcomes, steps, draws=1999).set_index("step")
+    assert list(table.index) == [0, 1, 2, 3] and (table["strata"] == 2).all()
+    assert (table["diverged"] == 10).all() and (table["trained"] == 12).all()
+    assert (table.loc[[2, 3], "auc"] == 1.0).all() and (table.loc[[2, 3], "p_holm"] < 0.01).all()
+    assert table.loc[2, "median_diverged"] == 5.0 and table.loc[2, "median_trained"] < 2.0
+    # Step 0 against scipy's Mann-Whitney within each stratum: the pooled AUC is their mean.
+    aucs = []
+    for lr in (0.2, 0.3):
+        first = steps[(steps["lr"] == lr) & (steps["step"] == 0)].merge(outcomes)
+        diverged = first[first["outcome"] == "diverged"]["ratio"]
+        trained = first[first["outcome"] == "trained"]["ratio"]
+        aucs.append(stats.mannwhitneyu(diverged, trained).statistic / (len(diverged) * len(trained)))
+    assert table.loc[0, "auc"] == pytest.approx(np.mean(aucs))
+
+
+def test_by_step_a_stratum_ends_at_the_last_step_all_its_seeds_were_measured_at():
+    outcomes, steps = frames(0.2, [("trained", [1.0, 1.1, 1.2], None), ("trained", [1.15, 1.0, 1.3], None),
+                                   ("diverged", [2.0, 3.0], None)])  # stopped after step 1
+    table = ratio_by_step(outcomes, steps, draws=99)
+    assert list(table["step"]) == [0, 1]
+    # The diverged seed peaks highest at both steps, but one of three is the highest in 2/3 of orders.
+    assert (table["auc"] == 1.0).all() and (table["p"] > 0.5).all()

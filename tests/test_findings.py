@@ -14,7 +14,7 @@ from conftest import run_cli
 from study.cli import RUN_CONFIGS, build_parser
 from study.config import RunConfig
 from study.axes import NAMES as SEARCHED
-from study.design import study_config
+from study.design import DynamicsDesign, study_config
 from study.place import StudyPlace
 from study.experiments.findings import FULL, QUICK, claims
 from study.flags import config_from_flags
@@ -111,6 +111,22 @@ def test_the_edge_studies_are_the_ones_the_edge_command_makes(plan):
     assert config_from_flags(StudyPlace, args) == plan.place("findings-edge")
 
 
+def test_the_dynamics_studies_are_the_ones_the_dynamics_command_makes():
+    """Placed at the grid's lr90 and lr50 to two digits; the lesson's lr added for (.2, .4); the warm-up
+    study at lr50 only; and each the same as `python -m study dynamics` with the same flags."""
+    grid = pd.DataFrame([{"leak": leak, "sub": sub, "lr90": 0.1 + leak, "lr50": 0.2345 + leak}
+                         for leak, sub in FULL.warmup_settings])
+    studies = FULL.dynamics_studies(grid)
+    assert studies["findings-dynamics-0-0"].lr == (0.1, 0.23)
+    assert studies["findings-dynamics-0.2-0.4"].lr == (0.2, 0.3, 0.43)  # 0.2: the lesson's
+    warm = studies["findings-dynamics-warmup-0.1-0.4"]
+    assert warm.lr == (0.33,) and warm.warmup_steps == (20,)
+    args = build_parser().parse_args(["dynamics", "--leak", "0.1", "--sub", "0.4", "--lr", "0.33", "--warmup-steps",
+                                      "20", "--momentum", "0.85", "--steps", "10",
+                                      "--seeds", ",".join(map(str, range(FULL.seeds)))])
+    assert config_from_flags(DynamicsDesign, args) == warm
+
+
 def _table(text: str, heading: str) -> list[list[str]]:
     """The rows of the section's table of verdicts (the one headed "| statement")."""
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
@@ -135,7 +151,8 @@ def test_findings_quick_writes_verdicts_that_a_recomputation_from_the_stored_tri
     text = (tmp_path / "out" / "findings.md").read_text()
     assert "## 3. Momentum and init scale move the edge: laws" in text and "## Left for later" in text
     assert re.search(r"lr90 ~ \(1 - momentum\)\^alpha, alpha = -?\d", text)  # the law, fitted
-    for figure in ("edge_heatmap", "edge_curves", "sharpness", "signal"):
+    assert "## 7. What the first steps do" in text and "### Do the first steps tell which seeds will fail?" in text
+    for figure in ("edge_heatmap", "edge_curves", "sharpness", "signal", "first_steps"):
         assert f"findings/{figure}.png" in text and (tmp_path / "out" / "findings" / f"{figure}.png").stat().st_size
     storage = f"sqlite:///{tmp_path / 'studies' / 'findings-quick-3.db'}"
 

@@ -28,6 +28,7 @@ LAYERS = {
                     "study.experiments.findings", "study.experiments.findings.plan",
                     "study.experiments.findings.claims", "study.experiments.findings.tables",
                     "study.experiments.findings.curvature", "study.experiments.findings.edges",
+                    "study.experiments.findings.first_steps",
                     "study.experiments.findings.document"],
     "face": ["study.api", "study.flags", "study.parser", "study.cli", "study", "study.__main__"],
 }

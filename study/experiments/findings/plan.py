@@ -8,7 +8,11 @@ file; a run diverges above 40x its own first loss), with
   - the edge of ReLU and of (.1, .4) at momentum {0, .5, .9} and at init_scale {0.5, 2}: with the
     grid's momentum .85 and init_scale 1, the laws lr90 ~ (1 - momentum)^alpha and ~ init_scale^beta;
   - the lesson's settings at its lr 0.2 with 20 shared seeds each (one study per setting);
-  - two of them again with zero biases and with the 50,000-image split, on the same seeds.
+  - two of them again with zero biases and with the 50,000-image split, on the same seeds;
+  - the edge of ReLU, (.1, .4) and (.2, .4) again with a learning-rate warm-up of 5 and 20 steps, and
+    their first steps (`python -m study dynamics`: lambda_max and lr x lambda_max / (2 (1 + mu)) per
+    step, each seed's outcome) at their lr90 and lr50 without warm-up, at lr50 with 20 steps of it,
+    and (.2, .4)'s at the lesson's lr, on the lesson studies' seeds.
 The quick plan is the same shape on a small MLP trained for one epoch (59 steps), with fewer seeds
 and fewer trainings per edge: minutes, for trying it.
 
@@ -22,15 +26,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import pandas as pd
+
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.axes import Range
-from study.design import StudyDesign
+from study.design import DynamicsDesign, StudyDesign
 from study.place import StudyPlace
 from study.ladder import EdgeDesign
 from study.experiments.signal import SignalNet
 
 LESSON_LR, LESSON_MOMENTUM = 0.2, 0.85
 RELU, LESSON_RELU = (0.0, 0.0), (0.1, 0.4)
+LESSON_FAILS = (0.2, 0.4)  # "fails with seed 1", the lesson says
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ class FindingsPlan:
     setup_settings: tuple[tuple[float, float], ...]  # again with zero biases and with the 50k split
     sharpness_seeds: int  # lambda_max at init per grid setting
     sharpness_steps: int  # lambda_max along the first steps, for `shifted`
+    warmup_settings: tuple[tuple[float, float], ...]  # edge again with a warm-up; first steps measured
+    warmups: tuple[int, ...]  # warm-up steps besides 0 (the grid's own)
+    dynamics_steps: int  # first steps measured of each seed
     precision: float = EdgeDesign.precision  # an edge is done when lr90's interval is this narrow (upper / lower)
     signal: SignalNet = field(default_factory=SignalNet)
     signal_seeds: tuple[int, ...] = (0, 1, 2)
@@ -70,6 +80,33 @@ class FindingsPlan:
                                                                     **common)
             studies[f"findings-edge-scale-{leak:g}-{sub:g}"] = EdgeDesign(leak=(leak,), sub=(sub,), init_scale=self.init_scales,
                                                                  momentum=(LESSON_MOMENTUM,), **common)
+        for leak, sub in self.warmup_settings:  # warm-up 0 is the grid's: the same seeds at the same rates
+            studies[f"findings-edge-warmup-{leak:g}-{sub:g}"] = EdgeDesign(leak=(leak,), sub=(sub,), warmup_steps=self.warmups,
+                                                                  momentum=(LESSON_MOMENTUM,), **common)
+        return studies
+
+    def dynamics_rates(self, grid: pd.DataFrame) -> dict[tuple[float, float], dict[str, float]]:
+        """(leak, sub) -> {"lr90": .., "lr50": ..} of each warm-up setting, from the grid's edge
+        (`results.edge_table`), to two significant digits: where its first steps are measured."""
+        rates = {}
+        for leak, sub in self.warmup_settings:
+            row = grid[(grid["leak"] == leak) & (grid["sub"] == sub)].iloc[0]
+            rates[(leak, sub)] = {name: float(f"{row[name]:.2g}") for name in ("lr90", "lr50")}
+        return rates
+
+    def dynamics_studies(self, grid: pd.DataFrame) -> dict[str, DynamicsDesign]:
+        """name -> design: each warm-up setting's first steps at its `dynamics_rates` without warm-up and at its lr50 with the
+        longest warm-up, on the lesson studies' seeds (so paired); (.2, .4)'s also at the lesson's lr,
+        where its seeds fail as they do in its lesson study."""
+        common = dict(momentum=(LESSON_MOMENTUM,), steps=self.dynamics_steps, seeds=tuple(range(self.seeds)))
+        studies = {}
+        for (leak, sub), rates in self.dynamics_rates(grid).items():
+            lr90, lr50 = rates["lr90"], rates["lr50"]
+            lesson = {LESSON_LR} if (leak, sub) == LESSON_FAILS and LESSON_FAILS in self.lesson_settings else set()
+            studies[f"findings-dynamics-{leak:g}-{sub:g}"] = DynamicsDesign(
+                leak=(leak,), sub=(sub,), lr=tuple(sorted({lr90, lr50} | lesson)), **common)
+            studies[f"findings-dynamics-warmup-{leak:g}-{sub:g}"] = DynamicsDesign(
+                leak=(leak,), sub=(sub,), lr=(lr50,), warmup_steps=(max(self.warmups),), **common)
         return studies
 
     def lesson_studies(self) -> dict[str, tuple[StudyDesign, RunConfig]]:
@@ -98,8 +135,9 @@ FULL = FindingsPlan(
     grid_leak=(0.0, 0.05, 0.1, 0.2, 0.5), grid_sub=(0.0, 0.4, 0.7, 0.9),
     rates=Range(0.025, 1.6, log=True), max_trainings=EdgeDesign.max_trainings,
     shifted=(RELU, LESSON_RELU), momenta=(0.0, 0.5, 0.9), init_scales=(0.5, 2.0),
-    lesson_settings=(RELU, LESSON_RELU, (0.2, 0.4), (0.5, 0.7), (0.05, 0.9)), seeds=20,
+    lesson_settings=(RELU, LESSON_RELU, LESSON_FAILS, (0.5, 0.7), (0.05, 0.9)), seeds=20,
     setup_settings=(RELU, LESSON_RELU), sharpness_seeds=3, sharpness_steps=10,
+    warmup_settings=(RELU, LESSON_RELU, LESSON_FAILS), warmups=(5, 20), dynamics_steps=10,
 )
 
 QUICK = FindingsPlan(
@@ -109,7 +147,8 @@ QUICK = FindingsPlan(
     grid_leak=(0.0, 0.1), grid_sub=(0.0, 0.4),
     rates=Range(0.05, 1.6, log=True), max_trainings=12, precision=3.0,
     shifted=(LESSON_RELU,), momenta=(0.5,), init_scales=(2.0,),
-    lesson_settings=(RELU, LESSON_RELU, (0.2, 0.4), (0.5, 0.7), (0.05, 0.9)), seeds=5,
+    lesson_settings=(RELU, LESSON_RELU, LESSON_FAILS, (0.5, 0.7), (0.05, 0.9)), seeds=5,
     setup_settings=(LESSON_RELU,), sharpness_seeds=2, sharpness_steps=3,
+    warmup_settings=(RELU, LESSON_RELU), warmups=(5,), dynamics_steps=3,
     signal=SignalNet(depth=6, width=64), signal_seeds=(0, 1), signal_images=64,
 )

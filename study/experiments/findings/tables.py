@@ -21,6 +21,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+def verdict_table(verdicts: list[claims.Verdict]) -> str:
+    """Verdicts (already judged, e.g. `claims.with_holm`) as the Markdown table the tests read back."""
+    rows = ["| statement | evidence | verdict | test |", "|---|---|---|---|"]
+    rows += [f"| {v.statement} | {v.evidence} | **{v.verdict}** | {v.test} |" for v in verdicts]
+    return "\n".join(rows)
+
+
 def lesson_outcome(outcomes: dict, variant: str, setting: tuple[float, float]) -> claims.Outcomes:
     """The seeds' outcomes of one lesson study (`FindingsPlan.lesson_studies`) of `variant`."""
     return outcomes[f"findings-{variant}-{setting[0]:g}-{setting[1]:g}"]
