@@ -3,6 +3,7 @@ measured steps, each seed's outcome, and the outcomes per setting and rate with 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -53,7 +54,7 @@ def outcome_summary(outcomes: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame
     first `common_steps`, the steps every seed of the group was measured at (a diverged seed's last
     steps, where lambda_max blows up, would otherwise decide it by construction), unconverged values
     left out; the medians of the two groups and the two-sided Mann-Whitney p by permutation (every
-    assignment where there are few, else 9,999 seeded). outcomes: `outcome_frame`; steps: `step_frame`."""
+    assignment where there are at most 9,999, else 9,999 seeded). outcomes: `outcome_frame`; steps: `step_frame`."""
     rows = []
     for setting, group in outcomes.groupby(list(axes.NAMES), sort=True):
         mine = steps[(steps[list(axes.NAMES)] == pd.Series(dict(zip(axes.NAMES, setting)))).all(axis=1)]
@@ -64,8 +65,8 @@ def outcome_summary(outcomes: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame
         trained = peaks[peaks.index.isin(group[group["outcome"].isin(("trained", "catapult"))]["seed"])]
         p = math.nan
         if len(diverged) and len(trained):
-            p = float(stats.mannwhitneyu(diverged, trained, method=stats.PermutationMethod(n_resamples=9_999, rng=0))
-                      .pvalue)
+            ranks = stats.rankdata(np.concatenate([diverged, trained]))
+            p = _rank_sum_test([(ranks, len(diverged))], 9_999, np.random.default_rng(0))[1]
         counts = {}
         for outcome in OUTCOMES:
             k = int((group["outcome"] == outcome).sum())
@@ -113,20 +114,36 @@ def ratio_by_step(outcomes: pd.DataFrame, steps: pd.DataFrame, draws: int = 9_99
                 medians["trained"] += list(second)
         if not parts:
             continue
-        observed = sum(_auc(ranks[:k], len(ranks) - k) for ranks, k in parts) - len(parts) / 2
-        drawn = np.zeros(draws)
-        for ranks, k in parts:
-            chosen = rng.random((draws, len(ranks))).argsort(axis=1)[:, :k]
-            drawn += _auc(ranks[chosen], len(ranks) - k) - 0.5
+        auc, p = _rank_sum_test(parts, draws, rng)
         rows.append({"step": step, "strata": len(parts), "diverged": len(medians["diverged"]),
                      "trained": len(medians["trained"]), "median_diverged": float(np.median(medians["diverged"])),
                      "median_trained": float(np.median(medians["trained"])),
-                     "auc": 0.5 + observed / len(parts),
-                     "p": (1 + int((np.abs(drawn) >= abs(observed) - 1e-12).sum())) / (draws + 1)})
+                     "auc": auc, "p": p})
     frame = pd.DataFrame(rows, columns=["step", "strata", "diverged", "trained", "median_diverged", "median_trained",
                                         "auc", "p"])
     frame["p_holm"] = holm(list(frame["p"])) if len(frame) else []
     return frame
+
+
+def _rank_sum_test(parts: list[tuple[np.ndarray, int]], draws: int, rng: np.random.Generator) -> tuple[float, float]:
+    """The mean AUC over strata and the two-sided p of the stratified rank-sum test: the sum over
+    strata of AUC - 1/2, the groups permuted within each stratum. parts: per stratum, the ranks of
+    its values among its own (the first group's first) and the first group's size. One stratum with
+    at most `draws` ways to choose the first group: every way (exact); otherwise `draws` seeded ones."""
+    observed = sum(_auc(ranks[:k], len(ranks) - k) for ranks, k in parts) - len(parts) / 2
+    ways = math.comb(len(parts[0][0]), parts[0][1]) if len(parts) == 1 else math.inf
+    if ways <= draws:
+        ranks, k = parts[0]
+        chosen = np.array(list(itertools.combinations(range(len(ranks)), k)))
+        drawn = _auc(ranks[chosen], len(ranks) - k) - 0.5
+        p = float((np.abs(drawn) >= abs(observed) - 1e-12).mean())
+    else:
+        drawn = np.zeros(draws)
+        for ranks, k in parts:
+            chosen = rng.random((draws, len(ranks))).argsort(axis=1)[:, :k]
+            drawn += _auc(ranks[chosen], len(ranks) - k) - 0.5
+        p = (1 + int((np.abs(drawn) >= abs(observed) - 1e-12).sum())) / (draws + 1)
+    return 0.5 + observed / len(parts), p
 
 
 def _auc(first_ranks: np.ndarray, others: int) -> np.ndarray:

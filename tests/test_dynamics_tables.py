@@ -75,3 +75,11 @@ def test_by_step_a_stratum_ends_at_the_last_step_all_its_seeds_were_measured_at(
     assert list(table["step"]) == [0, 1]
     # The diverged seed peaks highest at both steps, but one of three is the highest in 2/3 of orders.
     assert (table["auc"] == 1.0).all() and (table["p"] > 0.5).all()
+
+
+def test_one_diverged_seed_is_compared_exactly_with_the_trained_ones():
+    """With one seed in a group every assignment is counted: the highest of five is so in 2 of 5
+    (two-sided: the highest or the lowest)."""
+    seeds = [("trained", [1.0 + i / 10], None) for i in range(4)] + [("diverged", [3.0], None)]
+    table = outcome_summary(*frames(0.2, seeds))
+    assert table["peak_ratio_p"].iloc[0] == pytest.approx(2 / 5)

@@ -118,8 +118,8 @@ def _header(plan: FindingsPlan, studies: list, seconds: float) -> str:
         f"from {claims.seeds_to_hold()} seeds, all trained. Comparisons use McNemar's exact test on shared seeds "
         "(trained or not) and Wilcoxon's signed-rank test, exact (every sign pattern, ties at their mean rank, "
         "zero differences dropped), on the seeds both settings trained (accuracy), with Holm's correction over "
-        "each table of verdicts (sections 2 and 6); the p-values elsewhere (sections 1, 3 and 4) are uncorrected "
-        "and descriptive. \"not established with n seeds\" is a verdict. The edge is a fitted curve (section 1).",
+        "each table of verdicts (sections 2, 6 and 7) and over the steps of section 7's by-step test; the p-values "
+        "elsewhere (sections 1, 3 and 4, and section 7's per-row ones) are uncorrected and descriptive. \"not established with n seeds\" is a verdict. The edge is a fitted curve (section 1).",
     ])
 
 

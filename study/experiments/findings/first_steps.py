@@ -97,15 +97,20 @@ def _warmup_part(plan: FindingsPlan, edges: dict, grid_study: optuna.Study, grid
         table = table[(table["leak"] == leak) & (table["sub"] == sub)]
         rows.append({"setting": setting_name(dict(leak=leak, sub=sub)),
                      **{f"lr90, warm-up {w}": interval(table[table["warmup_steps"] == w].iloc[0]) for w in warmups},
-                     "trainings": int(table["trainings"].sum())})
-    shown = pd.DataFrame(rows)
+                     "trainings": int(table["trainings"].sum()),
+                     "lr90s": [float(table[table["warmup_steps"] == w]["lr90"].iloc[0]) for w in warmups]})
+    shown = pd.DataFrame(rows).drop(columns="lr90s")
     shown["one curve, p (Holm)"] = [f"{p:.2g} ({h:.2g})" for p, h in zip(p_values, holm(p_values))]
     across = []
     for w in warmups:
         mine = seeds[(seeds["warmup_steps"] == w).to_numpy()
                      & np.array([(leak, sub) in plan.warmup_settings for leak, sub in zip(seeds["leak"], seeds["sub"])])]
         across.append(same_curve_p(mine["lr"], mine["trained"], [f"{leak:g}, {sub:g}" for leak, sub in zip(mine["leak"], mine["sub"])]))
-    moved = [row["setting"] for row, h in zip(rows, holm(p_values)) if h < ALPHA]
+    moved = [f"{row['setting']} (Holm p < {ALPHA:g}; lr90 " + " / ".join(f"{lr90:.3g}" for lr90 in row["lr90s"])
+             + f" at warm-up {' / '.join(map(str, warmups))}: "
+             + ("in one direction with the warm-up's length)" if _monotone(row["lr90s"]) else
+                "not in one direction with the warm-up's length, so a difference among the levels, not a trend)")
+             for row, h in zip(rows, holm(p_values)) if h < ALPHA]
     apart = [f"{w} steps, {'rejected' if h < ALPHA else 'not rejected'} (p = {p:.2g}, Holm {h:.2g})"
              for w, p, h in zip(warmups, across, holm(across))]
     names = ", ".join(setting_name(dict(leak=leak, sub=sub)) for leak, sub in plan.warmup_settings)
@@ -120,8 +125,7 @@ def _warmup_part(plan: FindingsPlan, edges: dict, grid_study: optuna.Study, grid
         "",
         markdown_table(shown),
         "",
-        ("Warm-up moved the curve of " + " and ".join(moved) + " (Holm p < 0.05); the lr90 column says in which "
-         "direction, and whether it follows the warm-up's length." if moved else
+        ("Warm-up moved the curve of " + "; ".join(moved) + "." if moved else
          "For no setting does warm-up move the curve by more than these seeds can tell apart (Holm p >= 0.05 for "
          "each)."),
         "",
@@ -159,7 +163,8 @@ def _mix_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame, r
         f"{plan.seeds} seeds per row: each setting at its lr90 and lr50 (section 1's fit, two digits), and at its lr50 "
         f"after {max(plan.warmups)} warm-up steps. Each outcome is k/n with its exact 95% interval. The peak ratio is "
         "each seed's largest over the steps every seed of its row was measured at (a diverged seed's last steps, "
-        "where lambda_max blows up, would otherwise decide it by construction), the median of the seeds that "
+        "where lambda_max blows up, would otherwise decide it by construction; the window still holds the last step "
+        "of the row's first seed to diverge), the median of the seeds that "
         "diverged against those that trained (catapults with them), two-sided Mann-Whitney by permutation per row, "
         "uncorrected and descriptive (the next table pools the rows).",
         "",
@@ -180,21 +185,26 @@ def _ratio_part(outcomes: pd.DataFrame, steps: pd.DataFrame) -> str:
                            "median peak ratio, diverged / trained": f"{r['median_diverged']:.3g} / {r['median_trained']:.3g}",
                            "AUC": r["auc"], "p": r["p"], "Holm": r["p_holm"]} for r in by_step.to_dict("records")])
     told = [int(step) for step, yes in zip(by_step["step"], significant) if yes]
+    earliest = int(outcomes["diverged_step"].dropna().min()) if outcomes["diverged_step"].notna().any() else 0
     verdict = ("at no step are the seeds that diverged told apart from those that trained by how far beyond the "
                "bound they had gone (Holm p >= 0.05 at every step)" if not told else
                f"told apart at step(s) {', '.join(map(str, told))} (Holm p < 0.05) but not at every later step, so "
                "not from any step on" if first is None else
                f"from step {first} on (every later step too, Holm p < 0.05), the seeds that diverged had gone "
                f"{'further' if by_step['auc'].iloc[-1] > 0.5 else 'less far'} beyond the bound than those that "
-               "trained, in the rows that hold both")
+               f"trained, in the rows that hold both (AUC {_auc_at(by_step, first):.2f} by step {first}, against "
+               f"{_auc_at(by_step, 0):.2f} at step 0, where only the initialisation and the first batch count); no seed "
+               f"had diverged before step {earliest}, so step {first} is {earliest - first} or more steps before any "
+               "divergence, not its blow-up")
     return "\n".join([
         "### Do the first steps tell which seeds will fail?",
         "",
         "Pooled over every row above that holds seeds of both kinds: by step t, each seed's peak ratio over steps "
         "0..t, compared within its row (the stratified rank-sum test: the sum over rows of AUC - 1/2, outcomes "
         "permuted within rows, 9,999 seeded permutations), Holm over the steps; AUC is the mean over rows of "
-        "P(a diverged seed's peak > a trained seed's). A row takes part up to the last step all its seeds were "
-        f"measured at. Going beyond the bound is not failing: {int((trained['ratio'] > 1).sum())} of {len(trained)} "
+        "P(a diverged seed's peak > a trained seed's); the medians pool the rows (warm-up rows start low by "
+        "construction), the test does not. A row takes part up to the last step all its seeds were "
+        f"measured at; stalled seeds take no part. Going beyond the bound is not failing: {int((trained['ratio'] > 1).sum())} of {len(trained)} "
         "seeds that trained had a ratio above 1 in their measured steps.",
         "",
         markdown_table(shown),
@@ -219,17 +229,26 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
     ranks = peaks["max"].rank(ascending=False).astype(int)
     trained = peaks[cell.loc[peaks.index, "outcome"].isin(("trained", "catapult")).to_numpy()]
     failed = cell[~cell["outcome"].isin(("trained", "catapult"))]
+    mine_all = outcomes[(outcomes["leak"] == LESSON_FAILS[0]) & (outcomes["sub"] == LESSON_FAILS[1])]
+    fate = mine_all.pivot_table(index="seed", columns=["warmup_steps", "lr"], values="outcome", aggfunc="first")
+    cold = fate[0].apply(lambda column: column.isin(("trained", "catapult")))  # seed x rate, warm-up 0
+    unordered = [seed for seed, row in cold.iterrows()  # failed at a rate, trained at a higher one
+                 if any(not row.iloc[i] and row.iloc[j] for i in range(len(row)) for j in range(i + 1, len(row)))]
     rows = []
     for seed, record in failed.iterrows():
         peak = peaks.loc[seed, "max"] if seed in peaks.index else math.nan
         reading = ("no converged ratio measured: unexplained here" if math.isnan(peak) else
+                   "its peak came on the step before it diverged: the blow-up, not a warning"
+                   if record["diverged_step"] - peaks.loc[seed, "at"] <= 1 else
                    "went further beyond the bound than every seed that trained" if peak > trained["max"].max() else
                    "within the trained seeds' range: its early ratio does not explain it")
         rows.append({"seed": seed, "outcome": record["outcome"],
                      "diverged at step": "-" if pd.isna(record["diverged_step"]) else int(record["diverged_step"]),
                      f"peak ratio, steps 0-{common - 1} (its step)": "-" if math.isnan(peak) else
                      f"{peak:.3g} ({int(peaks.loc[seed, 'at'])})",
-                     f"rank of {len(peaks)}": "-" if math.isnan(peak) else int(ranks[seed]), "reading": reading})
+                     f"rank of {len(peaks)}": "-" if math.isnan(peak) else int(ranks[seed]), "reading": reading,
+                     **{f"at lr {lr:g}" + (f", warm-up {w:g}" if w else ""): fate.loc[seed, (w, lr)]
+                        for w, lr in fate.columns if (w, lr) != (0, LESSON_LR)}})
     name = setting_name(dict(leak=LESSON_FAILS[0], sub=LESSON_FAILS[1]))
     return "\n".join([
         f"### The lesson's {name} failures at lr {LESSON_LR:g}, seed by seed",
@@ -238,13 +257,26 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
         + ("the same seeds as in its lesson study (section 2), as they must be." if same else
            "NOT the same seeds as in its lesson study (section 2), which they must be: a fault to look into.")
         + f" The seeds that trained peaked at ratio {trained['max'].min():.3g}-{trained['max'].max():.3g} over "
-          f"steps 0-{common - 1}. Rank 1 is the highest peak.",
+          f"steps 0-{common - 1}. Rank 1 is the highest peak; the last columns are the same seed's outcome at "
+          f"the setting's other measured rates. Across the rates without warm-up ({', '.join(f'{lr:g}' for lr in cold.columns)}), "
+          + (f"{len(unordered)} of {len(cold)} seeds failed at one rate and trained at a higher one (seeds "
+             f"{', '.join(map(str, unordered))}): for them failing is not monotone in the rate." if unordered else
+             f"every seed that failed at one rate failed at each higher one too ({len(cold)} seeds)."),
         "",
         markdown_table(pd.DataFrame(rows)) if rows else "No seed failed.",
     ])
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+
+
+def _auc_at(by_step: pd.DataFrame, step: int) -> float:
+    return float(by_step[by_step["step"] == step]["auc"].iloc[0])
+
+
+def _monotone(values: list[float]) -> bool:
+    steps = [b - a for a, b in zip(values, values[1:])]
+    return all(step >= 0 for step in steps) or all(step <= 0 for step in steps)
 
 
 def _number(value: float) -> str:
