@@ -151,7 +151,7 @@ def test_findings_quick_writes_verdicts_that_a_recomputation_from_the_stored_tri
     text = (tmp_path / "out" / "findings.md").read_text()
     assert "## 3. Momentum and init scale move the edge: laws" in text and "## Left for later" in text
     assert re.search(r"lr90 ~ \(1 - momentum\)\^alpha, alpha = -?\d", text)  # the law, fitted
-    assert "## 7. What the first steps do" in text and "### Do the first steps tell which seeds will fail?" in text
+    assert "## 7. What the first steps do" in text and "### Do the first steps go with failing?" in text
     for figure in ("edge_heatmap", "edge_curves", "sharpness", "signal", "first_steps"):
         assert f"findings/{figure}.png" in text and (tmp_path / "out" / "findings" / f"{figure}.png").stat().st_size
     storage = f"sqlite:///{tmp_path / 'studies' / 'findings-quick-3.db'}"

@@ -14,13 +14,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.dynamics_plots import dynamics_figure
-from study.dynamics_tables import outcome_frame, outcome_summary, ratio_by_step, step_frame
+from study.dynamics_tables import before_spike, outcome_frame, outcome_summary, ratio_by_step, step_frame
 from study.edge_law import same_curve_p
 from study.experiments.findings import claims
 from study.experiments.findings.edges import interval
 from study.experiments.findings.plan import LESSON_FAILS, LESSON_LR, LESSON_MOMENTUM, FindingsPlan
 from study.experiments.findings.tables import lesson_outcome, markdown_table, setting_name, verdict_table
-from study.reliability import ALPHA, holm
+from study.reliability import ALPHA, clopper_pearson, holm
 from study.results import seed_outcomes, wall_time
 
 
@@ -63,11 +63,12 @@ def first_steps_section(plan: FindingsPlan, edges: dict, grid_study: optuna.Stud
         "(2 (1 + mu)) with that step's rate (above 1 the step is beyond heavy-ball SGD's stability bound on a "
         "quadratic of that curvature). Each seed is then *trained*, *catapult* (trained after its loss rose above "
         "2x its first loss), *diverged* (with its step) or *stalled*. The seeds are the lesson studies' (0 to "
-        f"{plan.seeds - 1}), so every comparison below is paired on them. By construction, not findings: with "
+        f"{plan.seeds - 1}): the warm-up verdicts compare the same seeds (McNemar), and the by-step test permutes "
+        "whole seeds across rows. By construction, not findings: with "
         "warm-up a step's rate, hence its ratio, is (i + 1) / K of the full one for the first K steps; the probe "
         "only reads, so a seed's outcome is the one it has without being measured. Cost: "
         f"{int(sum(table['trainings'].sum() for _, _, table in warmup_edges))} trainings for the warm-up edges and "
-        f"{len(outcomes)} measured seeds, {minutes:.0f} min of the studies' wall time (machine and date: the header).",
+        f"{len(outcomes)} measured runs, {minutes:.0f} min of the studies' wall time (machine and date: the header).",
         "",
         _warmup_part(plan, edges, grid_study, grid),
         "",
@@ -92,7 +93,7 @@ def _warmup_part(plan: FindingsPlan, edges: dict, grid_study: optuna.Study, grid
     rows, p_values = [], []
     for leak, sub in plan.warmup_settings:
         mine = seeds[(seeds["leak"] == leak) & (seeds["sub"] == sub)]
-        p_values.append(same_curve_p(mine["lr"], mine["trained"], mine["warmup_steps"]))
+        p_values.append(same_curve_p(mine["lr"], mine["trained"], mine["warmup_steps"], draws=plan.curve_draws))
         table = pd.concat([grid, edges[_warmup_name((leak, sub))][2]])
         table = table[(table["leak"] == leak) & (table["sub"] == sub)]
         rows.append({"setting": setting_name(dict(leak=leak, sub=sub)),
@@ -105,12 +106,10 @@ def _warmup_part(plan: FindingsPlan, edges: dict, grid_study: optuna.Study, grid
     for w in warmups:
         mine = seeds[(seeds["warmup_steps"] == w).to_numpy()
                      & np.array([(leak, sub) in plan.warmup_settings for leak, sub in zip(seeds["leak"], seeds["sub"])])]
-        across.append(same_curve_p(mine["lr"], mine["trained"], [f"{leak:g}, {sub:g}" for leak, sub in zip(mine["leak"], mine["sub"])]))
+        across.append(same_curve_p(mine["lr"], mine["trained"], [f"{leak:g}, {sub:g}" for leak, sub in zip(mine["leak"], mine["sub"])],
+                                   draws=plan.curve_draws))
     moved = [f"{row['setting']} (Holm p < {ALPHA:g}; lr90 " + " / ".join(f"{lr90:.3g}" for lr90 in row["lr90s"])
-             + f" at warm-up {' / '.join(map(str, warmups))}: "
-             + ("in one direction with the warm-up's length)" if _monotone(row["lr90s"]) else
-                "not in one direction with the warm-up's length, so a difference among the levels, not a trend)")
-             for row, h in zip(rows, holm(p_values)) if h < ALPHA]
+             + f" at warm-up {' / '.join(map(str, warmups))})" for row, h in zip(rows, holm(p_values)) if h < ALPHA]
     apart = [f"{w} steps, {'rejected' if h < ALPHA else 'not rejected'} (p = {p:.2g}, Holm {h:.2g})"
              for w, p, h in zip(warmups, across, holm(across))]
     names = ", ".join(setting_name(dict(leak=leak, sub=sub)) for leak, sub in plan.warmup_settings)
@@ -120,12 +119,16 @@ def _warmup_part(plan: FindingsPlan, edges: dict, grid_study: optuna.Study, grid
         f"The edge of {names} again with the rate rising linearly over the first {' or '.join(map(str, plan.warmups))} "
         "steps (`python -m study edge --warmup-steps`), fitted as in section 1; warm-up 0 is the grid's own search "
         "(the same seeds at the same rates). *One curve*: whether every warm-up shares one curve against one "
-        "location per warm-up with a shared slope (`same_curve_p`, parametric bootstrap; no power against a change "
-        "of slope alone, so not rejecting it is not \"the same curve\"), Holm over the settings.",
+        "location per warm-up with a shared slope (`same_curve_p`, parametric bootstrap with "
+        f"{plan.curve_draws:,} draws, so a p near 0.01 is known to about +-0.005; no power against a change of slope "
+        "alone, so not rejecting it is not \"the same curve\"; the levels share seeds, which the test ignores, and "
+        "their rates were chosen adaptively, which it takes as fixed), Holm over the settings. `trainings`: all "
+        "three warm-ups, warm-up 0's from the grid.",
         "",
         markdown_table(shown),
         "",
-        ("Warm-up moved the curve of " + "; ".join(moved) + "." if moved else
+        ("The warm-ups' curves are not all one for " + "; ".join(moved) + ": an omnibus test, so which levels "
+         "differ, and whether in one direction with the warm-up's length, is not tested." if moved else
          "For no setting does warm-up move the curve by more than these seeds can tell apart (Holm p >= 0.05 for "
          "each)."),
         "",
@@ -142,7 +145,7 @@ def _mix_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame, r
                    ["diverged_step"].agg(lambda s: f"{int(s.min())}-{int(s.max())}"))
     shown = pd.DataFrame([{
         "setting": setting_name(r), "lr": f"{r['lr']:g} ({r['at']})", "warm-up": int(r["warmup_steps"]),
-        "trained": r["trained"], "catapult": r["catapult"], "diverged": r["diverged"],
+        "trained (no spike)": r["trained"], "catapult": r["catapult"], "diverged": r["diverged"],
         "diverged at steps": diverged_at.get((r["leak"], r["sub"], r["lr"], r["warmup_steps"]), "-"),
         "stalled": r["stalled"],
         "peak ratio, diverged / trained": f"{_number(r['peak_ratio_diverged'])} / {_number(r['peak_ratio_trained'])}",
@@ -163,10 +166,10 @@ def _mix_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame, r
         f"{plan.seeds} seeds per row: each setting at its lr90 and lr50 (section 1's fit, two digits), and at its lr50 "
         f"after {max(plan.warmups)} warm-up steps. Each outcome is k/n with its exact 95% interval. The peak ratio is "
         "each seed's largest over the steps every seed of its row was measured at (a diverged seed's last steps, "
-        "where lambda_max blows up, would otherwise decide it by construction; the window still holds the last step "
-        "of the row's first seed to diverge), the median of the seeds that "
+        "where lambda_max blows up, would otherwise decide it by construction) and before its loss first rose above "
+        "2x its first (the blow-up itself), the median of the seeds that "
         "diverged against those that trained (catapults with them), two-sided Mann-Whitney by permutation per row, "
-        "uncorrected and descriptive (the next table pools the rows).",
+        "uncorrected and descriptive (the next tables pool the rows).",
         "",
         markdown_table(shown),
         "",
@@ -175,43 +178,49 @@ def _mix_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame, r
 
 
 def _ratio_part(outcomes: pd.DataFrame, steps: pd.DataFrame) -> str:
-    by_step = ratio_by_step(outcomes, steps)
-    significant = list(by_step["p_holm"] < ALPHA)
-    first = next((int(by_step["step"].iloc[i]) for i in range(len(significant)) if all(significant[i:])), None)
-    beyond = steps.groupby(["leak", "sub", "lr", "warmup_steps", "seed"])["ratio"].max().reset_index().merge(outcomes)
-    trained = beyond[beyond["outcome"].isin(("trained", "catapult"))]
-    shown = pd.DataFrame([{"by step": int(r["step"]), "rows": int(r["strata"]),
-                           "seeds diverged / trained": f"{int(r['diverged'])} / {int(r['trained'])}",
-                           "median peak ratio, diverged / trained": f"{r['median_diverged']:.3g} / {r['median_trained']:.3g}",
-                           "AUC": r["auc"], "p": r["p"], "Holm": r["p_holm"]} for r in by_step.to_dict("records")])
-    told = [int(step) for step, yes in zip(by_step["step"], significant) if yes]
-    earliest = int(outcomes["diverged_step"].dropna().min()) if outcomes["diverged_step"].notna().any() else 0
-    verdict = ("at no step are the seeds that diverged told apart from those that trained by how far beyond the "
-               "bound they had gone (Holm p >= 0.05 at every step)" if not told else
-               f"told apart at step(s) {', '.join(map(str, told))} (Holm p < 0.05) but not at every later step, so "
-               "not from any step on" if first is None else
-               f"from step {first} on (every later step too, Holm p < 0.05), the seeds that diverged had gone "
-               f"{'further' if by_step['auc'].iloc[-1] > 0.5 else 'less far'} beyond the bound than those that "
-               f"trained, in the rows that hold both (AUC {_auc_at(by_step, first):.2f} by step {first}, against "
-               f"{_auc_at(by_step, 0):.2f} at step 0, where only the initialisation and the first batch count); no seed "
-               f"had diverged before step {earliest}, so step {first} is {earliest - first} or more steps before any "
-               "divergence, not its blow-up")
-    return "\n".join([
-        "### Do the first steps tell which seeds will fail?",
-        "",
-        "Pooled over every row above that holds seeds of both kinds: by step t, each seed's peak ratio over steps "
-        "0..t, compared within its row (the stratified rank-sum test: the sum over rows of AUC - 1/2, outcomes "
-        "permuted within rows, 9,999 seeded permutations), Holm over the steps; AUC is the mean over rows of "
-        "P(a diverged seed's peak > a trained seed's); the medians pool the rows (warm-up rows start low by "
-        "construction), the test does not. A row takes part up to the last step all its seeds were "
-        f"measured at; stalled seeds take no part. Going beyond the bound is not failing: {int((trained['ratio'] > 1).sum())} of {len(trained)} "
-        "seeds that trained had a ratio above 1 in their measured steps.",
-        "",
-        markdown_table(shown),
-        "",
-        f"Verdict: {verdict}. This is an association on these seeds; that the excursion beyond the bound causes "
-        "the divergence is not tested (no seed's excursion was changed by itself).",
-    ])
+    parts = ["### Do the first steps go with failing?", "",
+             "By step t, each run's peak ratio over its steps 0..t before its loss first rose above 2x its first "
+             "(`before_spike`: the blow-up never counts), compared within its row, which within a row is comparing "
+             "lambda_max (the ratio is lambda_max times that row's constant). The stratified rank-sum test: the sum "
+             "over rows of AUC - 1/2, one permutation of the seed numbers shared by every row (rows reuse the same "
+             "seeds, hence initial weights and first batches, so a seed is one unit of evidence however many rows "
+             "hold it), 9,999 seeded permutations, Holm over the steps; AUC is the mean over rows of P(a diverged run's "
+             "peak > a trained run's), catapults with the trained, stalled runs compared with none. Rows without and "
+             "with warm-up are tested apart: with warm-up the early ratios are scaled down by construction, and "
+             "which seeds fail differs."]
+    for title, mine in (("Without warm-up", outcomes["warmup_steps"] == 0), ("With warm-up", outcomes["warmup_steps"] > 0)):
+        rows = outcomes[mine]
+        if rows.empty:
+            continue
+        by_step = ratio_by_step(rows, steps.merge(rows[["leak", "sub", "lr", "warmup_steps", "seed"]]))
+        if by_step.empty:
+            parts += ["", f"{title}: no row holds runs of both kinds."]
+            continue
+        told = [int(step) for step, p in zip(by_step["step"], by_step["p_holm"]) if p < ALPHA]
+        shown = pd.DataFrame([{"by step": int(r["step"]), "AUC": r["auc"], "p": r["p"], "Holm": r["p_holm"]}
+                              for r in by_step.to_dict("records")])
+        verdict = ("at no step can the runs that diverged be told apart from those that trained with these seeds "
+                   "(Holm p >= 0.05 at every step)" if not told else
+                   f"at step(s) {_ranges(told)} (Holm p < 0.05) the runs that diverged had the higher peak within "
+                   f"their rows (AUC {_span(by_step[by_step['step'].isin(told)]['auc'])}: a tendency, not a rule); at "
+                   "the other steps they cannot be told apart with these seeds")
+        parts += ["", f"{title}: {by_step['strata'].iloc[0]} rows, {by_step['diverged'].iloc[0]} diverged against "
+                  f"{by_step['trained'].iloc[0]} trained runs (of {rows['seed'].nunique()} seeds).", "",
+                  markdown_table(shown), "", f"Verdict: {verdict}."]
+    beyond = before_spike(steps).groupby(["leak", "sub", "lr", "warmup_steps", "seed"])["ratio"].max()
+    beyond = beyond.reset_index().merge(outcomes)
+    beyond = beyond[beyond["outcome"].isin(("trained", "catapult"))]
+    counts = []
+    for title, mine in (("without warm-up", beyond["warmup_steps"] == 0), ("with warm-up", beyond["warmup_steps"] > 0)):
+        k, n = int((beyond[mine]["ratio"] > 1).sum()), int(mine.sum())
+        if n:
+            low, high = clopper_pearson(k, n)
+            counts.append(f"{k}/{n} {title} (exact 95% CI {low:.2f}-{high:.2f})")
+    parts += ["", "Going beyond the bound is not failing: of the runs that trained, a ratio above 1 before any spike "
+              f"in {' and '.join(counts)} (with warm-up the ratio is scaled down by construction). The association is "
+              "on these seeds; that the early sharpness causes the divergence is not tested (no run's sharpness was "
+              "changed by itself)."]
+    return "\n".join(parts)
 
 
 def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame, lesson: dict) -> str:
@@ -221,10 +230,9 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
     study = lesson_outcome(lesson, "lesson", LESSON_FAILS)
     same = all((cell.loc[seed, "outcome"] in ("trained", "catapult")) == trained
                for seed, trained in study.trained().items())
-    mine = steps[(steps["leak"] == LESSON_FAILS[0]) & (steps["sub"] == LESSON_FAILS[1]) & (steps["lr"] == LESSON_LR)
-                 & (steps["warmup_steps"] == 0)]
-    common = int(mine.groupby("seed")["step"].count().min())
-    peaks = mine[(mine["step"] < common) & mine["converged"].astype(bool)].groupby("seed")["ratio"].agg(["max", "idxmax"])
+    mine = before_spike(steps[(steps["leak"] == LESSON_FAILS[0]) & (steps["sub"] == LESSON_FAILS[1])
+                              & (steps["lr"] == LESSON_LR) & (steps["warmup_steps"] == 0)])
+    peaks = mine.groupby("seed")["ratio"].agg(["max", "idxmax"])
     peaks["at"] = mine.loc[peaks["idxmax"], "step"].to_numpy()
     ranks = peaks["max"].rank(ascending=False).astype(int)
     trained = peaks[cell.loc[peaks.index, "outcome"].isin(("trained", "catapult")).to_numpy()]
@@ -237,16 +245,13 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
     rows = []
     for seed, record in failed.iterrows():
         peak = peaks.loc[seed, "max"] if seed in peaks.index else math.nan
-        reading = ("no converged ratio measured: unexplained here" if math.isnan(peak) else
-                   "its peak came on the step before it diverged: the blow-up, not a warning"
-                   if record["diverged_step"] - peaks.loc[seed, "at"] <= 1 else
-                   "went further beyond the bound than every seed that trained" if peak > trained["max"].max() else
-                   "within the trained seeds' range: its early ratio does not explain it")
+        margin = "-" if math.isnan(peak) else f"{peak / trained['max'].max() - 1:+.0%}"
         rows.append({"seed": seed, "outcome": record["outcome"],
                      "diverged at step": "-" if pd.isna(record["diverged_step"]) else int(record["diverged_step"]),
-                     f"peak ratio, steps 0-{common - 1} (its step)": "-" if math.isnan(peak) else
+                     "peak ratio before its loss spiked (its step)": "-" if math.isnan(peak) else
                      f"{peak:.3g} ({int(peaks.loc[seed, 'at'])})",
-                     f"rank of {len(peaks)}": "-" if math.isnan(peak) else int(ranks[seed]), "reading": reading,
+                     f"rank of {len(peaks)}": "-" if math.isnan(peak) else int(ranks[seed]),
+                     "against the highest trained run": margin,
                      **{f"at lr {lr:g}" + (f", warm-up {w:g}" if w else ""): fate.loc[seed, (w, lr)]
                         for w, lr in fate.columns if (w, lr) != (0, LESSON_LR)}})
     name = setting_name(dict(leak=LESSON_FAILS[0], sub=LESSON_FAILS[1]))
@@ -256,11 +261,16 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
         f"{len(failed)} of {len(cell)} seeds failed, "
         + ("the same seeds as in its lesson study (section 2), as they must be." if same else
            "NOT the same seeds as in its lesson study (section 2), which they must be: a fault to look into.")
-        + f" The seeds that trained peaked at ratio {trained['max'].min():.3g}-{trained['max'].max():.3g} over "
-          f"steps 0-{common - 1}. Rank 1 is the highest peak; the last columns are the same seed's outcome at "
-          f"the setting's other measured rates. Across the rates without warm-up ({', '.join(f'{lr:g}' for lr in cold.columns)}), "
+        + f" Each run's peak ratio over its measured steps before its loss first rose above 2x its first (the "
+          f"seeds that trained: {trained['max'].min():.3g}-{trained['max'].max():.3g}); rank 1 is the highest. One "
+          f"failed run's place among {len(peaks)} is not an explanation: a failed run above every trained one happens "
+          f"by chance with probability 1/{len(trained) + 1} where {len(trained)} trained; the ranks say where each "
+          "failure sits, no more. The last columns "
+          "are the same seed's outcome at the setting's other measured rates (other runs: the rate changes every step "
+          f"after the first). Across the rates without warm-up ({', '.join(f'{lr:g}' for lr in cold.columns)}), "
           + (f"{len(unordered)} of {len(cold)} seeds failed at one rate and trained at a higher one (seeds "
-             f"{', '.join(map(str, unordered))}): for them failing is not monotone in the rate." if unordered else
+             f"{', '.join(map(str, unordered))}), which does not contradict section 1's assumption that the share "
+             "of seeds trained falls with the rate (a statement about many seeds)." if unordered else
              f"every seed that failed at one rate failed at each higher one too ({len(cold)} seeds)."),
         "",
         markdown_table(pd.DataFrame(rows)) if rows else "No seed failed.",
@@ -270,13 +280,20 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def _auc_at(by_step: pd.DataFrame, step: int) -> float:
-    return float(by_step[by_step["step"] == step]["auc"].iloc[0])
+def _span(values: pd.Series) -> str:
+    """"0.77-0.8", or "0.79" where the values agree to two digits."""
+    low, high = f"{values.min():.2f}", f"{values.max():.2f}"
+    return low if low == high else f"{low}-{high}"
 
 
-def _monotone(values: list[float]) -> bool:
-    steps = [b - a for a, b in zip(values, values[1:])]
-    return all(step >= 0 for step in steps) or all(step <= 0 for step in steps)
+def _ranges(steps: list[int]) -> str:
+    """[5, 6, 7, 9] -> "5-7, 9"."""
+    runs, start = [], steps[0]
+    for previous, step in zip(steps, steps[1:] + [None]):
+        if step != previous + 1:
+            runs.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = step
+    return ", ".join(runs)
 
 
 def _number(value: float) -> str:
