@@ -52,12 +52,13 @@ class FashionMNIST:
     mean: float  # of the training pixels scaled to [0, 1]
     std: float
     source: str  # the directory the IDX files came from
+    val_is_test: bool = False  # the lesson's split: the test file validates, so a model is scored once for both
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "FashionMNIST":
         """On `device`, the images in `dtype` (the labels stay int64)."""
         moved = {name: getattr(self, name).to(device) for name in ("y_train", "y_val", "y_test")}
         moved |= {name: getattr(self, name).to(device, dtype) for name in ("x_train", "x_val", "x_test")}
-        return FashionMNIST(**moved, mean=self.mean, std=self.std, source=self.source)
+        return FashionMNIST(**moved, mean=self.mean, std=self.std, source=self.source, val_is_test=self.val_is_test)
 
 
 def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -140,15 +141,15 @@ def _load_cpu(directory: Path, n_val: int, split_seed: int) -> FashionMNIST:
     def normalise(images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255 - mean) / std).unsqueeze(1)  # (N, 1, 28, 28)
 
+    x_test, y_test = normalise(arrays["t10k-images-idx3-ubyte"]), arrays["t10k-labels-idx1-ubyte"].long()
     if n_val == 0:  # the lesson's split: the test file validates
-        val_images, val_labels = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+        x_val, y_val = x_test, y_test
     else:
-        val_images, val_labels = train_images[val_idx], train_labels[val_idx]
+        x_val, y_val = normalise(train_images[val_idx]), train_labels[val_idx].long()
     return FashionMNIST(
         x_train=normalise(train_images[train_idx]), y_train=train_labels[train_idx].long(),
-        x_val=normalise(val_images), y_val=val_labels.long(),
-        x_test=normalise(arrays["t10k-images-idx3-ubyte"]), y_test=arrays["t10k-labels-idx1-ubyte"].long(),
-        mean=mean, std=std, source=str(directory),
+        x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        mean=mean, std=std, source=str(directory), val_is_test=n_val == 0,
     )
 
 

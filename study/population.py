@@ -187,7 +187,7 @@ def train_population(configs: list[RunConfig], data: FashionMNIST | None = None,
         whole_epochs = diverged_step is None and len(epoch_val_acc[scored.members[0]]) == first.optim.epochs
         val = ([epoch_val_acc[m][-1] for m in scored.members] if whole_epochs
                else scored.accuracy(data.x_val, data.y_val))
-        accuracies = zip(val, scored.accuracy(data.x_test, data.y_test))
+        accuracies = zip(val, val if data.val_is_test else scored.accuracy(data.x_test, data.y_test))
         for member, (val_acc, test_acc) in zip(scored.members, accuracies):
             history = [layer.history(member) for layer in records]
             results[member] = TrainResult(

@@ -218,10 +218,11 @@ def train(config: RunConfig, data: FashionMNIST | None = None, progress: bool = 
     bar.close()
 
     whole_epochs = diverged_step is None and len(epoch_val_acc) == config.optim.epochs
+    val_acc = epoch_val_acc[-1] if whole_epochs else accuracy(model, data.x_val, data.y_val)
     return TrainResult(
         config=config.to_dict(),
-        val_acc=epoch_val_acc[-1] if whole_epochs else accuracy(model, data.x_val, data.y_val),
-        test_acc=accuracy(model, data.x_test, data.y_test),
+        val_acc=val_acc,
+        test_acc=val_acc if data.val_is_test else accuracy(model, data.x_test, data.y_test),
         diverged=diverged_step is not None,
         diverged_step=diverged_step,
         steps=len(losses) - (diverged_step is not None),

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from study.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study import training
+from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from study.data import load_fashion_mnist
 from study.training import make_optimizer, train
 
 
@@ -162,3 +164,21 @@ def test_warmup_changes_the_run_and_zero_is_the_plain_run(fashion):
     assert zero.losses == plain.losses
     assert warmed.losses[0] == plain.losses[0]  # the same initial weights and first batch
     assert warmed.losses[1] != plain.losses[1]
+
+
+@pytest.mark.parametrize("n_val", [0, 10_000])
+def test_the_lesson_split_scores_the_test_file_once_for_validation_and_test(monkeypatch, n_val):
+    """With n_val 0 the test file validates: one scoring pass gives both accuracies, the same number
+    scoring the test file apart gives; with a held-out split both are scored."""
+    data = load_fashion_mnist(DataConfig(n_val=n_val))
+    passes = []
+    original = training.accuracy
+    monkeypatch.setattr(training, "accuracy", lambda model, x, y: passes.append(len(x)) or original(model, x, y))
+    config = RunConfig(data=DataConfig(n_val=n_val), model=ModelConfig(model="mlp", widths=(16,)),
+                       optim=OptimConfig(lr=0.05), train=TrainConfig(max_steps=5))
+    result = train(config, data)
+    assert data.val_is_test == (n_val == 0) and len(passes) == (1 if n_val == 0 else 2)
+    if n_val == 0:
+        assert result.test_acc == result.val_acc
+        model, _ = training.initial_model(config, data, torch.device("cpu"))
+        assert original(model, data.x_test, data.y_test) == original(model, data.x_val, data.y_val)
