@@ -146,11 +146,11 @@ def seed_outcomes(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*SETTING_AXES, "lr", "trained"])
 
 
-def law_table(outcomes: pd.DataFrame) -> pd.DataFrame:
+def law_table(outcomes: pd.DataFrame, fit_draws: int | None = None) -> pd.DataFrame:
     """One row per law axis (LAW_BASES) and setting with two or more levels of it: the law fitted to
     every seed at every level (`study.edge_law.fit_law`; the axis's own column is empty), and
     `same_exponent_p` the test that all of the axis's settings share one exponent (NaN with one).
-    outcomes: `seed_outcomes`."""
+    outcomes: `seed_outcomes`; fit_draws: `fit_law`'s."""
     rows = []
     for axis, base in LAW_BASES.items():
         by = [name for name in SETTING_AXES if name != axis]
@@ -161,7 +161,8 @@ def law_table(outcomes: pd.DataFrame) -> pd.DataFrame:
         data = [(group["lr"], group["trained"], group[axis].map(base)) for group in groups]
         same = same_exponent_p(data) if len(groups) > 1 else math.nan
         for group, (lrs, trained, bases) in zip(groups, data):
-            rows.append({"axis": axis, **group.iloc[0][by].to_dict(), **fit_law(lrs, trained, bases).to_dict(),
+            law = fit_law(lrs, trained, bases, fit_draws=fit_draws)
+            rows.append({"axis": axis, **group.iloc[0][by].to_dict(), **law.to_dict(),
                          "same_exponent_p": same})
     return pd.DataFrame(rows, columns=LAW_COLUMNS)
 

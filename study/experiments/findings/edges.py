@@ -78,7 +78,7 @@ def law_section(plan: FindingsPlan, edges: dict, grid: pd.DataFrame) -> str:
     """edges: name -> (design, study, edge_table) of every edge search of the plan."""
     outcomes = pd.concat([seed_outcomes(study) for _, study, _ in edges.values()], ignore_index=True)
     shifted = outcomes[[(leak, sub) in plan.shifted for leak, sub in zip(outcomes["leak"], outcomes["sub"])]]
-    laws = law_table(shifted)
+    laws = law_table(shifted, fit_draws=plan.law_draws)
     lines = ["## 3. Momentum and init scale move the edge: laws", "",
              "For each setting below, one curve fitted jointly to every seed at every level of the axis, in which "
              "lr90 (and every other quantile) scales as (1 - momentum)^alpha, or as init_scale^beta, the levels "

@@ -32,6 +32,7 @@ from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainC
 from study.axes import Range
 from study.design import DynamicsDesign, StudyDesign
 from study.place import StudyPlace
+from study.edge_law import FIT_DRAWS
 from study.ladder import EdgeDesign
 from study.experiments.signal import SignalNet
 
@@ -63,6 +64,7 @@ class FindingsPlan:
     warmups: tuple[int, ...]  # warm-up steps besides 0 (the grid's own)
     dynamics_steps: int  # first steps measured of each seed
     curve_draws: int = 1_999  # parametric-bootstrap draws of section 7's `same_curve_p`
+    law_draws: int = FIT_DRAWS  # of section 3's law fit test (`edge_law.fit_law`)
     precision: float = EdgeDesign.precision  # an edge is done when lr90's interval is this narrow (upper / lower)
     signal: SignalNet = field(default_factory=SignalNet)
     signal_seeds: tuple[int, ...] = (0, 1, 2)
@@ -146,7 +148,7 @@ QUICK = FindingsPlan(
     run=replace(LESSON_RUN, model=ModelConfig(model="mlp", widths=(32,), bias_init="default"),
                 train=TrainConfig(max_steps=59)),
     grid_leak=(0.0, 0.1), grid_sub=(0.0, 0.4),
-    rates=Range(0.05, 1.6, log=True), max_trainings=12, precision=3.0, curve_draws=199,
+    rates=Range(0.05, 1.6, log=True), max_trainings=12, precision=3.0, curve_draws=49, law_draws=49,
     shifted=(LESSON_RELU,), momenta=(0.5,), init_scales=(2.0,),
     lesson_settings=(RELU, LESSON_RELU, LESSON_FAILS, (0.5, 0.7), (0.05, 0.9)), seeds=5,
     setup_settings=(LESSON_RELU,), sharpness_seeds=2, sharpness_steps=3,
