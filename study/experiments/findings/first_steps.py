@@ -120,8 +120,8 @@ def _warmup_part(plan: FindingsPlan, edges: dict, grid_study: optuna.Study, grid
         "steps (`python -m study edge --warmup-steps`), fitted as in section 1; warm-up 0 is the grid's own search "
         "(the same seeds at the same rates). *One curve*: whether every warm-up shares one curve against one "
         "location per warm-up with a shared slope (`same_curve_p`, parametric bootstrap with "
-        f"{plan.curve_draws:,} draws, so a p near 0.05 is known to about +-{_monte_carlo(plan.curve_draws):.2g} and "
-        f"none is below {1 / (plan.curve_draws + 1):.2g}; no power against a change of slope "
+        f"{plan.curve_draws:,} draws, so a p near 0.05 is known to about "
+        f"+-{1.96 * math.sqrt(0.05 * 0.95 / plan.curve_draws):.2g} and none is below {1 / (plan.curve_draws + 1):.2g}; no power against a change of slope "
         "alone, so not rejecting it is not \"the same curve\"; the levels share seeds, which the test ignores, and "
         "their rates were chosen adaptively, which it takes as fixed), Holm over the settings. `trainings`: all "
         "three warm-ups, warm-up 0's from the grid.",
@@ -279,11 +279,6 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def _monte_carlo(draws: int) -> float:
-    """Half the 95% interval of a bootstrap p near 0.05 from `draws` draws."""
-    return 1.96 * math.sqrt(0.05 * 0.95 / draws)
 
 
 def _span(values: pd.Series) -> str:
