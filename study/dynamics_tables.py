@@ -18,6 +18,7 @@ from study.records import fixed_values, seed_records, setting_of
 from study.reliability import clopper_pearson, holm
 
 OUTCOMES = ("trained", "catapult", "diverged", "stalled")
+TRAINED = ("trained", "catapult")  # the outcomes of a seed that trained
 EXACT_WAYS = 200_000  # a rank test enumerates every assignment up to this many
 STEP_COLUMNS = ("seed", "step", "loss", "lambda_max", "ratio", "grad_norm", "converged", "products")
 
@@ -64,7 +65,7 @@ def outcome_summary(outcomes: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame
         usable = before_spike(mine[mine["step"] < common])
         peaks = usable.groupby("seed")["ratio"].max()
         diverged = peaks[peaks.index.isin(group[group["outcome"] == "diverged"]["seed"])]
-        trained = peaks[peaks.index.isin(group[group["outcome"].isin(("trained", "catapult"))]["seed"])]
+        trained = peaks[peaks.index.isin(group[group["outcome"].isin(TRAINED)]["seed"])]
         p = math.nan
         if len(diverged) and len(trained):
             ranks = stats.rankdata(np.concatenate([diverged, trained]))
@@ -107,7 +108,7 @@ def ratio_by_step(outcomes: pd.DataFrame, steps: pd.DataFrame, draws: int = 9_99
     seed_ids = np.unique(outcomes["seed"])
     strata = []  # per stratum: seed numbers (sorted), labels (+1 diverged, -1 trained, 0 other), its steps
     for setting, group in outcomes.groupby(list(axes.NAMES), sort=True):
-        labels = np.where(group["outcome"] == "diverged", 1, np.where(group["outcome"].isin(("trained", "catapult")), -1, 0))
+        labels = np.where(group["outcome"] == "diverged", 1, np.where(group["outcome"].isin(TRAINED), -1, 0))
         if (labels == 1).any() and (labels == -1).any():
             mine = usable[(usable[list(axes.NAMES)] == pd.Series(dict(zip(axes.NAMES, setting)))).all(axis=1)]
             order = np.argsort(group["seed"].to_numpy())

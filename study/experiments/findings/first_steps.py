@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.dynamics_plots import dynamics_figure
-from study.dynamics_tables import before_spike, outcome_frame, outcome_summary, ratio_by_step, step_frame
+from study.dynamics_tables import TRAINED, before_spike, outcome_frame, outcome_summary, ratio_by_step, step_frame
 from study.edge_law import same_curve_p
 from study.experiments.findings import claims
 from study.experiments.findings.edges import interval
@@ -210,7 +210,7 @@ def _ratio_part(outcomes: pd.DataFrame, steps: pd.DataFrame) -> str:
                   markdown_table(shown), "", f"Verdict: {verdict}."]
     beyond = before_spike(steps).groupby(["leak", "sub", "lr", "warmup_steps", "seed"])["ratio"].max()
     beyond = beyond.reset_index().merge(outcomes)
-    beyond = beyond[beyond["outcome"].isin(("trained", "catapult"))]
+    beyond = beyond[beyond["outcome"].isin(TRAINED)]
     counts = []
     for title, mine in (("without warm-up", beyond["warmup_steps"] == 0), ("with warm-up", beyond["warmup_steps"] > 0)):
         k, n = int((beyond[mine]["ratio"] > 1).sum()), int(mine.sum())
@@ -229,18 +229,18 @@ def _lesson_part(plan: FindingsPlan, outcomes: pd.DataFrame, steps: pd.DataFrame
     if cell.empty:  # the plan measures it only where (.2, .4) is on the grid and a lesson setting
         return ""
     study = lesson_outcome(lesson, "lesson", LESSON_FAILS)
-    same = all((cell.loc[seed, "outcome"] in ("trained", "catapult")) == trained
+    same = all((cell.loc[seed, "outcome"] in TRAINED) == trained
                for seed, trained in study.trained().items())
     mine = before_spike(steps[(steps["leak"] == LESSON_FAILS[0]) & (steps["sub"] == LESSON_FAILS[1])
                               & (steps["lr"] == LESSON_LR) & (steps["warmup_steps"] == 0)])
     peaks = mine.groupby("seed")["ratio"].agg(["max", "idxmax"])
     peaks["at"] = mine.loc[peaks["idxmax"], "step"].to_numpy()
     ranks = peaks["max"].rank(ascending=False).astype(int)
-    trained = peaks[cell.loc[peaks.index, "outcome"].isin(("trained", "catapult")).to_numpy()]
-    failed = cell[~cell["outcome"].isin(("trained", "catapult"))]
+    trained = peaks[cell.loc[peaks.index, "outcome"].isin(TRAINED).to_numpy()]
+    failed = cell[~cell["outcome"].isin(TRAINED)]
     mine_all = outcomes[(outcomes["leak"] == LESSON_FAILS[0]) & (outcomes["sub"] == LESSON_FAILS[1])]
     fate = mine_all.pivot_table(index="seed", columns=["warmup_steps", "lr"], values="outcome", aggfunc="first")
-    cold = fate[0].apply(lambda column: column.isin(("trained", "catapult")))  # seed x rate, warm-up 0
+    cold = fate[0].apply(lambda column: column.isin(TRAINED))  # seed x rate, warm-up 0
     unordered = [seed for seed, row in cold.iterrows()  # failed at a rate, trained at a higher one
                  if any(not row.iloc[i] and row.iloc[j] for i in range(len(row)) for j in range(i + 1, len(row)))]
     rows = []
@@ -323,6 +323,6 @@ def _is_lesson_cell(outcomes: pd.DataFrame) -> pd.Series:
 def _seeds_of(outcomes: pd.DataFrame, leak: float, sub: float, lr: float, warmup: int, name: str) -> claims.Outcomes:
     rows = outcomes[(outcomes["leak"] == leak) & (outcomes["sub"] == sub) & (outcomes["lr"] == lr)
                     & (outcomes["warmup_steps"] == warmup)]
-    return claims.Outcomes(name, {int(r.seed): (r.outcome in ("trained", "catapult"), float(r.val_acc),
+    return claims.Outcomes(name, {int(r.seed): (r.outcome in TRAINED, float(r.val_acc),
                                                 None if pd.isna(r.diverged_step) else int(r.diverged_step))
                                   for r in rows.itertuples()})
