@@ -56,11 +56,9 @@ def search_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine
                  progress: bool = True, callbacks=()) -> Study:
     """`search` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
-        from study.plots import activation_figure
         from study.runner import run_study
 
-        return Study(run_study(place, design, run, machine, progress, seed_picture=activation_figure,
-                               callbacks=callbacks), place)
+        return Study(run_study(place, design, run, machine, progress, activations=True, callbacks=callbacks), place)
 
 
 def create(name: str, *, storage: str | None = None, edge: bool = False, **settings) -> Study | Edge:
@@ -138,11 +136,10 @@ def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: M
     """`edge` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
         from study.edge_search import EdgeSearch
-        from study.plots import activation_figure
         from study.runner import run_study
 
-        optuna_study = run_study(place, design, run, machine, progress, driver=EdgeSearch,
-                                 seed_picture=activation_figure, callbacks=callbacks)
+        optuna_study = run_study(place, design, run, machine, progress, driver=EdgeSearch, activations=True,
+                                 callbacks=callbacks)
         return Edge(optuna_study, place, design)
 
 

@@ -1,4 +1,4 @@
-"""Where a study's per-seed pictures live: one Optuna artifact store that every machine of the study
+"""Where a study's per-seed histories and pictures live: one Optuna artifact store that every machine of the study
 names alike (`--artifacts`), and that `study dashboard` serves.
 
 - default: the directory `studies/NAME/artifacts` beside the study (one machine);
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from study.errors import BadInput
@@ -53,24 +53,24 @@ def artifact_store(location: str | None, place: StudyPlace):
     return FileSystemArtifactStore(str(directory))
 
 
-def upload_picture(store, figure, trial: optuna.Trial, filename: str) -> None:
-    """A matplotlib Figure as a PNG artifact of `trial`, named `filename`."""
+def upload_bytes(store, data: bytes, trial: optuna.Trial, filename: str, mimetype: str | None = None) -> str:
+    """`data` as an artifact of the running `trial`, named `filename`; its artifact id."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
-        figure.savefig(path, dpi=80)
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
+        path.write_bytes(data)
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mimetype)
 
 
-def copy_picture(store, artifact_id: str, trial: optuna.Trial, filename: str) -> bool:
-    """The stored picture `artifact_id` attached to `trial` too; False where the store lacks it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / filename
-        try:
-            download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(path))
-        except ArtifactNotFound:
-            return False
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
-    return True
+def read_bytes(store, artifact_id: str) -> bytes | None:
+    """The artifact's body; None where the store lacks it."""
+    try:
+        reader = store.open_reader(artifact_id)
+    except ArtifactNotFound:
+        return None
+    try:
+        return reader.read()
+    finally:
+        reader.close()
 
 
 class Prefixed:

@@ -1,4 +1,5 @@
-"""optuna-dashboard on a study's storage and its artifact store (the activation pictures)."""
+"""optuna-dashboard on a study's storage and its artifact store: each seed's activation picture is
+drawn the first time its trial is opened (`study.seed_pictures`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from optuna_dashboard import run_server
 from study import interrupts
 from study.artifacts import artifact_store
 from study.place import StudyPlace
+from study.seed_pictures import DrawingStore
 from study.storage import load_existing_study
 
 
@@ -17,4 +19,4 @@ def serve_dashboard(place: StudyPlace, host: str, port: int, artifacts: str | No
     store = artifact_store(artifacts, place)
     print(f"optuna-dashboard for study {place.name!r}: http://{host}:{port}/dashboard", flush=True)
     with interrupts.at_once():  # the server has no safe point and nothing to lose
-        run_server(study._storage, host=host, port=port, artifact_store=store)
+        run_server(study._storage, host=host, port=port, artifact_store=DrawingStore(store))

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from study import axes
 from study.axes import describe_setting
 from study.design import CONFIG_ATTR, TRAIN_THRESHOLD, fixed_axis_values, upgrade_stored_config
+from study.histories import history_name, picture_name
 from study.ladder import setting_key
 from study.reliability import clopper_pearson, t_interval
 from study.training import TrainResult
@@ -193,7 +194,7 @@ def trial_note(params: dict, records: dict[int, dict], summary: dict, threshold:
 class StoredSeed:
     record: dict
     trial_number: int
-    artifact_id: str | None  # its activation picture
+    artifacts: tuple[str | None, str | None] | None  # its history's and picture's artifact ids; None: neither
 
 
 def stored_seed_results(study: optuna.Study, storage: optuna.storages.BaseStorage,
@@ -203,11 +204,12 @@ def stored_seed_results(study: optuna.Study, storage: optuna.storages.BaseStorag
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if point_of(trial, fixed) != point:
             continue
-        pictures = {meta.filename: meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage)}
+        ids = {meta.filename: meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage)}
         for seed, record in seed_records(trial).items():
             first_run = record.get("reused_from", trial.number)  # where the seed was really trained
             clean = {k: v for k, v in record.items() if k != "reused_from"}
-            stored[seed] = StoredSeed(clean, first_run, pictures.get(activation_picture_name(seed)))
+            artifacts = ids.get(history_name(seed)), ids.get(picture_name(seed))
+            stored[seed] = StoredSeed(clean, first_run, artifacts if any(artifacts) else None)
     return stored
 
 
@@ -240,7 +242,3 @@ def reused_record(stored: StoredSeed, picture_found: bool) -> dict:
     store (drawn on a machine with another store, or removed); the seed counts either way."""
     record = {**stored.record, "reused_from": stored.trial_number}
     return record if picture_found else {**record, "picture_missing": True}
-
-
-def activation_picture_name(seed: int) -> str:
-    return f"activations_seed{seed}.png"

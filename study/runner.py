@@ -8,8 +8,9 @@ Which trial comes next is `study.schedule`'s; what a trial stores is `study.reco
 seed is a result: its trial is COMPLETE with the chance-level accuracy it reached; its training loss
 is reported as intermediate values. Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
 and `study.edge_search.EdgeSearch` (probes of a learning-rate ladder, seeds added in rounds until the
-sequential test decides); the caller says which. Each seed's picture is drawn by the function the
-caller hands in (`seed_picture`, `study.plots.activation_figure`), so the loop imports no plotting.
+sequential test decides); the caller says which. Where the caller asks (`activations`), each seed's
+activation history is stored with its trial, and its picture is drawn from it only when first seen
+(`study.histories`), off the training path: the loop imports no plotting.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from optuna_dashboard import save_note
 from tqdm import tqdm  # text bars: in a terminal, a log, and a notebook without ipywidgets alike
 
 from study import axes, interrupts
-from study.artifacts import artifact_store, check_artifacts, copy_picture, upload_picture
+from study.artifacts import artifact_store, check_artifacts
 from study.axes import describe_setting
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
@@ -35,36 +36,35 @@ from study.place import StudyPlace, make_dir, sqlite_path
 from study.errors import BadInput
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.records import (StoredSeed, activation_picture_name, fixed_values, point, point_of, reused_record, seed_record,
+from study.histories import reuse_history, store_history
+from study.records import (StoredSeed, fixed_values, point, point_of, reused_record, seed_record,
                            stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary, write_target)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
                             held_elsewhere, n_complete, requeue, suggest)
-from study.stats import LayerHistory
 from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
 from study.workers import run_workers
 
 CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
-SeedPicture = Callable[[list[LayerHistory], str], object]  # (a seed's history, title) -> a matplotlib Figure
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]  # as Study.optimize's callbacks
 
 
 def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
               progress: bool = True, driver: type["Search"] | None = None,
-              seed_picture: SeedPicture | None = None, callbacks: Sequence[Callback] = ()) -> optuna.Study:
+              activations: bool = False, callbacks: Sequence[Callback] = ()) -> optuna.Study:
     """Run (or continue) a study to its target with `driver` (`Search` unless told: an edge search's
-    is `study.edge_search.EdgeSearch`), here or in the worker processes `machine` asks for. Each
-    seed's picture, where `seed_picture` is given, is stored as an artifact of its trial (in the
-    store `machine.artifacts` names). Each `callbacks` entry is called as Optuna's `optimize` calls
-    its callbacks, `callback(study, frozen_trial)`, after each trial is told, by the process that
-    trained it (with workers: in the worker, so they must pickle)."""
+    is `study.edge_search.EdgeSearch`), here or in the worker processes `machine` asks for. With
+    `activations`, each seed's activation history and picture-to-be are stored as artifacts of its
+    trial (in the store `machine.artifacts` names; `study.histories`). Each `callbacks` entry is
+    called as Optuna's `optimize` calls its callbacks, `callback(study, frozen_trial)`, after each
+    trial is told, by the process that trained it (with workers: in the worker, so they must pickle)."""
     driver = _driver(design, driver)
-    runner = open_search(place, design, run, machine, progress, driver, seed_picture, callbacks)
+    runner = open_search(place, design, run, machine, progress, driver, activations, callbacks)
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
         return runner.work()
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
-        work = functools.partial(work_here, place, design, machine, driver, seed_picture, tuple(callbacks))
+        work = functools.partial(work_here, place, design, machine, driver, activations, tuple(callbacks))
         run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)
     finally:
         runner.bar.close()
@@ -72,22 +72,22 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
 
 
 def work_here(place: StudyPlace, design, machine: MachineConfig, driver: type["Search"],
-              seed_picture: SeedPicture | None, callbacks: tuple[Callback, ...], run: RunConfig) -> None:
+              activations: bool, callbacks: tuple[Callback, ...], run: RunConfig) -> None:
     """A worker process's share of a study (its entry point): the loop on this process, without a bar."""
     with libraries_quiet():
-        open_search(place, design, run, machine, False, driver, seed_picture, callbacks).work()
+        open_search(place, design, run, machine, False, driver, activations, callbacks).work()
 
 
 def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
                 progress: bool = True, driver: type["Search"] | None = None,
-                seed_picture: SeedPicture | None = None, callbacks: Sequence[Callback] = ()) -> "Search":
+                activations: bool = False, callbacks: Sequence[Callback] = ()) -> "Search":
     """Everything that can refuse the command, before anything is written, then the study and its
     driver (`Search` unless told)."""
     data = load_fashion_mnist(run.data, resolve_device(run.train.device))
     check_artifacts(machine.artifacts)
     study, storage = _open(place, design, run, machine)
     store = artifact_store(machine.artifacts, place)  # its directory made only once the study is good
-    return _driver(design, driver)(study, storage, design, run, machine, data, store, progress, seed_picture,
+    return _driver(design, driver)(study, storage, design, run, machine, data, store, progress, activations,
                                    tuple(callbacks))
 
 
@@ -130,9 +130,9 @@ class Search:
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, design: StudyDesign,
                  run: RunConfig, machine: MachineConfig, data: FashionMNIST, store, progress: bool,
-                 seed_picture: SeedPicture | None = None, callbacks: tuple[Callback, ...] = ()):
+                 activations: bool = False, callbacks: tuple[Callback, ...] = ()):
         self.study, self.storage, self.design, self.run_config = study, storage, design, run
-        self.seed_picture, self.callbacks = seed_picture, callbacks
+        self.activations, self.callbacks = activations, callbacks
         self.data, self.seeds = data, design.seeds
         self.store = store  # an Optuna artifact store (`study.artifacts`)
         self.population = machine.population_size(resolve_device(run.train.device).type, self._models_per_trial())
@@ -273,8 +273,8 @@ class Search:
     def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult, extra=None) -> dict:
         record = {**seed_record(result), **(extra or {})}  # extra: what a driver measured beside the result
         write_seed(trial, seed, record)
-        if self.seed_picture is not None:
-            self._upload_picture(trial, result, params, seed)
+        if self.activations:
+            self._store_history(trial, result, params, seed)
         self._report_losses(trial, params, seed, result)
         self._seeds_stored(1)
         return record
@@ -307,10 +307,9 @@ class Search:
         return summary["mean_val_acc"]
 
     def _reuse(self, trial: optuna.Trial, stored: StoredSeed, seed: int) -> dict:
-        """A seed finished by an earlier, failed trial of the same setting: its record and picture. A
-        picture the store lacks never fails the trial (`records.reused_record`)."""
-        found = stored.artifact_id is None or copy_picture(self.store, stored.artifact_id, trial,
-                                                           activation_picture_name(seed))
+        """A seed finished by an earlier, failed trial of the same setting: its record, history and
+        picture. A picture the store lacks never fails the trial (`records.reused_record`)."""
+        found = stored.artifacts is None or reuse_history(self.store, trial, seed, *stored.artifacts)
         record = reused_record(stored, found)
         write_seed(trial, seed, record)
         return record
@@ -318,10 +317,10 @@ class Search:
     def _run_config(self, params: dict, seed: int) -> RunConfig:
         return self.run_config.at(params, seed)
 
-    def _upload_picture(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
+    def _store_history(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
         title = (f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
                  + (" (diverged)" if result.diverged else ""))
-        upload_picture(self.store, self.seed_picture(result.history, title), trial, activation_picture_name(seed))
+        store_history(self.store, trial, seed, result.history, title)
 
     def _show_best(self, study: optuna.Study, summary: dict) -> None:
         best = max([summary_of(t).get("mean_val_acc", 0.0) for t in study.get_trials(

@@ -63,6 +63,14 @@ class Study:
 
         return study_figures(self.optuna, x, y)
 
+    def activations(self, number: int, seed: int, artifacts: str | None = None):
+        """Trial `number`'s seed `seed` as the lesson's activation pictures (a matplotlib Figure), drawn
+        from its stored history; `artifacts`: the store its machines named (`--artifacts`)."""
+        from study.artifacts import artifact_store
+        from study.seed_pictures import seed_activations
+
+        return seed_activations(self.optuna, artifact_store(artifacts, self.place), number, seed)
+
     def save_figures(self, out_dir: str | Path | None = None, x: str = "leak", y: str = "sub") -> list[Path]:
         """The pictures as PNGs in `out_dir` (default: studies/NAME beside the database)."""
         from study.plots import save_figures

@@ -58,11 +58,13 @@ def test_dashboard_serves_the_study_and_its_page_renders(dashboard, tmp_path):
     detail = get_json(f"{base}/api/studies/{studies[0]['study_id']}")
     assert len(detail["trials"]) == 2
     assert all(t["state"] == "Complete" for t in detail["trials"])
-    # Each trial's page shows its note and its seed's activation picture, served from the artifacts.
+    # Each trial's page shows its note and its seed's activation picture, drawn from the seed's stored
+    # history when first asked for (training drew none), served from the artifacts.
     for trial in detail["trials"]:
         assert "Mean validation accuracy" in trial["note"]["body"]
-        (picture,) = trial["artifacts"]
-        assert picture["filename"] == "activations_seed0.png"
+        artifacts = {artifact["filename"]: artifact for artifact in trial["artifacts"]}
+        assert sorted(artifacts) == ["activations_seed0.npz", "activations_seed0.png"]
+        picture = artifacts["activations_seed0.png"]
         with urllib.request.urlopen(f"{base}/artifacts/{studies[0]['study_id']}/{trial['trial_id']}/"
                                     f"{picture['artifact_id']}", timeout=10) as response:
             assert response.headers["Content-Type"] == "image/png" and response.read(4) == b"\x89PNG"

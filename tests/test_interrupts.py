@@ -1,7 +1,7 @@
 """Ctrl-C and SIGTERM stop a study at a safe point, wherever they land: exit 130 or 143, finished seeds
 kept, and the same command finishes the study to the result an uninterrupted run gives, training no
 stored seed again. The signal is sent by the program itself at a chosen moment (a stored seed, a
-storage write, a picture): no test waits on time."""
+storage write, a seed's history, the study's pictures): no test waits on time."""
 
 import os
 import signal
@@ -17,6 +17,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import study.histories
 import study.plots
 from conftest import ROOT, TINY, sigint_as_in_a_terminal
 from study import interrupts
@@ -200,7 +201,7 @@ POINTS = {
     "after the third seed is stored": (Search, "_store_seed", 3, True, ONE_SETTING),
     "between two training steps": (torch.optim.SGD, "step", 7, False, ONE_SETTING),
     "during a storage write": (ResilientStorage, "set_trial_user_attr", 2, False, ONE_SETTING),
-    "while a seed's picture is drawn": (study.plots, "activation_figure", 2, False, ONE_SETTING),
+    "while a seed's history is stored": (study.histories, "history_bytes", 2, False, ONE_SETTING),
     "while the study's pictures are drawn": (study.plots, "study_figures", 1, False, ONE_SETTING),
     "inside a population of two settings": (torch.optim.SGD, "step", 7, False,
                                             TWO_SETTINGS + ("--population", "2")),

@@ -64,7 +64,7 @@ def test_create_trains_nothing_and_work_runs_the_stored_design(tmp_path, fashion
     trials = done.optuna.get_trials(states=(TrialState.COMPLETE,))
     assert sorted((t.params["leak"], t.params["sub"]) for t in trials) == [(0, 0), (0, 0.4), (0.2, 0), (0.2, 0.4)]
     assert all(sorted(seed_records(t)) == [0, 1] for t in trials)
-    assert len(list((tmp_path / "shared").iterdir())) == 8  # a picture per seed, in the store named
+    assert len(list((tmp_path / "shared").iterdir())) == 16  # a history and a picture per seed, in the store named
     assert len(done.optuna.trials) == 4  # nothing trained twice
 
 

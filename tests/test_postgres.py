@@ -125,10 +125,10 @@ def test_two_machines_share_one_study_and_a_killed_machine_loses_nothing(postgre
     retry = next(t for t in complete if t.params == killed[0].params)
     assert [seed_records(retry)[s].get("reused_from") for s in (0, 1, 2)] == [killed[0].number] * 2 + [None]
     assert not any(record.get("picture_missing") for t in complete for record in seed_records(t).values())
-    for trial in complete:  # a picture per seed, in the one store
+    for trial in complete:  # a history and a picture per seed, in the one store
         names = sorted(meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage))
-        assert names == [f"activations_seed{s}.png" for s in (0, 1, 2)]
-    assert len(list(shared.iterdir())) == 32  # 30 seeds' pictures, and the 2 copies the retry attached
+        assert names == [f"activations_seed{s}.{kind}" for s in (0, 1, 2) for kind in ("npz", "png")]
+    assert len(list(shared.iterdir())) == 64  # 30 seeds' histories and pictures, and the 4 copies the retry attached
     # The connection budget of README's "Many machines": 2 per worker process, and 2 for the command
     # that starts workers (none more where it trains itself): a, one worker, 2; b, two workers, 6.
     assert peak <= 2 + (2 * 2 + 2), peak

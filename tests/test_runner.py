@@ -1,6 +1,7 @@
 """The study on real FashionMNIST (small MLP, 2 seeds, a few settings): storage, resume, grid, heatmaps."""
 
 import hashlib
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -65,9 +66,9 @@ def test_every_trial_stores_each_seed_and_the_summary(finished):
         assert trial.user_attrs["frac_trained"] == 1.0
         assert trial.user_attrs["n_diverged"] == 0
         assert [set(layer) for layer in trial.user_attrs["layers"]] == [{"mean", "std", "near_zero_frac", "dead_units"}]
-        # One activation picture per seed, uploaded as an artifact.
-        artifacts = [k for k in trial.system_attrs if k.startswith("artifacts:")]
-        assert len(artifacts) == 2
+        # Each seed's activation history and its picture, drawn when first seen (`study.histories`).
+        names = sorted(json.loads(v)["filename"] for k, v in trial.system_attrs.items() if k.startswith("artifacts:"))
+        assert names == ["activations_seed0.npz", "activations_seed0.png", "activations_seed1.npz", "activations_seed1.png"]
     assert study.user_attrs[CONFIG_ATTR]["seeds"] == [0, 1]
 
 
@@ -146,7 +147,7 @@ def test_population_mode_stores_the_same_study_as_one_trial_at_a_time(finished, 
         for seed in (0, 1):  # float32 rounding of batched GEMMs apart, the same runs
             assert records[seed]["val_acc"] == pytest.approx(before[seed]["val_acc"], abs=0.01)
         assert trial.value == pytest.approx(statistics.fmean(r["val_acc"] for r in records.values()))
-        assert len([k for k in trial.system_attrs if k.startswith("artifacts:")]) == 2
+        assert len([k for k in trial.system_attrs if k.startswith("artifacts:")]) == 4  # history and picture per seed
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from study.experiments.findings.first_steps import first_steps_figures, first_st
 from study.experiments.findings.plan import LESSON_LR, LESSON_MOMENTUM, LESSON_RELU, RELU, FindingsPlan
 from study.experiments.findings.tables import lesson_outcome, verdict_table
 from study.experiments.signal import agreement, fixed_point_variance, run_signal, save_signal, signal_frame
-from study.plots import activation_figure, save_figures
+from study.plots import save_figures
 from study.reliability import clopper_pearson
 from study.records import study_threshold
 from study.results import edge_table, probe_frame, seed_frame, wall_time
@@ -44,9 +44,9 @@ def write_findings(plan: FindingsPlan, out_dir: Path, machine: MachineConfig = M
     figures_dir = out_dir / "findings"
     figures_dir.mkdir(parents=True, exist_ok=True)
     edges = {name: (design, run_study(plan.place(name), design, plan.run, machine, progress, EdgeSearch,
-                                      activation_figure))
+                                      activations=True))
              for name, design in plan.edge_studies().items()}
-    lesson = {name: run_study(plan.place(name), design, run, machine, progress, seed_picture=activation_figure)
+    lesson = {name: run_study(plan.place(name), design, run, machine, progress, activations=True)
               for name, (design, run) in plan.lesson_studies().items()}
     outcomes = {name: _outcomes(study) for name, study in lesson.items()}
 
