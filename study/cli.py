@@ -190,13 +190,17 @@ def run_findings(args: argparse.Namespace) -> int:
 
 
 def run_bench_study(args: argparse.Namespace) -> int:
+    from benchmarks import quick_study
     from benchmarks.study_speed import ROWS, report
 
-    rows = args.rows or ROWS
-    unknown = [r for r in rows if r not in ROWS] + [m for m in args.models if m not in ("mlp", "cnn")]
+    rows = args.rows or (*ROWS, "quick")
+    unknown = [r for r in rows if r not in (*ROWS, "quick")] + [m for m in args.models if m not in ("mlp", "cnn")]
     if unknown:
-        raise BadInput(f"no benchmark row or model {unknown[0]!r}: rows {','.join(ROWS)}; models mlp,cnn")
-    print(report(args.device, args.models, rows, progress=sys.stderr.isatty()))
+        raise BadInput(f"no benchmark row or model {unknown[0]!r}: rows {','.join(ROWS)},quick; models mlp,cnn")
+    if set(rows) - {"quick"}:
+        print(report(args.device, args.models, tuple(r for r in rows if r != "quick"), progress=sys.stderr.isatty()))
+    if "quick" in rows:
+        print(quick_study.report())
     return 0
 
 

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     study_speed = benches.add_parser("study", help="model-epochs per second of the ways to train a study")
     study_speed.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     study_speed.add_argument("--models", type=words, default=("mlp", "cnn"), help="comma separated (default: mlp,cnn)")
-    study_speed.add_argument("--rows", type=words, default=None, help="comma separated of a,b,c,d8,d32,e (default: all)")
+    study_speed.add_argument("--rows", type=words, default=None, help="comma separated of a,b,c,d8,d32,e and quick "
+                             "(the quick study against plain PyTorch epochs; default: all)")
     benches.add_parser("kernel", help="the fused kernel: GPU timings on CUDA, the analytic model always")
     edge_methods = benches.add_parser("edge", help="the edge's two methods on known curves: coverage, error, trainings")
     edge_methods.add_argument("--reps", type=int, default=200, help="repetitions per curve (default: 200)")

@@ -63,8 +63,11 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
         return runner.work()
+    # The workers train on this process's data, in shared memory: loading it again would cost each a
+    # second of start-up. Not GPUs' data: each GPU worker loads its own on its own device.
+    shared = runner.data if device_type == "cpu" else None
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
-        work = functools.partial(work_here, place, design, machine, driver, activations, tuple(callbacks))
+        work = functools.partial(work_here, place, design, machine, driver, activations, tuple(callbacks), shared)
         run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)
     finally:
         runner.bar.close()
@@ -72,18 +75,20 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
 
 
 def work_here(place: StudyPlace, design, machine: MachineConfig, driver: type["Search"],
-              activations: bool, callbacks: tuple[Callback, ...], run: RunConfig) -> None:
-    """A worker process's share of a study (its entry point): the loop on this process, without a bar."""
+              activations: bool, callbacks: tuple[Callback, ...], data: FashionMNIST | None, run: RunConfig) -> None:
+    """A worker process's share of a study (its entry point): the loop on this process, without a bar;
+    `data`: the starting process's, where it can be shared."""
     with libraries_quiet():
-        open_search(place, design, run, machine, False, driver, activations, callbacks).work()
+        open_search(place, design, run, machine, False, driver, activations, callbacks, data).work()
 
 
 def open_search(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
                 progress: bool = True, driver: type["Search"] | None = None,
-                activations: bool = False, callbacks: Sequence[Callback] = ()) -> "Search":
+                activations: bool = False, callbacks: Sequence[Callback] = (),
+                data: FashionMNIST | None = None) -> "Search":
     """Everything that can refuse the command, before anything is written, then the study and its
-    driver (`Search` unless told)."""
-    data = load_fashion_mnist(run.data, resolve_device(run.train.device))
+    driver (`Search` unless told). `data`: `run.data` loaded already (by the starting process)."""
+    data = data if data is not None else load_fashion_mnist(run.data, resolve_device(run.train.device))
     check_artifacts(machine.artifacts)
     study, storage = _open(place, design, run, machine)
     store = artifact_store(machine.artifacts, place)  # its directory made only once the study is good

@@ -129,16 +129,16 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     # Slots per (model, unit, pre > 0): bins, then |a| >= hist_max, then NaN.
     slots = bins + 2
     above = None
-    if not scaled.max() < bins:  # some |a| >= hist_max, or NaN (max passes it on): rare, so checked first
+    # Reductions and broadcasts over the flat memory, not the (maybe channels-last) shape: over the
+    # shape, max and the offsets' add ran 5x and 3x slower than a pass (measured, 1.6M elements).
+    if not _flat(scaled).amax() < bins:  # some |a| >= hist_max, or NaN (amax passes it on): rare, checked first
         above = torch.gt(scaled, bins, out=flags).sum(dim=others)  # |a| > hist_max (and inf): not counted
         scaled.clamp_(max=bins).nan_to_num_(nan=bins + 1)
     scaled.add_(torch.gt(pre.detach(), 0, out=flags), alpha=slots)
     index = _scratch(workspace, "index", a, torch.int32).copy_(scaled)  # truncates: floor
-    shape = [1] * a.dim()
-    shape[model_dim], shape[2] = n_models, n_units
-    index += (torch.arange(n_models * n_units, device=a.device, dtype=torch.int32) * (2 * slots)).view(shape)
+    index += _unit_offsets(workspace, index, model_dim, 2 * slots)
     # The scratch tensor is dense in some order (maybe channels-last); counting does not mind which.
-    counts = torch.bincount(index.as_strided((index.numel(),), (1,)), minlength=n_models * n_units * 2 * slots)
+    counts = torch.bincount(_flat(index), minlength=n_models * n_units * 2 * slots)
     counts = counts.view(n_models, n_units, 2, slots)
     per_model = counts.sum(dim=(1, 2))
     hist = per_model[:, :bins].to(torch.float32)
@@ -161,6 +161,22 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
         hist=hist,
         unit_pos=counts[:, :, 1].sum(dim=2),
     )
+
+
+def _unit_offsets(workspace: dict, index: torch.Tensor, model_dim: int, per_unit: int) -> torch.Tensor:
+    """`per_unit` x (model, unit) number of each element, laid out as `index`: made once per shape."""
+    key = ("offsets", tuple(index.shape), index.stride(), per_unit, index.device)
+    if key not in workspace:
+        shape = [1] * index.dim()
+        shape[model_dim], shape[2] = index.shape[model_dim], index.shape[2]
+        numbers = torch.arange(shape[model_dim] * shape[2], device=index.device, dtype=torch.int32) * per_unit
+        workspace[key] = torch.empty_like(index).copy_(numbers.view(shape).expand_as(index))
+    return workspace[key]
+
+
+def _flat(dense: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements in memory order, as one dimension."""
+    return dense.as_strided((dense.numel(),), (1,))
 
 
 def _scratch(workspace: dict, name: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

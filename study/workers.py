@@ -15,6 +15,7 @@ import multiprocessing.connection
 import multiprocessing.synchronize
 import os
 import queue
+import sys
 from dataclasses import replace
 from typing import Callable
 
@@ -79,11 +80,10 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
             process.join()
         raise
     interrupts.check()
-    try:
-        raise errors.get(timeout=1)
-    except queue.Empty:
-        pass
     codes = [p.exitcode for p in processes if p.exitcode]
+    with contextlib.suppress(queue.Empty):
+        if codes:  # a worker that failed put its error first: the queue's feeder flushed it before the exit
+            raise errors.get(timeout=1)
     stopped = next((code - 128 for code in codes if code - 128 in interrupts.SIGNALS), None)
     if stopped is not None:
         raise Interrupted(stopped)
@@ -117,3 +117,8 @@ def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, error
     except Exception as e:
         errors.put(e)
         raise SystemExit(1) from None
+    # Everything is stored. The interpreter's teardown of torch and the libraries (half a second
+    # here) would only keep the command waiting: end as multiprocessing's own forked children end.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,5 +1,5 @@
-"""The study benchmark (benchmarks/study_speed.py): its FLOP counts, and one real run of a few rows
-from the command line."""
+"""The study benchmarks (benchmarks/study_speed.py, benchmarks/quick_study.py): FLOP counts, the quick
+study's table, and one real run of a few rows from the command line."""
 
 import subprocess
 import sys
@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, assert_one_line_error, run_cli
+from benchmarks.quick_study import QuickStudy, plain_cnn, quick_table
 from benchmarks.study_speed import Measured, gpu_population_prediction, table, train_flops
 
 
@@ -39,3 +40,24 @@ def test_bench_study_prints_a_table_of_the_rows_asked(tmp_path):
     rates = [float(r.split("|")[3]) for r in rows]
     assert all(rate > 0.05 for rate in rates)
     assert "bare torch.mm" in proc.stdout and f"torch {torch.__version__}," in proc.stdout
+
+
+def test_the_plain_epochs_network_is_the_lessons_cnn_with_relu():
+    from study.config import ModelConfig
+    from study.model import build_model
+
+    plain, ours = plain_cnn(), build_model(ModelConfig(model="cnn"))
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in ours.parameters()]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in plain) == 4
+    assert plain(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_the_quick_study_is_measured_in_plain_epochs_and_time_outside_training():
+    lines = quick_table(plain=0.5, quick=QuickStudy(wall=40.0, workers=2, training=60.0)).splitlines()
+    assert lines[3].split("|")[2:4] == [" 40.0 ", " 80 "]  # 40 s = 80 epochs of 0.5 s
+    assert lines[5].split("|")[2] == " 25% "  # 60 of 2 x 40 worker-seconds trained
+
+
+def test_bench_study_refuses_an_unknown_row_in_one_line():
+    proc = run_cli("bench", "study", "--rows", "a,quik")
+    assert_one_line_error(proc, "no benchmark row or model 'quik'")
