@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from study import interrupts
 from study.ladder import EdgeDesign, setting_key
 from study.records import (fixed_values, is_trained, point, point_of, probe_outcomes, probe_verdicts, probes_by_setting,
-                           setting_of, study_threshold, summarise)
+                           seed_records, setting_of, study_threshold, summarise)
 from study.runner import Search
 from study.schedule import MAX_FAILS_PER_SETTING, count_states, held_elsewhere, suggest
 
@@ -59,9 +59,11 @@ class EdgeSearch(Search):
         self.test = self.design.test()
 
     def show_progress(self) -> None:
-        """The bar at the settings whose edge is found."""
+        """The bar at the settings whose edge is found, and the trainings their probes hold (the
+        workers' too: a watching process trains none itself)."""
         self.bar.n = sum(rate is None for rate in next_rates(self.study, self.design, self.plans).values())
-        self.bar.set_postfix(trainings=self.trainings, refresh=False)
+        stored = sum(len(seed_records(t)) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        self.bar.set_postfix(trainings=max(self.trainings, stored), refresh=False)
         self.bar.refresh()
 
     def _bar_total(self) -> int:

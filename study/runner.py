@@ -43,7 +43,7 @@ from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fai
                             held_elsewhere, n_complete, requeue, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
-from study.workers import run_workers
+from study.workers import run_workers, worker_data
 
 CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]  # as Study.optimize's callbacks
@@ -59,13 +59,12 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     called as Optuna's `optimize` calls its callbacks, `callback(study, frozen_trial)`, after each
     trial is told, by the process that trained it (with workers: in the worker, so they must pickle)."""
     driver = _driver(design, driver)
-    runner = open_search(place, design, run, machine, progress, driver, activations, callbacks)
     device_type = resolve_device(run.train.device).type
-    if machine.worker_count(device_type) == 1 and machine.gpus is None:
+    alone = machine.worker_count(device_type) == 1 and machine.gpus is None
+    shared = None if alone else worker_data(run, machine, device_type)
+    runner = open_search(place, design, run, machine, progress, driver, activations, callbacks, shared)
+    if alone:
         return runner.work()
-    # The workers train on this process's data, in shared memory: loading it again would cost each a
-    # second of start-up. Not GPUs' data: each GPU worker loads its own on its own device.
-    shared = runner.data if device_type == "cpu" else None
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
         work = functools.partial(work_here, place, design, machine, driver, activations, tuple(callbacks), shared)
         run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)

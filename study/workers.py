@@ -19,8 +19,11 @@ import sys
 from dataclasses import replace
 from typing import Callable
 
+import torch
+
 from study import interrupts
 from study.config import RunConfig
+from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MachineConfig
 from study.errors import Interrupted, WorkerStopped
 
@@ -36,6 +39,22 @@ def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> lis
     count = machine.worker_count(device_type)
     threads = max(1, len(os.sched_getaffinity(0)) // count)
     return [(run, threads)] * count
+
+
+def worker_data(run: RunConfig, machine: MachineConfig, device_type: str) -> FashionMNIST | None:
+    """The data every CPU worker trains on, loaded once by the starting process and shared with them
+    (a load of its own costs each worker a second of start-up). Loaded with a worker's thread count:
+    the normalisation's float32 sums depend on it, and a worker's runs must be bitwise those it would
+    train on data it loaded itself. None with GPUs: each GPU worker loads its own onto its device."""
+    if device_type != "cpu":
+        return None
+    (_, threads), *_ = worker_runs(run, machine, device_type)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return load_fashion_mnist(run.data, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: MachineConfig, device_type: str,
@@ -102,8 +121,6 @@ def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, error
         with interrupts.stop_requests(escalate=False, parent=stop):
             interrupts.unblock()
             try:
-                import torch
-
                 from study.masking import guard_output
 
                 guard_output()

@@ -73,6 +73,17 @@ def test_every_trial_stores_each_seed_and_the_summary(finished):
 
 
 @pytest.mark.slow
+def test_a_notebook_sees_a_seeds_activations_drawn_from_its_stored_history(finished):
+    place, study = finished
+    trial = complete_trials(study)[0]
+    figure = api.load("s", place.storage).activations(trial.number, 1)
+    val_acc = seed_records(trial)[1]["val_acc"]
+    assert figure.get_suptitle().endswith(f"seed 1: val acc {val_acc:.3f}")
+    with pytest.raises(BadInput, match="no activation history of seed 2"):
+        api.load("s", place.storage).activations(trial.number, 2)
+
+
+@pytest.mark.slow
 def test_grid_is_covered_once(finished):
     _, study = finished
     points = [(t.params["leak"], t.params["sub"], t.params["init_scale"]) for t in complete_trials(study)]

@@ -14,14 +14,17 @@ from dataclasses import replace
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, free_port, sigint_as_in_a_terminal
-from study.config import RunConfig
+from study.config import DataConfig, RunConfig
+import study.data
+from study.data import load_fashion_mnist
 from study.design import MachineConfig
 from study.records import seed_records
 from study.records import point_of
-from study.workers import worker_runs
+from study.workers import worker_data, worker_runs
 
 GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]
 GRID_12 = ["--leak", "0,0.1,0.2,0.5", "--sub", "0,0.4,0.7"]
@@ -187,3 +190,24 @@ def test_chaos_sigkill_three_times_then_resume(tmp_path, population):
             assert final[seed].get("reused_from") == origin
             assert final[seed]["val_acc"] == record["val_acc"]
     assert all(sorted(seed_records(t)) == [0, 1] for t in complete)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_data_workers_share_is_bitwise_what_each_would_load_itself(workers):
+    """The normalisation's float32 sums depend on the thread count (two threads and one give means
+    a few ulps apart on the lesson's 60,000 images), so the starting process loads the shared data
+    with a worker's count."""
+    run, machine = RunConfig(data=DataConfig(n_val=0)), MachineConfig(workers=workers)
+    (_, threads), *_ = worker_runs(run, machine, "cpu")
+    before = torch.get_num_threads()
+    shared = worker_data(run, machine, "cpu")
+    assert torch.get_num_threads() == before
+    torch.set_num_threads(threads)
+    try:
+        study.data._load_cpu.cache_clear()  # a worker starts with nothing loaded
+        own = load_fashion_mnist(run.data)
+    finally:
+        torch.set_num_threads(before)
+    assert (shared.mean, shared.std) == (own.mean, own.std)
+    assert all(torch.equal(getattr(shared, name), getattr(own, name)) for name in ("x_train", "x_val", "x_test"))
+    assert worker_data(run, MachineConfig(gpus=(0,)), "cuda") is None  # each GPU worker loads onto its own device
