@@ -9,7 +9,9 @@ Rows, for the MLP and the lesson's CNN (one epoch of FashionMNIST each, warm-up 
 and a bare `torch.mm` of the MLP's first layer measured in the same run: the GEMM rate the rows'
 GFLOP/s are compared with. Each row runs in a fresh process, so its peak memory is its own.
 
-    python -m study bench study [--device auto] [--models mlp,cnn] [--rows a,b,c,d8,d32,e]
+    python -m study bench study [--device auto] [--models mlp,cnn] [--rows a,b,c,d8,d32,e,quick]
+
+(`quick`: the quick study against plain PyTorch epochs, `benchmarks/quick_study.py`.)
 """
 
 from __future__ import annotations

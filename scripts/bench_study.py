@@ -1,6 +1,7 @@
-"""Model-epochs per second of the ways to train a study: lesson loop, single model, population.
+"""Model-epochs per second of the ways to train a study (lesson loop, single model, population), and
+the quick study against plain PyTorch epochs.
 
-    python scripts/bench_study.py            # the table of benchmarks/study_speed.py, about 5 minutes on 2 CPU cores
+    python scripts/bench_study.py            # benchmarks/study_speed.py's and quick_study.py's tables, about 6 minutes on 2 CPU cores
 """
 
 import sys

@@ -5,12 +5,12 @@ trained once per seed.
 creates or opens the study (`study.storage`); `Search.work` trains trials until the study holds its
 target of COMPLETE trials (`StudyDesign.n_trials`): running the same command again continues to it.
 Which trial comes next is `study.schedule`'s; what a trial stores is `study.records`'. A diverged
-seed is a result: its trial is COMPLETE with the chance-level accuracy it reached; its training loss
-is reported as intermediate values. Two drivers share the loop: `Search` (a study's grid or sampler, every seed of `StudyDesign.seeds`)
-and `study.edge_search.EdgeSearch` (probes of a learning-rate ladder, seeds added in rounds until the
-sequential test decides); the caller says which. Where the caller asks (`activations`), each seed's
-activation history is stored with its trial, and its picture is drawn from it only when first seen
-(`study.histories`), off the training path: the loop imports no plotting.
+seed is a result: its trial is COMPLETE with the chance-level accuracy it reached; its training
+loss is reported as intermediate values. Two drivers share the loop: `Search` (a study's grid or
+sampler, every seed of `StudyDesign.seeds`) and `study.edge_search.EdgeSearch` (probes of a
+learning-rate ladder, seeds added in rounds until the sequential test decides). With
+`activations`, each seed's activation history is stored with its trial and its picture drawn only
+when first seen (`study.histories`): the loop imports no plotting.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MachineConfig, StudyDesign
 from study.place import StudyPlace, make_dir, sqlite_path
 from study.errors import BadInput
+from study.histories import reuse_history, store_history
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.histories import reuse_history, store_history
-from study.records import (StoredSeed, fixed_values, point, point_of, reused_record, seed_record,
-                           stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary, write_target)
+from study.records import (StoredSeed, fixed_values, point, point_of, reused_record, seed_record, stored_seed_results,
+                           summarise, summary_of, trial_note, write_seed, write_summary, write_target)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
                             held_elsewhere, n_complete, requeue, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers
@@ -278,7 +278,8 @@ class Search:
         record = {**seed_record(result), **(extra or {})}  # extra: what a driver measured beside the result
         write_seed(trial, seed, record)
         if self.activations:
-            self._store_history(trial, result, params, seed)
+            title = f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
+            store_history(self.store, trial, seed, result.history, title + (" (diverged)" if result.diverged else ""))
         self._report_losses(trial, params, seed, result)
         self._seeds_stored(1)
         return record
@@ -320,11 +321,6 @@ class Search:
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:
         return self.run_config.at(params, seed)
-
-    def _store_history(self, trial: optuna.Trial, result: TrainResult, params: dict, seed: int) -> None:
-        title = (f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
-                 + (" (diverged)" if result.diverged else ""))
-        store_history(self.store, trial, seed, result.history, title)
 
     def _show_best(self, study: optuna.Study, summary: dict) -> None:
         best = max([summary_of(t).get("mean_val_acc", 0.0) for t in study.get_trials(

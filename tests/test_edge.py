@@ -114,6 +114,24 @@ def test_running_again_trains_nothing_and_writes_the_edge_csv(searched):
 
 
 @pytest.mark.slow
+def test_a_watching_process_counts_the_trainings_its_workers_stored(searched):
+    """With workers the starting process trains nothing itself; its bar reads the trainings from the study."""
+    from study.edge_search import EdgeSearch
+    from study.place import StudyPlace
+    from study.runner import open_search
+    from study.storage import read_design
+    from study.stored_design import design_of, run_of
+
+    _, storage, edge = searched
+    place = StudyPlace("e", storage)
+    stored, target = read_design(place, 60)
+    watcher = open_search(place, design_of(stored, target), run_of(stored), progress=False, driver=EdgeSearch)
+    watcher.show_progress()
+    assert watcher.bar.postfix == f"trainings={sum(len(seed_records(t)) for t in edge.optuna.get_trials())}"
+    assert watcher.bar.n == 2  # both settings' edges found
+
+
+@pytest.mark.slow
 def test_an_interrupted_probe_is_finished_from_its_stored_seeds(searched, tmp_path):
     home, storage, edge = searched
     db = tmp_path / "copy.db"
