@@ -2,8 +2,8 @@
 
 - a plain epoch: the lesson's CNN with nn.ReLU, no statistics, no hooks, one epoch of random data of
   FashionMNIST's shape (50,000 images, batch 1024), SGD, 2 threads; the best of 3 after a warm-up;
-- the quick study: `python -m study search --workers auto` in an empty directory, a fresh process as a
-  user runs it; its wall time, in plain epochs, and the share of its workers' time (workers x wall)
+- the quick study: `python -m study search --workers auto --device cpu` in an empty directory, a fresh
+  process as a user runs it; its wall time, in plain epochs, and the share of its workers' time (workers x wall)
   spent outside the seeds' own training (their records' `seconds`: set-up, training and scoring).
 
     python -m study bench study --rows quick
@@ -77,8 +77,11 @@ def quick_study() -> QuickStudy:
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         storage = f"sqlite:///{directory}/studies/quick.db"  # where it goes by default, whatever the environment
-        subprocess.run([sys.executable, "-m", "study", "search", "--workers", "auto", "--storage", storage],
-                       cwd=directory, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "study", "search", "--workers", "auto", "--device", "cpu",
+                               "--storage", storage], cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if done.returncode:
+            raise RuntimeError(f"the quick study failed: {done.stderr.strip().splitlines()[-1:]}")
         wall = time.perf_counter() - start
         stored = api.load("quick", storage=storage)
         training = 60 * training_minutes(stored.optuna)

@@ -193,8 +193,9 @@ def run_bench_study(args: argparse.Namespace) -> int:
     from benchmarks import quick_study
     from benchmarks.study_speed import ROWS, report
 
-    rows = args.rows or (*ROWS, "quick")
-    unknown = [r for r in rows if r not in (*ROWS, "quick")] + [m for m in args.models if m not in ("mlp", "cnn")]
+    every = (*ROWS, "quick")
+    rows = args.rows or every
+    unknown = [r for r in rows if r not in every] + [m for m in args.models if m not in ("mlp", "cnn")]
     if unknown:
         raise BadInput(f"no benchmark row or model {unknown[0]!r}: rows {','.join(ROWS)},quick; models mlp,cnn")
     if set(rows) - {"quick"}:

@@ -61,7 +61,7 @@ def activation_figure(history: list[LayerHistory], title: str) -> Figure:
     axes = fig.subplot_mosaic(
         [["mean"] * n, ["std"] * n, [f"hist{i}" for i in range(n)], ["near"] * n], height_ratios=[1, 1, 1.2, 1],
     )
-    # Fixed margins: constrained layout took half of the drawing time, and a study draws one per run.
+    # Fixed margins: constrained layout took half of the drawing time, and a study may draw one per run.
     fig.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=0.05, hspace=0.35, wspace=0.3)
     for index, layer in enumerate(history):
         label = f"layer {index + 1}"

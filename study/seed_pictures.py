@@ -4,6 +4,7 @@ costs its fifth of a second when someone opens its trial, never during training 
 
 from __future__ import annotations
 
+import contextlib
 import io
 from typing import BinaryIO
 
@@ -33,7 +34,9 @@ class DrawingStore:
         history_id = pending_history(body)
         if history_id is not None:
             body = figure_png(activation_figure(*read_history(_read(self.store, history_id))))
-            with interrupts.blocked():  # a PNG half written would stay broken: it is never drawn again
+            # Held from signals: a PNG half written would stay broken, never drawn again. A store that
+            # refuses it (full, read-only) still lets it be seen: drawn again next time.
+            with interrupts.blocked(), contextlib.suppress(OSError):
                 self.store.write(artifact_id, io.BytesIO(body))
         return io.BytesIO(body)
 

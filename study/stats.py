@@ -165,7 +165,7 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
 
 def _unit_offsets(workspace: dict, index: torch.Tensor, model_dim: int, per_unit: int) -> torch.Tensor:
     """`per_unit` x (model, unit) number of each element, laid out as `index`: made once per shape."""
-    key = ("offsets", tuple(index.shape), index.stride(), per_unit, index.device)
+    key = ("offsets", tuple(index.shape), index.stride(), model_dim, per_unit, index.device)
     if key not in workspace:
         shape = [1] * index.dim()
         shape[model_dim], shape[2] = index.shape[model_dim], index.shape[2]

@@ -15,7 +15,7 @@ import multiprocessing.connection
 import multiprocessing.synchronize
 import os
 import queue
-import sys
+import shutil
 from dataclasses import replace
 from typing import Callable
 
@@ -45,16 +45,27 @@ def worker_data(run: RunConfig, machine: MachineConfig, device_type: str) -> Fas
     """The data every CPU worker trains on, loaded once by the starting process and shared with them
     (a load of its own costs each worker a second of start-up). Loaded with a worker's thread count:
     the normalisation's float32 sums depend on it, and a worker's runs must be bitwise those it would
-    train on data it loaded itself. None with GPUs: each GPU worker loads its own onto its device."""
-    if device_type != "cpu":
+    train on data it loaded itself. None with GPUs (each GPU worker loads its own onto its device),
+    and where /dev/shm has no room for it (a container's is 64 MB unless told): each worker loads its own."""
+    if device_type != "cpu" or machine.gpus is not None:
         return None
     (_, threads), *_ = worker_runs(run, machine, device_type)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return load_fashion_mnist(run.data, torch.device("cpu"))
+        data = load_fashion_mnist(run.data, torch.device("cpu"))
     finally:
         torch.set_num_threads(before)
+    size = sum(getattr(data, name).nbytes for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"))
+    return data if _shared_memory_free() > 2 * size else None
+
+
+def _shared_memory_free() -> float:
+    """Bytes free where torch shares tensors between processes (/dev/shm on Linux); unbounded elsewhere."""
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return float("inf")
 
 
 def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: MachineConfig, device_type: str,
@@ -101,8 +112,8 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
     interrupts.check()
     codes = [p.exitcode for p in processes if p.exitcode]
     with contextlib.suppress(queue.Empty):
-        if codes:  # a worker that failed put its error first: the queue's feeder flushed it before the exit
-            raise errors.get(timeout=1)
+        if any(code - 128 not in interrupts.SIGNALS for code in codes):
+            raise errors.get(timeout=1)  # a failed worker put its error first: flushed before its exit
     stopped = next((code - 128 for code in codes if code - 128 in interrupts.SIGNALS), None)
     if stopped is not None:
         raise Interrupted(stopped)
@@ -134,8 +145,3 @@ def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, error
     except Exception as e:
         errors.put(e)
         raise SystemExit(1) from None
-    # Everything is stored. The interpreter's teardown of torch and the libraries (half a second
-    # here) would only keep the command waiting: end as multiprocessing's own forked children end.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import study.data as data_module
 from conftest import ROOT, TINY, free_port, sigint_as_in_a_terminal
 from study.config import DataConfig, RunConfig
-import study.data
 from study.data import load_fashion_mnist
 from study.design import MachineConfig
 from study.records import seed_records
@@ -192,22 +192,30 @@ def test_chaos_sigkill_three_times_then_resume(tmp_path, population):
     assert all(sorted(seed_records(t)) == [0, 1] for t in complete)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_data_workers_share_is_bitwise_what_each_would_load_itself(workers):
+def test_the_data_workers_share_is_bitwise_what_each_would_load_itself():
     """The normalisation's float32 sums depend on the thread count (two threads and one give means
     a few ulps apart on the lesson's 60,000 images), so the starting process loads the shared data
     with a worker's count."""
-    run, machine = RunConfig(data=DataConfig(n_val=0)), MachineConfig(workers=workers)
+    run, machine = RunConfig(data=DataConfig(n_val=0)), MachineConfig(workers=2)  # on 2 cores: 1 thread each
     (_, threads), *_ = worker_runs(run, machine, "cpu")
     before = torch.get_num_threads()
     shared = worker_data(run, machine, "cpu")
     assert torch.get_num_threads() == before
     torch.set_num_threads(threads)
     try:
-        study.data._load_cpu.cache_clear()  # a worker starts with nothing loaded
+        data_module._load_cpu.cache_clear()  # a worker starts with nothing loaded
         own = load_fashion_mnist(run.data)
     finally:
         torch.set_num_threads(before)
     assert (shared.mean, shared.std) == (own.mean, own.std)
     assert all(torch.equal(getattr(shared, name), getattr(own, name)) for name in ("x_train", "x_val", "x_test"))
     assert worker_data(run, MachineConfig(gpus=(0,)), "cuda") is None  # each GPU worker loads onto its own device
+
+
+def test_workers_load_their_own_data_where_shared_memory_has_no_room_for_it(monkeypatch):
+    import study.workers
+
+    monkeypatch.setattr(study.workers, "_shared_memory_free", lambda: 64 * 2**20)  # a container's default
+    assert worker_data(RunConfig(), MachineConfig(workers=2), "cpu") is None
+    monkeypatch.setattr(study.workers, "_shared_memory_free", lambda: 2 * 2**30)
+    assert worker_data(RunConfig(), MachineConfig(workers=2), "cpu") is not None
