@@ -85,3 +85,17 @@ def test_a_notebook_draws_a_seed_from_its_history(stored):
     for number, seed in ((0, 1), (7, 0)):
         with pytest.raises(BadInput):
             seed_activations(optuna_study, store, number, seed)
+
+
+def test_a_picture_the_store_refuses_is_still_served_and_drawn_again_next_time(stored):
+    optuna_study, store, _ = stored
+    picture = artifact_ids(optuna_study, 0)["activations_seed0.png"]
+
+    class Full:  # a store whose disk is full: it reads, and refuses every write
+        open_reader, remove = store.open_reader, store.remove
+
+        def write(self, artifact_id, content_body):
+            raise OSError(28, "No space left on device")
+
+    assert DrawingStore(Full()).open_reader(picture).read().startswith(b"\x89PNG")
+    assert store.open_reader(picture).read().startswith(PENDING)  # nothing half written
