@@ -20,6 +20,7 @@ block that only waits and has nothing to lose (the dashboard's server) asks for 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator, Protocol
@@ -121,6 +122,35 @@ def requested() -> int | None:
 def repeated() -> bool:
     """Whether a second signal arrived: the caller should stop what it waits for at once."""
     return len(_requests.signals) > 1
+
+
+@contextlib.contextmanager
+def wakeup() -> Iterator[int | None]:
+    """A file descriptor that turns readable when SIGINT or SIGTERM arrives, for a block that waits on
+    other things (`multiprocessing.connection.wait`): Python retries an interrupted wait, so a request
+    would otherwise be seen only when the wait times out. Read it empty with `drain`. None outside the
+    main thread, where no handler runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)  # the interpreter writes to it from its signal handling
+    os.set_blocking(readable, False)
+    previous = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+    try:
+        yield readable
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(readable)
+        os.close(writable)
+
+
+def drain(wakeup_fd: int | None) -> None:
+    """Read a `wakeup()` descriptor empty, so it is readable again only after the next signal."""
+    if wakeup_fd is not None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wakeup_fd, 512):
+                pass
 
 
 @contextlib.contextmanager

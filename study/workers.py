@@ -91,17 +91,20 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
         for process in processes:
             process.start()
     try:
-        while alive := [p.sentinel for p in processes if p.is_alive()]:
-            if interrupts.requested() is not None:
-                stop.set()
-            if interrupts.repeated():  # the at-once exception was swallowed where it landed
-                raise Interrupted(interrupts.requested(), at_once=True)
-            multiprocessing.connection.wait(alive, timeout=WATCH_SECONDS)
-            if interrupts.requested() is None:
-                # Watching must not stop a study the workers carry on; a request that lands while the
-                # watcher waits for the storage is passed on at the top of the loop.
-                with contextlib.suppress(Exception, Interrupted):
-                    while_waiting()
+        with interrupts.wakeup() as signalled:  # a request is passed on at once, not after the wait
+            while alive := [p.sentinel for p in processes if p.is_alive()]:
+                if interrupts.requested() is not None:
+                    stop.set()
+                if interrupts.repeated():  # the at-once exception was swallowed where it landed
+                    raise Interrupted(interrupts.requested(), at_once=True)
+                multiprocessing.connection.wait([*alive, signalled] if signalled is not None else alive,
+                                                timeout=WATCH_SECONDS)
+                interrupts.drain(signalled)
+                if interrupts.requested() is None:
+                    # Watching must not stop a study the workers carry on; a request that lands while the
+                    # watcher waits for the storage is passed on at the top of the loop.
+                    with contextlib.suppress(Exception, Interrupted):
+                        while_waiting()
     except BaseException as e:
         stop.set()
         for process in processes:

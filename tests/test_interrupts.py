@@ -3,6 +3,7 @@ kept, and the same command finishes the study to the result an uninterrupted run
 stored seed again. The signal is sent by the program itself at a chosen moment (a stored seed, a
 storage write, a seed's history, the study's pictures): no test waits on time."""
 
+import multiprocessing.connection
 import os
 import signal
 import subprocess
@@ -112,6 +113,32 @@ def test_a_worker_is_not_stopped_at_once_and_follows_its_parent():
             for _ in range(3):
                 os.kill(os.getpid(), signal.SIGINT)
             assert interrupts.repeated()
+
+
+def test_a_signal_ends_a_wait_on_other_things_at_once_and_the_previous_wakeup_is_back():
+    silent, never_written = os.pipe()  # only the signal can end the wait before its timeout
+    try:
+        with pytest.raises(Interrupted):
+            with interrupts.stop_requests(), interrupts.wakeup() as signalled:
+                assert multiprocessing.connection.wait([silent, signalled], timeout=0) == []
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert multiprocessing.connection.wait([silent, signalled], timeout=600) == [signalled]
+                interrupts.drain(signalled)
+                assert multiprocessing.connection.wait([silent, signalled], timeout=0) == []
+        assert signal.set_wakeup_fd(-1) == -1  # none was set before the block
+    finally:
+        os.close(silent)
+        os.close(never_written)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_wakeup_inside_block()))
+    thread.start()
+    thread.join()
+    assert seen == [None]  # no signal handler runs outside the main thread
+
+
+def _wakeup_inside_block():
+    with interrupts.wakeup() as signalled:
+        return signalled
 
 
 def test_the_handlers_found_are_back_after_the_block_and_an_ignored_signal_stays_ignored():
@@ -246,10 +273,12 @@ def test_a_study_interrupted_anywhere_stops_and_resumes_to_the_same_result(where
 WORKER_GRID = ("--leak", "0,0.1,0.2,0.5", "--sub", "0.4", "--seeds", "0,1,2", "--workers", "2")
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
+def start(args: list[str], cwd: Path, signalling: tuple[str, ...] = ()) -> subprocess.Popen:
     """The command in a session of its own: a signal to its process group reaches it and its workers,
-    as a terminal's Ctrl-C does."""
-    return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    as a terminal's Ctrl-C does. `signalling`: the options of tests/signalling.py, whose first stored
+    seed sends the signal."""
+    command = [str(ROOT / "tests" / "signalling.py"), *signalling, "--"] if signalling else ["-m", "study"]
+    return subprocess.Popen([sys.executable, *command, *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=sigint_as_in_a_terminal)
 
@@ -287,7 +316,7 @@ WORKER_CASES = {  # when, what signal, to whom
     "during the workers' start-up": ("a worker process exists", signal.SIGINT, "group"),
     "after the first seed, from a terminal": ("a seed is stored", signal.SIGINT, "group"),
     "after the first seed, from a container stop": ("a seed is stored", signal.SIGTERM, "command"),
-}
+}  # start-up: the test sends it; after a seed: the process that stored it (tests/signalling.py)
 
 
 @pytest.mark.slow
@@ -296,21 +325,20 @@ def test_a_study_with_two_workers_stops_on_request_and_resumes_training_nothing_
     moment, signum, whom = WORKER_CASES[case]
     db = tmp_path / "stop.db"
     args = search_args(db, *WORKER_GRID)
-    proc = start(args, tmp_path)
     if moment == "a worker process exists":
-        wait_for(lambda: workers_in_session(proc.pid), moment, proc)
-    else:
-        wait_for(lambda: stored_seeds(db) >= 1, moment, proc)
-    if whom == "group":
+        proc = start(args, tmp_path)
+        wait_for(lambda: workers_in_session(proc.pid), moment, proc)  # importing torch takes it seconds
         os.killpg(proc.pid, signum)
     else:
-        proc.send_signal(signum)
+        once = tmp_path / "signalled"
+        proc = start(args, tmp_path, ("--signal", signum.name, "--to", whom, "--once", str(once)))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert "run the same command again to continue" in err
     assert not workers_in_session(proc.pid), "a worker outlived its command"
     assert stored_seeds(db) < 12 and not list((tmp_path / "stop").glob("heatmap_*.png")), "it did not stop"
+    assert moment == "a worker process exists" or once.exists(), "no seed sent the signal"
 
     resumed = start(args, tmp_path)
     out, err = resumed.communicate(timeout=600)

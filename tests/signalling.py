@@ -1,0 +1,68 @@
+"""Run `python -m study ARGS` so that the process that stores the study's first seed, the command or one
+of its workers, sends a signal at that moment and goes on only once its own stop was requested: the
+test's way to stop a study with workers right after a seed, however fast the others train (they
+cannot finish the study while this one holds its trial).
+
+    python tests/signalling.py --signal SIGTERM --to command --once PATH -- ARGS
+
+--to command: the signal goes to the command's process (a service manager's or a container's stop);
+--to group: to its whole process group (a terminal's Ctrl-C). --once: a file that does not exist yet,
+made by the first seed to be stored, so that one process signals once.
+
+The hook is installed by this file's top level, which multiprocessing's spawned workers run again
+(as `__mp_main__`, with the command's `sys.argv`), so it is in every process of the command.
+"""
+
+import argparse
+import functools
+import os
+import signal
+import sys
+import time
+
+from study import interrupts
+from study.runner import Search
+
+STOP_WAIT_SECONDS = 120  # ample: a stop reaches a worker within milliseconds
+
+
+def signal_after_first_seed(signum: int, to: str, once: str) -> None:
+    original = Search._store_seed
+
+    @functools.wraps(original)
+    def store_seed(*args, **kwargs):
+        stored = original(*args, **kwargs)
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return stored  # another seed was first
+        if to == "group":
+            os.killpg(os.getpgid(0), signum)
+        else:  # run as __main__ in the command, as __mp_main__ in its workers
+            os.kill(os.getpid() if __name__ == "__main__" else os.getppid(), signum)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while interrupts.requested() is None:  # the request is the event waited on; the sleep only paces the look
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no stop request within {STOP_WAIT_SECONDS} s of the signal")
+            time.sleep(0.01)
+        return stored
+
+    Search._store_seed = store_seed
+
+
+def own_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--signal", type=lambda name: signal.Signals[name], required=True)
+    parser.add_argument("--to", choices=("command", "group"), required=True)
+    parser.add_argument("--once", required=True)
+    split = argv.index("--")
+    return parser.parse_args(argv[1:split]), argv[split + 1:]
+
+
+own, rest = own_arguments(sys.argv)
+signal_after_first_seed(own.signal, own.to, own.once)
+
+if __name__ == "__main__":
+    from study.cli import main
+
+    sys.exit(main(rest))
