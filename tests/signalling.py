@@ -3,7 +3,8 @@ of its workers, sends a signal at that moment and goes on only once its own stop
 test's way to stop a study with workers right after a seed, however fast the others train (they
 cannot finish the study while this one holds its trial).
 
-    python tests/signalling.py --signal SIGTERM --to command --once PATH -- ARGS
+    python tests/signalling.py --signal SIGTERM --to command --once PATH -- ARGS   # or, in a test:
+    subprocess.Popen([*signalling(signal.SIGTERM, "command", path), *ARGS], ...)
 
 --to command: the signal goes to the command's process (a service manager's or a container's stop);
 --to group: to its whole process group (a terminal's Ctrl-C). --once: a file that does not exist yet,
@@ -19,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from study import interrupts
 from study.runner import Search
@@ -50,6 +52,11 @@ def signal_after_first_seed(signum: int, to: str, once: str) -> None:
     Search._store_seed = store_seed
 
 
+def signalling(signum: signal.Signals, to: str, once: Path) -> list[str]:
+    """The command line up to the command's own arguments."""
+    return [sys.executable, __file__, "--signal", signum.name, "--to", to, "--once", str(once), "--"]
+
+
 def own_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--signal", type=lambda name: signal.Signals[name], required=True)
@@ -59,8 +66,9 @@ def own_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args(argv[1:split]), argv[split + 1:]
 
 
-own, rest = own_arguments(sys.argv)
-signal_after_first_seed(own.signal, own.to, own.once)
+if __name__ in ("__main__", "__mp_main__"):  # the command, its workers; not a test importing `signalling`
+    own, rest = own_arguments(sys.argv)
+    signal_after_first_seed(own.signal, own.to, own.once)
 
 if __name__ == "__main__":
     from study.cli import main

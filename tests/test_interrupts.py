@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 import study.histories
 import study.plots
 from conftest import ROOT, TINY, sigint_as_in_a_terminal
+from signalling import signalling
 from study import interrupts
 from study.cli import main
 from study.errors import Interrupted
@@ -273,12 +274,10 @@ def test_a_study_interrupted_anywhere_stops_and_resumes_to_the_same_result(where
 WORKER_GRID = ("--leak", "0,0.1,0.2,0.5", "--sub", "0.4", "--seeds", "0,1,2", "--workers", "2")
 
 
-def start(args: list[str], cwd: Path, signalling: tuple[str, ...] = ()) -> subprocess.Popen:
+def start(args: list[str], cwd: Path, command: tuple[str, ...] = (sys.executable, "-m", "study")) -> subprocess.Popen:
     """The command in a session of its own: a signal to its process group reaches it and its workers,
-    as a terminal's Ctrl-C does. `signalling`: the options of tests/signalling.py, whose first stored
-    seed sends the signal."""
-    command = [str(ROOT / "tests" / "signalling.py"), *signalling, "--"] if signalling else ["-m", "study"]
-    return subprocess.Popen([sys.executable, *command, *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    as a terminal's Ctrl-C does."""
+    return subprocess.Popen([*command, *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=sigint_as_in_a_terminal)
 
@@ -331,7 +330,7 @@ def test_a_study_with_two_workers_stops_on_request_and_resumes_training_nothing_
         os.killpg(proc.pid, signum)
     else:
         once = tmp_path / "signalled"
-        proc = start(args, tmp_path, ("--signal", signum.name, "--to", whom, "--once", str(once)))
+        proc = start(args, tmp_path, signalling(signum, whom, once))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and "Exception ignored" not in err, err

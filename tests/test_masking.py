@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, free_port, run_cli, sigint_as_in_a_terminal
 from pg_server import server_with_role
+from signalling import signalling
 from study import masking
 from study.place import STORAGE_ENV, StudyPlace
 
@@ -128,23 +129,13 @@ def test_wrong_password_and_bad_database_against_a_real_server(server, tmp_path)
 @pytest.mark.slow
 def test_a_study_run_interrupted_and_refused_with_the_password_on_the_command_line(server, tmp_path):
     url = server.url("initstudy", "alice", PASSWORD)
-    # 24 seeds of about half a second each: room to interrupt it mid-study even on a loaded machine.
     args = ["search", "--name", "secret", "--storage", url, *TINY, "--leak", "0.1", "--sub", "0.4",
             "--seeds", ",".join(map(str, range(24)))]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "study", *args], cwd=tmp_path, env=env, text=True,
+    interrupted_after_a_seed = signalling(signal.SIGINT, "command", tmp_path / "signalled")
+    proc = subprocess.Popen([*interrupted_after_a_seed, *args], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_in_a_terminal)
-    study = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (study and study.trials and
-                                                any(k.startswith("seed_") for k in study.trials[0].user_attrs)):
-        time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="secret", storage=url)
-        except KeyError:
-            pass  # not created yet
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again" in err and "alice:***@" in err and "password hidden" in err
     assert_no_secret(out, err, directory=tmp_path)

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 import study.data as data_module
 from conftest import ROOT, TINY, free_port, sigint_as_in_a_terminal
+from signalling import signalling
 from study.config import DataConfig, RunConfig
 from study.data import load_fashion_mnist
 from study.design import MachineConfig
@@ -31,9 +32,9 @@ GRID_12 = ["--leak", "0,0.1,0.2,0.5", "--sub", "0,0.4,0.7"]
 FAST_RECOVERY = ["--heartbeat-seconds", "1", "--grace-seconds", "3"]
 
 
-def start(args, cwd, **popen):
+def start(args, cwd, command=(sys.executable, "-m", "study"), **popen):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env=env, text=True,
+    return subprocess.Popen([*command, *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_in_a_terminal,
                             **popen)
 
@@ -130,16 +131,14 @@ def test_independent_commands_share_one_study(tmp_path):
 def test_ctrl_c_fails_the_trial_and_resuming_reuses_finished_seeds(tmp_path):
     db = tmp_path / "studies" / "stop.db"
     args = ["search", "--name", "stop", *TINY, "--leak", "0.1", "--sub", "0.4", "--seeds", "0,1,2,3,4,5"]
-    proc = start(args, tmp_path)
-    wait_for(lambda: stored_seeds(db) >= 1, 120, "the first seed")
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    proc = start(args, tmp_path, signalling(signal.SIGINT, "command", tmp_path / "signalled"))  # after a seed
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "run the same command again" in err and "search --name stop" in err
     (failed,) = load(db, "stop").trials
     assert failed.state == TrialState.FAIL
     done_before = seed_records(failed)
-    assert 1 <= len(done_before) < 6  # it stopped mid-study, at the next step
+    assert len(done_before) == 1  # it stopped at the next step, the second seed's first
 
     proc = start(args, tmp_path)
     proc.communicate(timeout=300)
