@@ -20,11 +20,36 @@
 See `study.api` for the keywords; `python -m study --help` for the command line.
 """
 
-from study.api import (Dynamics, Edge, Study, create, dynamics, edge, findings, load, search, sharpness,  # noqa: E402
-                       signal, train, work)
-from study.axes import Range  # noqa: E402
-from study.errors import BadInput, FieldError, Interrupted, StorageFault  # noqa: E402
-from study.version import __version__  # noqa: E402,F401
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["BadInput", "Dynamics", "Edge", "FieldError", "Interrupted", "Range", "StorageFault", "Study", "create",
-           "dynamics", "edge", "findings", "load", "search", "sharpness", "signal", "train", "work"]
+from study.version import __version__  # noqa: F401
+
+# Where each public name lives, imported on first use (PEP 562): a worker process imports only
+# `study.runner` and what it needs, not the statistics this face pulls in (scipy, statsmodels: a
+# second of every worker's start-up).
+_HOMES = {
+    **dict.fromkeys(["Dynamics", "Edge", "Study", "create", "dynamics", "edge", "findings", "load", "search",
+                     "sharpness", "signal", "train", "work"], "study.api"),
+    "Range": "study.axes",
+    **dict.fromkeys(["BadInput", "FieldError", "Interrupted", "StorageFault"], "study.errors"),
+}
+__all__ = sorted(_HOMES)
+
+if TYPE_CHECKING:  # what editors and type checkers see
+    from study.api import (Dynamics, Edge, Study, create, dynamics, edge, findings, load, search, sharpness,
+                           signal, train, work)
+    from study.axes import Range
+    from study.errors import BadInput, FieldError, Interrupted, StorageFault
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'study' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+import scipy  # its submodules load on first use: a worker that never fits pays nothing
 
 from study.dose_response import Curve, fit_curve
 
@@ -68,16 +68,16 @@ class Posterior:
 
     def _eta(self, x: np.ndarray) -> np.ndarray:
         """The linear predictor at log rates `x`: shape (rates, slopes, len(x))."""
-        return special.logit(0.9) + SLOPES[None, :, None] * (x[None, None, :] - self.log_rates[:, None, None])
+        return scipy.special.logit(0.9) + SLOPES[None, :, None] * (x[None, None, :] - self.log_rates[:, None, None])
 
     def update(self, lrs: np.ndarray, trained: np.ndarray) -> None:
         if not len(lrs):
             return
         eta = self._eta(np.log(lrs))
-        self.log_post += np.where(trained, special.log_expit(eta), special.log_expit(-eta)).sum(axis=2)
+        self.log_post += np.where(trained, scipy.special.log_expit(eta), scipy.special.log_expit(-eta)).sum(axis=2)
 
     def _normalised(self) -> np.ndarray:
-        return np.exp(self.log_post - special.logsumexp(self.log_post))
+        return np.exp(self.log_post - scipy.special.logsumexp(self.log_post))
 
     def lr90_ratio(self) -> float:
         """Upper / lower end of lr90's central 95% posterior interval."""
@@ -88,10 +88,10 @@ class Posterior:
     def best_rate(self, seeds: int) -> float:
         """The candidate rate whose `seeds` outcomes leave the least expected entropy of lr90's marginal."""
         post = self._normalised()
-        p = special.expit(self._eta(self.candidates))  # (rates, slopes, candidates)
+        p = scipy.special.expit(self._eta(self.candidates))  # (rates, slopes, candidates)
         ks = np.arange(seeds + 1)
         # P(k trained of `seeds` | rate, slope, candidate): (rates, slopes, candidates, k)
-        likelihood = special.comb(seeds, ks) * p[..., None] ** ks * (1 - p[..., None]) ** (seeds - ks)
+        likelihood = scipy.special.comb(seeds, ks) * p[..., None] ** ks * (1 - p[..., None]) ** (seeds - ks)
         joint = post[:, :, None, None] * likelihood
         marginal = joint.sum(axis=1)  # over slopes: (rates, candidates, k)
         predictive = marginal.sum(axis=0)  # (candidates, k)

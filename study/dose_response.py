@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, special, stats
+import scipy  # its submodules load on first use: a worker that never fits pays nothing
 
 LINKS = ("logit", "probit")
 LEVEL = 0.95
@@ -62,9 +62,9 @@ class Curve:
 def link_of(name: str):
     """(link function, log P, log(1 - P), log dP/deta) as functions of the linear predictor."""
     if name == "logit":
-        return (special.logit, special.log_expit, lambda eta: special.log_expit(-eta),
-                lambda eta: special.log_expit(eta) + special.log_expit(-eta))
-    return stats.norm.ppf, stats.norm.logcdf, lambda eta: stats.norm.logcdf(-eta), stats.norm.logpdf
+        return (scipy.special.logit, scipy.special.log_expit, lambda eta: scipy.special.log_expit(-eta),
+                lambda eta: scipy.special.log_expit(eta) + scipy.special.log_expit(-eta))
+    return scipy.stats.norm.ppf, scipy.stats.norm.logcdf, lambda eta: scipy.stats.norm.logcdf(-eta), scipy.stats.norm.logpdf
 
 
 class Profile:
@@ -87,7 +87,7 @@ class Profile:
 
     def best_slope(self, log_rate: float) -> tuple[float, float]:
         """(slope, log-likelihood) maximised over the slope, at `log_rate`: concave in the slope."""
-        found = optimize.minimize_scalar(lambda b: -self.loglik(log_rate, b), bounds=(-MAX_SLOPE, MAX_SLOPE),
+        found = scipy.optimize.minimize_scalar(lambda b: -self.loglik(log_rate, b), bounds=(-MAX_SLOPE, MAX_SLOPE),
                                          method="bounded", options={"xatol": 1e-4})
         return float(found.x), -float(found.fun)
 
@@ -153,7 +153,7 @@ def _maximum(profile: Profile, x: np.ndarray) -> tuple[float, float]:
     values = [profile(v) for v in grid]
     best = int(np.argmax(values))
     low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    found = optimize.minimize_scalar(lambda v: -profile(v), bounds=(low, high), method="bounded",
+    found = scipy.optimize.minimize_scalar(lambda v: -profile(v), bounds=(low, high), method="bounded",
                                      options={"xatol": 1e-5})
     return (float(found.x), -float(found.fun)) if -found.fun >= values[best] else (float(grid[best]), values[best])
 
@@ -161,7 +161,7 @@ def _maximum(profile: Profile, x: np.ndarray) -> tuple[float, float]:
 def _interval(profile: Profile, centre: float, maximum: float, x: np.ndarray) -> tuple[float, float]:
     """The crossing where the profile falls chi2_1(LEVEL)/2 below `maximum`, between `centre` and a limit
     SEARCH_MARGIN beyond the rates tried, on each side; NaN where it does not fall that far."""
-    drop = stats.chi2.ppf(LEVEL, 1) / 2
+    drop = scipy.stats.chi2.ppf(LEVEL, 1) / 2
     inside = lambda v: profile(v) - (maximum - drop)  # noqa: E731  (> 0 inside the interval)
     ends, limits = [], (x.min() - SEARCH_MARGIN, x.max() + SEARCH_MARGIN)
     centre_inside = limits[0] < centre < limits[1] and inside(centre) > 0
@@ -169,7 +169,7 @@ def _interval(profile: Profile, centre: float, maximum: float, x: np.ndarray) ->
         if not centre_inside or inside(limit) > 0:
             ends.append(math.nan)  # the data do not bound the rate on this side
         else:
-            ends.append(optimize.brentq(inside, min(centre, limit), max(centre, limit), xtol=1e-5))
+            ends.append(scipy.optimize.brentq(inside, min(centre, limit), max(centre, limit), xtol=1e-5))
     return ends[0], ends[1]
 
 

@@ -32,7 +32,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, stats
+import scipy  # its submodules load on first use: a worker that never fits pays nothing
 
 from study.dose_response import LEVEL, LINKS, link_of
 
@@ -82,7 +82,7 @@ class Likelihood:
         bounds = None if self.firth else [(-MAX_COEFFICIENT, MAX_COEFFICIENT)] * len(start)
         if bounds is not None and len(start) == 3:  # b2 = -exponent b1 of a profile reaches this far
             bounds[2] = (-MAX_COEFFICIENT * MAX_EXPONENT, MAX_COEFFICIENT * MAX_EXPONENT)
-        found = optimize.minimize(lambda beta: -self(beta), start, method="Nelder-Mead", bounds=bounds,
+        found = scipy.optimize.minimize(lambda beta: -self(beta), start, method="Nelder-Mead", bounds=bounds,
                                   options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})
         return found.x, -float(found.fun)
 
@@ -104,7 +104,7 @@ class LawFit:
         def loglik(b):
             return self.likelihood(np.array([b[0], b[1], -exponent * b[1]]))
         bounds = None if self.likelihood.firth else [(-MAX_COEFFICIENT, MAX_COEFFICIENT)] * 2
-        found = optimize.minimize(lambda b: -loglik(b), self.beta[:2], method="Nelder-Mead", bounds=bounds,
+        found = scipy.optimize.minimize(lambda b: -loglik(b), self.beta[:2], method="Nelder-Mead", bounds=bounds,
                                   options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 2000})
         return -float(found.fun)
 
@@ -112,12 +112,12 @@ class LawFit:
         """The exponent's profile-likelihood interval; NaN for an end beyond +-MAX_EXPONENT."""
         if not math.isfinite(self.exponent) or abs(self.exponent) >= MAX_EXPONENT:
             return math.nan, math.nan
-        drop = stats.chi2.ppf(LEVEL, 1) / 2
+        drop = scipy.stats.chi2.ppf(LEVEL, 1) / 2
         inside = lambda a: self.profile(a) - (self.loglik - drop)  # noqa: E731  (> 0 inside)
         ends = []
         for limit in (-MAX_EXPONENT, MAX_EXPONENT):
             ends.append(math.nan if inside(limit) > 0 else
-                        optimize.brentq(inside, min(self.exponent, limit), max(self.exponent, limit), xtol=1e-4))
+                        scipy.optimize.brentq(inside, min(self.exponent, limit), max(self.exponent, limit), xtol=1e-4))
         return ends[0], ends[1]
 
 
@@ -148,11 +148,11 @@ def same_exponent_p(groups: list[tuple], links: tuple[str, ...] = LINKS) -> floa
         best = max((LawFit(x, c, y, link) for link in links), key=lambda fit: fit.loglik)
         fits.append(LawFit(x, c, y, best.link, firth=False, start=best.beta))
     separate = sum(fit.loglik for fit in fits)
-    common = optimize.minimize_scalar(lambda a: -sum(fit.profile(a) for fit in fits),
+    common = scipy.optimize.minimize_scalar(lambda a: -sum(fit.profile(a) for fit in fits),
                                       bounds=(-MAX_EXPONENT, MAX_EXPONENT), method="bounded",
                                       options={"xatol": 1e-4})
     statistic = max(2 * (separate + float(common.fun)), 0.0)
-    return float(stats.chi2.sf(statistic, len(fits) - 1))
+    return float(scipy.stats.chi2.sf(statistic, len(fits) - 1))
 
 
 def _fit_p(x: np.ndarray, c: np.ndarray, y: np.ndarray, law: LawFit, draws: int) -> float:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import stats
+import scipy  # its submodules load on first use: a worker that never fits pays nothing
 
 ALPHA = 0.05  # every test's level; family-wise over the comparisons of one report or document (Holm)
 MOST_SEEDS_FOR_POWER = 200  # past this a report says "more than 200 seeds"
@@ -22,7 +22,7 @@ MOST_SEEDS_FOR_POWER = 200  # past this a report says "more than 200 seeds"
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """The exact two-sided interval of a binomial proportion, k successes of n (n >= 1)."""
-    interval = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    interval = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
     return float(interval.low), float(interval.high)
 
 
@@ -30,8 +30,8 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     """Student's t-interval of a mean (two or more values): for the accuracy of seeds that all
     trained, never for a mix of trained and diverged ones."""
     n, mean = len(values), sum(values) / len(values)
-    sem = stats.tstd(values) / math.sqrt(n)
-    half = stats.t.ppf((1 + level) / 2, n - 1) * sem
+    sem = scipy.stats.tstd(values) / math.sqrt(n)
+    half = scipy.stats.t.ppf((1 + level) / 2, n - 1) * sem
     return mean - half, mean + half
 
 
@@ -47,7 +47,7 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs: seeds that trained under the first
     setting only, and under the second only (seeds that agree carry no information)."""
     discordant = only_first + only_second
-    return 1.0 if discordant == 0 else float(stats.binomtest(only_first, discordant, 0.5).pvalue)
+    return 1.0 if discordant == 0 else float(scipy.stats.binomtest(only_first, discordant, 0.5).pvalue)
 
 
 def wilcoxon_exact(differences) -> float:
@@ -60,7 +60,7 @@ def wilcoxon_exact(differences) -> float:
     values = values[values != 0]
     if len(values) == 0:
         return 1.0
-    doubled = np.rint(2 * stats.rankdata(np.abs(values))).astype(int)  # mean ranks are halves
+    doubled = np.rint(2 * scipy.stats.rankdata(np.abs(values))).astype(int)  # mean ranks are halves
     counts = np.zeros(doubled.sum() + 1)
     counts[0] = 1.0
     for rank in doubled:  # the number of sign patterns giving each sum of the positive ranks
@@ -74,7 +74,7 @@ def wilcoxon_exact(differences) -> float:
 
 def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
     """Two-sided Fisher exact p-value of k1/n1 against k2/n2 (independent seeds)."""
-    return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+    return float(scipy.stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -106,7 +106,7 @@ def seeds_for_power(p1: float, p2: float, power: float = 0.8, alpha: float = 0.0
 def fisher_power(p1: float, p2: float, n: int, alpha: float = 0.05) -> float:
     """The exact probability that Fisher's test rejects at `alpha` with n seeds per setting."""
     k = np.arange(n + 1)
-    outcomes = np.outer(stats.binom.pmf(k, n, p1), stats.binom.pmf(k, n, p2))
+    outcomes = np.outer(scipy.stats.binom.pmf(k, n, p1), scipy.stats.binom.pmf(k, n, p2))
     return float(outcomes[_fisher_rejects(n, alpha)].sum())
 
 
@@ -120,7 +120,7 @@ def _fisher_rejects(n: int, alpha: float) -> np.ndarray:
     rejects = np.zeros((n + 1, n + 1), dtype=bool)
     for total in range(2 * n + 1):
         k1 = np.arange(max(0, total - n), min(n, total) + 1)
-        pmf = stats.hypergeom.pmf(k1, 2 * n, n, total)
+        pmf = scipy.stats.hypergeom.pmf(k1, 2 * n, n, total)
         p_values = (pmf[None, :] * (pmf[None, :] <= pmf[:, None] * (1 + 1e-7))).sum(axis=1)
         rejects[k1, total - k1] = p_values < alpha
     return rejects
