@@ -86,14 +86,14 @@ class EdgeSearch(Search):
         MAX_FAILS_PER_SETTING times). Waits while other workers' probes run."""
         while True:
             interrupts.check()
-            states = self._queue_probes(study)
+            states = self.queue(study)
             if states[TrialState.WAITING]:
                 return True
             if not states[TrialState.RUNNING]:
                 return False
             time.sleep(1)
 
-    def _queue_probes(self, study: optuna.Study) -> Counter:
+    def queue(self, study: optuna.Study) -> Counter:
         """Fail silent probes, queue the next probe of every setting that no live probe holds; the states."""
         optuna.storages.fail_stale_trials(study)
         trials, fixed = study.get_trials(deepcopy=False), fixed_values(study)

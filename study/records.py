@@ -30,6 +30,7 @@ from study.training import TrainResult
 SEED_PREFIX = "seed_"
 LAYER_KEYS = ("mean", "std", "near_zero_frac", "dead_units")
 OLD_NAMES = {"dead_frac": "near_zero_frac"}  # as stored before 0.2.0
+CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
 TARGET_ATTR = "initstudy_n_trials"  # not part of the compared design: a re-run may raise it
 
 
@@ -96,6 +97,15 @@ def seed_record(result: TrainResult) -> dict:
         "diverged_step": result.diverged_step, "steps": result.steps, "seconds": round(result.seconds, 3),
         "final_loss": result.losses[-1] if result.losses else None, "layers": result.layers,
     }
+
+
+def report_losses(trial: optuna.Trial, seed: int, losses: list[float], planned: int) -> None:
+    """A seed's training loss (one per step of `planned`) as the trial's intermediate values, the seeds
+    one after another on the step axis (seed x planned + step), about CURVE_POINTS per seed: the
+    dashboard's learning curves show where a seed diverged."""
+    stride = max(1, planned // CURVE_POINTS)
+    for step in sorted({*range(0, len(losses), stride), len(losses) - 1} - {-1}):
+        trial.report(losses[step], seed * planned + step)
 
 
 def write_seed(trial: optuna.Trial, seed: int, record: dict) -> None:

@@ -37,15 +37,15 @@ from study.errors import BadInput
 from study.histories import reuse_history, store_history
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.records import (StoredSeed, fixed_values, point, point_of, reused_record, seed_record, stored_seed_results,
-                           summarise, summary_of, trial_note, write_seed, write_summary, write_target)
+from study.records import (StoredSeed, fixed_values, point, point_of, report_losses, reused_record, seed_record,
+                           stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary,
+                           write_target)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
                             held_elsewhere, n_complete, requeue, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
 from study.workers import run_workers, worker_data
 
-CURVE_POINTS = 50  # intermediate values per seed: enough to see where a loss left, few database writes
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]  # as Study.optimize's callbacks
 
 
@@ -65,6 +65,7 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     runner = open_search(place, design, run, machine, progress, driver, activations, callbacks, shared)
     if alone:
         return runner.work()
+    runner.queue(runner.study)  # once, here: workers that start together would each queue the same trials
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
         work = functools.partial(work_here, place, design, machine, driver, activations, tuple(callbacks), shared)
         run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)
@@ -179,13 +180,18 @@ class Search:
         """The seeds a trial trains next, given those it holds: every seed of the design, at once."""
         return [seed for seed in self.seeds if seed not in records]
 
+    def queue(self, study: optuna.Study) -> Counter:
+        """Fail the trials whose worker went silent, queue the settings the study still needs; the
+        trial states."""
+        return fail_stale_and_requeue(study, self.design)
+
     def _next_step(self, study: optuna.Study) -> bool:
         """True when this worker should run a trial now; False when the study is done. Waits while
         the settings left are held by RUNNING trials (other workers, or a killed one not yet stale)."""
         target = self.design.target_trials()
         while True:
             interrupts.check()  # between trials, and while waiting for other workers
-            states = fail_stale_and_requeue(study, self.design)
+            states = self.queue(study)
             complete, running, waiting = (states[s] for s in (TrialState.COMPLETE, TrialState.RUNNING,
                                                               TrialState.WAITING))
             if complete >= target:
@@ -280,23 +286,14 @@ class Search:
         if self.activations:
             title = f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
             store_history(self.store, trial, seed, result.history, title + (" (diverged)" if result.diverged else ""))
-        self._report_losses(trial, params, seed, result)
+        if self.design.objective == "accuracy":  # Optuna keeps intermediate values for one objective only
+            planned = step_count(self._run_config(params, seed), len(self.data.y_train))
+            report_losses(trial, seed, result.losses, planned)
         self._seeds_stored(1)
         return record
 
     def _seeds_stored(self, count: int) -> None:
         self.bar.update(count)
-
-    def _report_losses(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult) -> None:
-        """The seed's training loss as the trial's intermediate values, the seeds one after another
-        on the step axis (seed number x planned steps + step), about CURVE_POINTS per seed: the
-        dashboard's learning curves show where a seed diverged. Optuna keeps them for one objective only."""
-        if self.design.objective != "accuracy":
-            return
-        planned = step_count(self._run_config(params, seed), len(self.data.y_train))
-        stride = max(1, planned // CURVE_POINTS)
-        for step in sorted({*range(0, len(result.losses), stride), len(result.losses) - 1} - {-1}):
-            trial.report(result.losses[step], seed * planned + step)
 
     def _summary(self, records: dict[int, dict]) -> dict:
         return summarise({seed: records[seed] for seed in self.seeds}, self.design.train_threshold)

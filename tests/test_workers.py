@@ -114,6 +114,7 @@ def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
     assert len(complete) == 24 and len(set(points(complete))) == 24
     assert all(sorted(seed_records(t)) == [0] for t in complete)
     assert "24 COMPLETE trials" in out
+    assert len(study.trials) == 24, f"workers queued settings again: {Counter(t.state.name for t in study.trials)}"
 
 
 @pytest.mark.slow
