@@ -10,6 +10,7 @@ command line and the Python API.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.synchronize
@@ -81,24 +82,35 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
     workers at once: their RUNNING trials are failed as stale (`--grace-seconds`) by the next command.
     Any other way out of the wait (Python's own KeyboardInterrupt where no `stop_requests` block
     is open) asks the workers to stop and waits for them.
+
+    Returns once every worker has said its work is done or has ended: the interpreter's teardown
+    of a worker that is done (a second, after torch) overlaps what this process does next, and
+    multiprocessing joins it at this process's exit (or its next start of a process).
     """
     context = multiprocessing.get_context("spawn")
     errors, stop = context.Queue(), context.Event()
-    processes = [context.Process(target=_work, args=(work, worker_run, threads, errors, stop),
+    said_done, tell_done = zip(*(context.Pipe(duplex=False) for _ in worker_runs(run, machine, device_type)))
+    processes = [context.Process(target=_work, args=(work, worker_run, threads, errors, stop, tell_done[index]),
                                  name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(worker_runs(run, machine, device_type))]
     with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
         for process in processes:
             process.start()
+    for end in tell_done:
+        end.close()  # the workers' ends: a worker's is closed, at the latest, when it ends
+    done: set[int] = set()
     try:
         with interrupts.wakeup() as signalled:  # a request is passed on at once, not after the wait
-            while alive := [p.sentinel for p in processes if p.is_alive()]:
+            while waiting := [i for i, p in enumerate(processes) if i not in done and p.is_alive()]:
                 if interrupts.requested() is not None:
                     stop.set()
                 if interrupts.repeated():  # the at-once exception was swallowed where it landed
                     raise Interrupted(interrupts.requested(), at_once=True)
-                multiprocessing.connection.wait([*alive, signalled] if signalled is not None else alive,
-                                                timeout=WATCH_SECONDS)
+                listened = [said_done[i] for i in waiting if not said_done[i].closed]
+                ready = multiprocessing.connection.wait(
+                    [*(processes[i].sentinel for i in waiting), *listened, *([signalled] if signalled is not None else [])],
+                    timeout=WATCH_SECONDS)
+                done |= {i for i in waiting if said_done[i] in ready and _said_done(said_done[i])}
                 interrupts.drain(signalled)
                 if interrupts.requested() is None:
                     # Watching must not stop a study the workers carry on; a request that lands while the
@@ -112,6 +124,9 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
                 process.kill()
             process.join()
         raise
+    finally:
+        for end in said_done:
+            end.close()
     interrupts.check()
     codes = [p.exitcode for p in processes if p.exitcode]
     with contextlib.suppress(queue.Empty):
@@ -124,9 +139,20 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
         raise WorkerStopped(codes[0])
 
 
+def _said_done(end: multiprocessing.connection.Connection) -> bool:
+    """Whether a worker's pipe, found readable, brought its word that its work is done; its end
+    without it (the worker ended otherwise: its exit code tells how) is closed, not listened to again."""
+    try:
+        return end.recv()
+    except EOFError:
+        end.close()
+        return False
+
+
 def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, errors: multiprocessing.Queue,
-          stop: multiprocessing.synchronize.Event) -> None:
-    """One worker: `work(run)` on this process until the study is done or `stop` is set.
+          stop: multiprocessing.synchronize.Event, done: multiprocessing.connection.Connection) -> None:
+    """One worker: `work(run)` on this process until the study is done or `stop` is set; then
+    `done` tells the starting process so, before the interpreter's teardown.
 
     Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
@@ -143,8 +169,14 @@ def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, error
                 work(run)
             finally:
                 interrupts.block()  # a late Ctrl-C must not raise in the process's teardown
+        done.send(True)
     except Interrupted as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:
         errors.put(e)
         raise SystemExit(1) from None
+    finally:
+        # Nothing the study needs is left to the garbage collector (the storage is closed at exit,
+        # `study.storage`); the interpreter's teardown collected torch's objects several times over,
+        # a second per worker (measured), which a stop or the end of a study waited for.
+        gc.freeze()

@@ -1,6 +1,9 @@
 """Many workers, crashes and Ctrl-C: every setting ends COMPLETE exactly once and no seed is lost."""
 
+import atexit
+import functools
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -25,7 +28,7 @@ from study.data import load_fashion_mnist
 from study.design import MachineConfig
 from study.records import seed_records
 from study.records import point_of
-from study.workers import worker_data, worker_runs
+from study.workers import run_workers, worker_data, worker_runs
 
 GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]
 GRID_12 = ["--leak", "0,0.1,0.2,0.5", "--sub", "0,0.4,0.7"]
@@ -190,6 +193,28 @@ def test_chaos_sigkill_three_times_then_resume(tmp_path, population):
             assert final[seed].get("reused_from") == origin
             assert final[seed]["val_acc"] == record["val_acc"]
     assert all(sorted(seed_records(t)) == [0, 1] for t in complete)
+
+
+def test_the_starting_process_goes_on_when_its_workers_are_done_not_when_their_teardown_ends(tmp_path):
+    gate = tmp_path / "teardown may end"
+    run_workers(functools.partial(_done_then_slow_teardown, str(gate)), RunConfig(), MachineConfig(workers=2), "cpu")
+    lingering = multiprocessing.active_children()
+    gate.touch()
+    for process in lingering:
+        process.join(60)
+    assert len(lingering) == 2, "run_workers waited for its workers' interpreters to end"
+    assert [p.exitcode for p in lingering] == [0, 0]
+
+
+def _done_then_slow_teardown(gate: str, run: RunConfig) -> None:
+    """A worker's work that is done at once, and whose teardown lasts until `gate` exists (60 s at most)."""
+    atexit.register(_wait_for_file, gate)
+
+
+def _wait_for_file(path: str) -> None:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_the_data_workers_share_is_bitwise_what_each_would_load_itself():
