@@ -1,1 +1,1 @@
-__version__ = "0.7.0"  # the release; pyproject.toml says the same
+__version__ = "0.7.1"  # the release; pyproject.toml says the same
