@@ -16,7 +16,6 @@ when first seen (`study.histories`): the loop imports no plotting.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections import Counter
 from typing import Callable, Sequence
@@ -60,18 +59,23 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     trial is told, by the process that trained it (with workers: in the worker, so they must pickle)."""
     driver = _driver(design, driver)
     device_type = resolve_device(run.train.device).type
-    alone = machine.worker_count(device_type) == 1 and machine.gpus is None
-    shared = None if alone else worker_data(run, machine, device_type)
-    runner = open_search(place, design, run, machine, progress, driver, activations, callbacks, shared)
-    if alone:
-        return runner.work()
-    runner.queue(runner.study)  # once, here: workers that start together would each queue the same trials
-    try:  # this process watches: its bar follows the COMPLETE trials the workers store
-        work = functools.partial(work_here, place, design, machine, driver, activations, tuple(callbacks), shared)
-        run_workers(work, run, machine, device_type, while_waiting=runner.show_progress)
+    if machine.worker_count(device_type) == 1 and machine.gpus is None:
+        return open_search(place, design, run, machine, progress, driver, activations, callbacks).work()
+    opened: list[Search] = []
+
+    def prepare():  # while the workers start
+        shared = worker_data(run, machine, device_type)
+        opened.append(open_search(place, design, run, machine, progress, driver, activations, callbacks, shared))
+        opened[0].queue(opened[0].study)  # once, here: workers that start together would each queue the same
+        # This process watches: its bar follows the COMPLETE trials the workers store.
+        return (place, design, machine, driver, activations, tuple(callbacks), shared), opened[0].show_progress
+
+    try:
+        run_workers(work_here, prepare, run, machine, device_type)
     finally:
-        runner.bar.close()
-    return runner.study
+        for runner in opened:
+            runner.bar.close()
+    return opened[0].study
 
 
 def work_here(place: StudyPlace, design, machine: MachineConfig, driver: type["Search"],

@@ -69,12 +69,17 @@ def _shared_memory_free() -> float:
         return float("inf")
 
 
-def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: MachineConfig, device_type: str,
-                while_waiting: Callable[[], None] = lambda: None) -> None:
-    """Start every worker, each calling `work(its run configuration)` (`study.runner.work_here`; it
-    must pickle), and wait for all, calling `while_waiting()` every WATCH_SECONDS meanwhile.
-    Re-raises the first error a worker raised (BadInput, StorageFault); WorkerStopped when one
-    ended otherwise (killed, crashed).
+Prepare = Callable[[], tuple[tuple, Callable[[], None]]]
+
+
+def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, machine: MachineConfig,
+                device_type: str) -> None:
+    """Start every worker, then call `prepare()` here while they import `work` (a module-level
+    function: `study.runner.work_here`); it returns `work`'s first arguments (they must pickle) and
+    what to call while waiting. Each worker then calls `work(*arguments, its run configuration)`, and
+    this waits for all, calling the latter every WATCH_SECONDS. Re-raises the first error a worker
+    raised (BadInput, StorageFault); WorkerStopped when one ended otherwise (killed, crashed). If
+    `prepare` raises, the workers, which have started nothing, are stopped and its error re-raised.
 
     A stop request to this process (`study.interrupts`: Ctrl-C, SIGTERM) is passed on to the workers
     through an event; each drops its seed in flight, marks its trial FAIL and ends, and then this
@@ -89,17 +94,23 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
     """
     context = multiprocessing.get_context("spawn")
     errors, stop = context.Queue(), context.Event()
-    said_done, tell_done = zip(*(context.Pipe(duplex=False) for _ in worker_runs(run, machine, device_type)))
-    processes = [context.Process(target=_work, args=(work, worker_run, threads, errors, stop, tell_done[index]),
-                                 name=f"initstudy-worker-{index}")
-                 for index, (worker_run, threads) in enumerate(worker_runs(run, machine, device_type))]
+    runs = worker_runs(run, machine, device_type)
+    said_done, tell_done = zip(*(context.Pipe(duplex=False) for _ in runs))
+    get_arguments, send_arguments = zip(*(context.Pipe(duplex=False) for _ in runs))
+    processes = [context.Process(target=_work, args=(work, get_arguments[index], worker_run, threads, errors, stop,
+                                                     tell_done[index]), name=f"initstudy-worker-{index}")
+                 for index, (worker_run, threads) in enumerate(runs)]
     with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
         for process in processes:
             process.start()
-    for end in tell_done:
+    for end in (*tell_done, *get_arguments):
         end.close()  # the workers' ends: a worker's is closed, at the latest, when it ends
     done: set[int] = set()
     try:
+        arguments, while_waiting = prepare()  # meanwhile the workers import torch and `work`'s modules
+        interrupts.check()
+        for end in send_arguments:
+            end.send(arguments)
         with interrupts.wakeup() as signalled:  # a request is passed on at once, not after the wait
             while waiting := [i for i, p in enumerate(processes) if i not in done and p.is_alive()]:
                 if interrupts.requested() is not None:
@@ -119,13 +130,15 @@ def run_workers(work: Callable[[RunConfig], None], run: RunConfig, machine: Mach
                         while_waiting()
     except BaseException as e:
         stop.set()
+        for end in send_arguments:
+            end.close()  # a worker still waiting for its arguments ends
         for process in processes:
             if getattr(e, "at_once", False):
                 process.kill()
             process.join()
         raise
     finally:
-        for end in said_done:
+        for end in (*said_done, *send_arguments):
             end.close()
     interrupts.check()
     codes = [p.exitcode for p in processes if p.exitcode]
@@ -149,10 +162,11 @@ def _said_done(end: multiprocessing.connection.Connection) -> bool:
         return False
 
 
-def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, errors: multiprocessing.Queue,
-          stop: multiprocessing.synchronize.Event, done: multiprocessing.connection.Connection) -> None:
-    """One worker: `work(run)` on this process until the study is done or `stop` is set; then
-    `done` tells the starting process so, before the interpreter's teardown.
+def _work(work: Callable[..., None], arguments: multiprocessing.connection.Connection, run: RunConfig, threads: int,
+          errors: multiprocessing.Queue, stop: multiprocessing.synchronize.Event,
+          done: multiprocessing.connection.Connection) -> None:
+    """One worker: `work(*the arguments received, run)` on this process until the study is done or
+    `stop` is set; then `done` tells the starting process so, before the interpreter's teardown.
 
     Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
@@ -165,8 +179,12 @@ def _work(work: Callable[[RunConfig], None], run: RunConfig, threads: int, error
 
                 guard_output()
                 torch.set_num_threads(threads)
+                try:
+                    received = arguments.recv()
+                except EOFError:  # the starting process stopped before the study was ready
+                    raise SystemExit(0) from None
                 interrupts.check()
-                work(run)
+                work(*received, run)
             finally:
                 interrupts.block()  # a late Ctrl-C must not raise in the process's teardown
         done.send(True)

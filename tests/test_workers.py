@@ -1,7 +1,6 @@
 """Many workers, crashes and Ctrl-C: every setting ends COMPLETE exactly once and no seed is lost."""
 
 import atexit
-import functools
 import json
 import multiprocessing
 import os
@@ -26,6 +25,7 @@ from signalling import signalling
 from study.config import DataConfig, RunConfig
 from study.data import load_fashion_mnist
 from study.design import MachineConfig
+from study.errors import BadInput
 from study.records import seed_records
 from study.records import point_of
 from study.workers import run_workers, worker_data, worker_runs
@@ -197,13 +197,26 @@ def test_chaos_sigkill_three_times_then_resume(tmp_path, population):
 
 def test_the_starting_process_goes_on_when_its_workers_are_done_not_when_their_teardown_ends(tmp_path):
     gate = tmp_path / "teardown may end"
-    run_workers(functools.partial(_done_then_slow_teardown, str(gate)), RunConfig(), MachineConfig(workers=2), "cpu")
+    run_workers(_done_then_slow_teardown, lambda: ((str(gate),), lambda: None), RunConfig(), MachineConfig(workers=2),
+                "cpu")
     lingering = multiprocessing.active_children()
     gate.touch()
     for process in lingering:
         process.join(60)
     assert len(lingering) == 2, "run_workers waited for its workers' interpreters to end"
     assert [p.exitcode for p in lingering] == [0, 0]
+
+
+def test_the_workers_start_before_the_study_is_prepared_and_end_when_it_cannot_be():
+    started = []
+
+    def prepare():
+        started.append(len(multiprocessing.active_children()))
+        raise BadInput("the stored study has another design")
+
+    with pytest.raises(BadInput, match="another design"):
+        run_workers(_done_then_slow_teardown, prepare, RunConfig(), MachineConfig(workers=2), "cpu")
+    assert started == [2] and not multiprocessing.active_children()
 
 
 def _done_then_slow_teardown(gate: str, run: RunConfig) -> None:
