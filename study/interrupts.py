@@ -136,11 +136,13 @@ def wakeup() -> Iterator[int | None]:
     readable, writable = os.pipe()
     os.set_blocking(writable, False)  # the interpreter writes to it from its signal handling
     os.set_blocking(readable, False)
-    previous = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
     try:
-        yield readable
+        previous = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+        try:
+            yield readable
+        finally:
+            signal.set_wakeup_fd(previous)
     finally:
-        signal.set_wakeup_fd(previous)
         os.close(readable)
         os.close(writable)
 

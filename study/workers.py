@@ -79,7 +79,7 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     what to call while waiting. Each worker then calls `work(*arguments, its run configuration)`, and
     this waits for all, calling the latter every WATCH_SECONDS. Re-raises the first error a worker
     raised (BadInput, StorageFault); WorkerStopped when one ended otherwise (killed, crashed). If
-    `prepare` raises, the workers, which have started nothing, are stopped and its error re-raised.
+    `prepare` raises, the workers, which have started nothing, are killed and its error re-raised.
 
     A stop request to this process (`study.interrupts`: Ctrl-C, SIGTERM) is passed on to the workers
     through an event; each drops its seed in flight, marks its trial FAIL and ends, and then this
@@ -100,17 +100,20 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     processes = [context.Process(target=_work, args=(work, get_arguments[index], worker_run, threads, errors, stop,
                                                      tell_done[index]), name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(runs)]
-    with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
-        for process in processes:
-            process.start()
-    for end in (*tell_done, *get_arguments):
-        end.close()  # the workers' ends: a worker's is closed, at the latest, when it ends
     done: set[int] = set()
+    sent = False
     try:
+        with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
+            for process in processes:
+                process.start()
+        for end in (*tell_done, *get_arguments):
+            end.close()  # the workers' ends: a worker's is closed, at the latest, when it ends
         arguments, while_waiting = prepare()  # meanwhile the workers import torch and `work`'s modules
         interrupts.check()
         for end in send_arguments:
-            end.send(arguments)
+            with contextlib.suppress(BrokenPipeError):  # a worker that ended already: its exit code tells how
+                end.send(arguments)
+        sent = True
         with interrupts.wakeup() as signalled:  # a request is passed on at once, not after the wait
             while waiting := [i for i, p in enumerate(processes) if i not in done and p.is_alive()]:
                 if interrupts.requested() is not None:
@@ -130,15 +133,13 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                         while_waiting()
     except BaseException as e:
         stop.set()
-        for end in send_arguments:
-            end.close()  # a worker still waiting for its arguments ends
-        for process in processes:
-            if getattr(e, "at_once", False):
+        for process in filter(lambda process: process.pid is not None, processes):  # those started
+            if getattr(e, "at_once", False) or not sent:  # not sent: it has started nothing
                 process.kill()
             process.join()
         raise
     finally:
-        for end in (*said_done, *send_arguments):
+        for end in (*said_done, *tell_done, *get_arguments, *send_arguments):
             end.close()
     interrupts.check()
     codes = [p.exitcode for p in processes if p.exitcode]

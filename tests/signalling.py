@@ -1,7 +1,8 @@
 """Run `python -m study ARGS` so that the process that stores the study's first seed, the command or one
 of its workers, sends a signal at that moment and goes on only once its own stop was requested: the
 test's way to stop a study with workers right after a seed, however fast the others train (they
-cannot finish the study while this one holds its trial).
+cannot finish the study while this one holds its trial). The command passes a stop on to its workers
+only as the signal wakes it: its periodic look at them is an hour apart here.
 
     python tests/signalling.py --signal SIGTERM --to command --once PATH -- ARGS   # or, in a test:
     subprocess.Popen([*signalling(signal.SIGTERM, "command", path), *ARGS], ...)
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import study.workers
 from study import interrupts
 from study.runner import Search
 
@@ -69,6 +71,9 @@ def own_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 if __name__ in ("__main__", "__mp_main__"):  # the command, its workers; not a test importing `signalling`
     own, rest = own_arguments(sys.argv)
     signal_after_first_seed(own.signal, own.to, own.once)
+    # The command looks at its workers' study only when something happens: a stop passed on at its
+    # next look instead of at once would hang the test (and fail it at its timeout).
+    study.workers.WATCH_SECONDS = 3600
 
 if __name__ == "__main__":
     from study.cli import main

@@ -118,18 +118,21 @@ def test_a_worker_is_not_stopped_at_once_and_follows_its_parent():
 
 def test_a_signal_ends_a_wait_on_other_things_at_once_and_the_previous_wakeup_is_back():
     silent, never_written = os.pipe()  # only the signal can end the wait before its timeout
+    earlier, earlier_end = os.pipe()  # another owner's wakeup descriptor (an event loop's)
+    os.set_blocking(earlier_end, False)
+    signal.set_wakeup_fd(earlier_end)
     try:
         with pytest.raises(Interrupted):
             with interrupts.stop_requests(), interrupts.wakeup() as signalled:
                 assert multiprocessing.connection.wait([silent, signalled], timeout=0) == []
                 os.kill(os.getpid(), signal.SIGTERM)
-                assert multiprocessing.connection.wait([silent, signalled], timeout=600) == [signalled]
+                assert multiprocessing.connection.wait([silent, signalled], timeout=10) == [signalled]
                 interrupts.drain(signalled)
                 assert multiprocessing.connection.wait([silent, signalled], timeout=0) == []
-        assert signal.set_wakeup_fd(-1) == -1  # none was set before the block
     finally:
-        os.close(silent)
-        os.close(never_written)
+        assert signal.set_wakeup_fd(-1) == earlier_end
+        for fd in (silent, never_written, earlier, earlier_end):
+            os.close(fd)
     seen = []
     thread = threading.Thread(target=lambda: seen.append(_wakeup_inside_block()))
     thread.start()
