@@ -64,7 +64,8 @@ def link_of(name: str):
     if name == "logit":
         return (scipy.special.logit, scipy.special.log_expit, lambda eta: scipy.special.log_expit(-eta),
                 lambda eta: scipy.special.log_expit(eta) + scipy.special.log_expit(-eta))
-    return scipy.stats.norm.ppf, scipy.stats.norm.logcdf, lambda eta: scipy.stats.norm.logcdf(-eta), scipy.stats.norm.logpdf
+    norm = scipy.stats.norm
+    return norm.ppf, norm.logcdf, lambda eta: norm.logcdf(-eta), norm.logpdf
 
 
 class Profile:
@@ -88,7 +89,7 @@ class Profile:
     def best_slope(self, log_rate: float) -> tuple[float, float]:
         """(slope, log-likelihood) maximised over the slope, at `log_rate`: concave in the slope."""
         found = scipy.optimize.minimize_scalar(lambda b: -self.loglik(log_rate, b), bounds=(-MAX_SLOPE, MAX_SLOPE),
-                                         method="bounded", options={"xatol": 1e-4})
+                                               method="bounded", options={"xatol": 1e-4})
         return float(found.x), -float(found.fun)
 
     def __call__(self, log_rate: float) -> float:
@@ -154,7 +155,7 @@ def _maximum(profile: Profile, x: np.ndarray) -> tuple[float, float]:
     best = int(np.argmax(values))
     low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     found = scipy.optimize.minimize_scalar(lambda v: -profile(v), bounds=(low, high), method="bounded",
-                                     options={"xatol": 1e-5})
+                                           options={"xatol": 1e-5})
     return (float(found.x), -float(found.fun)) if -found.fun >= values[best] else (float(grid[best]), values[best])
 
 

@@ -83,7 +83,7 @@ class Likelihood:
         if bounds is not None and len(start) == 3:  # b2 = -exponent b1 of a profile reaches this far
             bounds[2] = (-MAX_COEFFICIENT * MAX_EXPONENT, MAX_COEFFICIENT * MAX_EXPONENT)
         found = scipy.optimize.minimize(lambda beta: -self(beta), start, method="Nelder-Mead", bounds=bounds,
-                                  options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})
+                                        options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})
         return found.x, -float(found.fun)
 
 
@@ -105,7 +105,7 @@ class LawFit:
             return self.likelihood(np.array([b[0], b[1], -exponent * b[1]]))
         bounds = None if self.likelihood.firth else [(-MAX_COEFFICIENT, MAX_COEFFICIENT)] * 2
         found = scipy.optimize.minimize(lambda b: -loglik(b), self.beta[:2], method="Nelder-Mead", bounds=bounds,
-                                  options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 2000})
+                                        options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 2000})
         return -float(found.fun)
 
     def interval(self) -> tuple[float, float]:
@@ -149,8 +149,8 @@ def same_exponent_p(groups: list[tuple], links: tuple[str, ...] = LINKS) -> floa
         fits.append(LawFit(x, c, y, best.link, firth=False, start=best.beta))
     separate = sum(fit.loglik for fit in fits)
     common = scipy.optimize.minimize_scalar(lambda a: -sum(fit.profile(a) for fit in fits),
-                                      bounds=(-MAX_EXPONENT, MAX_EXPONENT), method="bounded",
-                                      options={"xatol": 1e-4})
+                                            bounds=(-MAX_EXPONENT, MAX_EXPONENT), method="bounded",
+                                            options={"xatol": 1e-4})
     statistic = max(2 * (separate + float(common.fun)), 0.0)
     return float(scipy.stats.chi2.sf(statistic, len(fits) - 1))
 

@@ -61,21 +61,21 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     device_type = resolve_device(run.train.device).type
     if machine.worker_count(device_type) == 1 and machine.gpus is None:
         return open_search(place, design, run, machine, progress, driver, activations, callbacks).work()
-    opened: list[Search] = []
+    runner: Search | None = None
 
     def prepare():  # while the workers start
+        nonlocal runner
         shared = worker_data(run, machine, device_type)
-        opened.append(open_search(place, design, run, machine, progress, driver, activations, callbacks, shared))
-        opened[0].queue(opened[0].study)  # once, here: workers that start together would each queue the same
-        # This process watches: its bar follows the COMPLETE trials the workers store.
-        return (place, design, machine, driver, activations, tuple(callbacks), shared), opened[0].show_progress
+        runner = open_search(place, design, run, machine, progress, driver, activations, callbacks, shared)
+        runner.queue(runner.study)  # once, here: workers that start together would each queue the same trials
+        return (place, design, machine, driver, activations, tuple(callbacks), shared), runner.show_progress
 
-    try:
+    try:  # this process watches: its bar follows the COMPLETE trials the workers store
         run_workers(work_here, prepare, run, machine, device_type)
     finally:
-        for runner in opened:
+        if runner is not None:
             runner.bar.close()
-    return opened[0].study
+    return runner.study
 
 
 def work_here(place: StudyPlace, design, machine: MachineConfig, driver: type["Search"],

@@ -121,9 +121,9 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                 if interrupts.repeated():  # the at-once exception was swallowed where it landed
                     raise Interrupted(interrupts.requested(), at_once=True)
                 listened = [said_done[i] for i in waiting if not said_done[i].closed]
+                woken_by = [signalled] if signalled is not None else []
                 ready = multiprocessing.connection.wait(
-                    [*(processes[i].sentinel for i in waiting), *listened, *([signalled] if signalled is not None else [])],
-                    timeout=WATCH_SECONDS)
+                    [*(processes[i].sentinel for i in waiting), *listened, *woken_by], timeout=WATCH_SECONDS)
                 done |= {i for i in waiting if said_done[i] in ready and _said_done(said_done[i])}
                 interrupts.drain(signalled)
                 if interrupts.requested() is None:
