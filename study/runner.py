@@ -39,8 +39,8 @@ from study.quiet import libraries_quiet
 from study.records import (StoredSeed, fixed_values, point, point_of, report_losses, reused_record, seed_record,
                            stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary,
                            write_target)
-from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, count_states, fail_stale_and_requeue, make_sampler,
-                            held_elsewhere, n_complete, requeue, suggest)
+from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, ask_queued, count_states, fail_stale_and_requeue,
+                            held_elsewhere, make_sampler, n_complete, requeue, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
 from study.workers import run_workers, worker_data
@@ -141,8 +141,7 @@ class Search:
                  run: RunConfig, machine: MachineConfig, data: FashionMNIST, store, progress: bool,
                  activations: bool = False, callbacks: tuple[Callback, ...] = ()):
         self.study, self.storage, self.design, self.run_config = study, storage, design, run
-        self.activations, self.callbacks = activations, callbacks
-        self.data, self.seeds = data, design.seeds
+        self.activations, self.callbacks, self.data, self.seeds = activations, callbacks, data, design.seeds
         self.store = store  # an Optuna artifact store (`study.artifacts`)
         self.population = machine.population_size(resolve_device(run.train.device).type, self._models_per_trial())
         self.bar = tqdm(total=self._bar_total(), unit=self._bar_unit, desc="study", disable=not progress,
@@ -218,7 +217,8 @@ class Search:
         asked, trials, told = [], [], set()
         try:
             for _ in range(max(1, min(size, self._room(count_states(study))))):
-                trial = study.ask()
+                if (trial := ask_queued(study) if self.design.sampler == "grid" else study.ask()) is None:
+                    break  # another worker took the last queued trial
                 asked.append(trial)
                 # At once, so that the trial is judged by heartbeats (the database's clock) from its start.
                 Heartbeats(self.storage, [trial._trial_id]).beat()

@@ -59,6 +59,16 @@ def requeue(study: optuna.Study, design: StudyDesign) -> int:
     return len(wanted)
 
 
+def ask_queued(study: optuna.Study) -> optuna.Trial | None:
+    """`Study.ask` for a study whose every trial is queued (a grid's, an edge search's): the next
+    queued trial, or None where another worker took the last. `ask` would create a fresh trial then,
+    with no setting of its own, which the worker could only prune. Optuna has no public name for
+    the queue's pop, which `ask` itself calls (5.0), nor for its cache, which `ask` clears first."""
+    study._thread_local.cached_all_trials = None
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else optuna.Trial(study, trial_id)
+
+
 def held_elsewhere(trial: optuna.Trial, identity: Callable[[FrozenTrial], Hashable], always: bool = True) -> bool:
     """Whether a COMPLETE trial, or a RUNNING one that started first, has this trial's identity
     (`identity` of a stored trial: its setting, or an edge probe's setting and seeds). `always`

@@ -1,18 +1,23 @@
 """Several worker processes on one study: `workers=W` on this machine, or `gpus=(0, 1)` (one per GPU).
 
-Each worker is a fresh Python process (multiprocessing's spawn: no CUDA or thread state is
-inherited) that opens the study and runs the same loop as an independent command started by hand
-on this or another machine would. The configuration reaches it as dataclasses through a pipe, never
-on a command line, which every user of the machine can read (`ps`). The same code serves the
-command line and the Python API.
+Each worker is a process forked from multiprocessing's fork server (spawned where the platform has
+none). The server imports the workers' modules once, while the study is prepared, and holds no CUDA
+or thread state to inherit: the workers need not each import torch again. A worker opens the study
+and runs the same loop as an independent command started by hand on this or another machine would.
+The configuration reaches it as dataclasses through a pipe, never on a command line, which every
+user of the machine can read (`ps`). The same code serves the command line and the Python API.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import multiprocessing.synchronize
 import os
 import queue
@@ -74,12 +79,12 @@ Prepare = Callable[[], tuple[tuple, Callable[[], None]]]
 
 def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, machine: MachineConfig,
                 device_type: str) -> None:
-    """Start every worker, then call `prepare()` here while they import `work` (a module-level
-    function: `study.runner.work_here`); it returns `work`'s first arguments (they must pickle) and
-    what to call while waiting. Each worker then calls `work(*arguments, its run configuration)`, and
-    this waits for all, calling the latter every WATCH_SECONDS. Re-raises the first error a worker
-    raised (BadInput, StorageFault); WorkerStopped when one ended otherwise (killed, crashed). If
-    `prepare` raises, the workers, which have started nothing, are killed and its error re-raised.
+    """Start the fork server importing `work`'s module (`work` is a module-level function:
+    `study.runner.work_here`), call `prepare()` here meanwhile, then start every worker. `prepare`
+    returns `work`'s first arguments (they must pickle) and what to call while waiting. Each worker
+    calls `work(*arguments, its run configuration)`, and this waits for all, calling the latter every
+    WATCH_SECONDS. Re-raises the first error a worker raised (BadInput, StorageFault); WorkerStopped
+    when one ended otherwise (killed, crashed). If `prepare` raises, no worker has started.
 
     A stop request to this process (`study.interrupts`: Ctrl-C, SIGTERM) is passed on to the workers
     through an event; each drops its seed in flight, marks its trial FAIL and ends, and then this
@@ -89,31 +94,29 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     is open) asks the workers to stop and waits for them.
 
     Returns once every worker has said its work is done or has ended: the interpreter's teardown
-    of a worker that is done (a second, after torch) overlaps what this process does next, and
-    multiprocessing joins it at this process's exit (or its next start of a process).
+    of a worker that is done overlaps what this process does next, and multiprocessing joins it at
+    this process's exit (or its next start of a process).
+
+    The fork server lives as long as this process and is started once: later calls fork workers from
+    it with the modules it imported then (a notebook that reloads the project's code restarts its
+    kernel to reach its workers). Each worker gets this process's environment as it is at the call.
     """
-    context = multiprocessing.get_context("spawn")
+    context = _start_fork_server(work.__module__)
+    arguments, while_waiting = prepare()  # meanwhile the fork server imports torch and `work`'s module
+    interrupts.check()
     errors, stop = context.Queue(), context.Event()
     runs = worker_runs(run, machine, device_type)
     said_done, tell_done = zip(*(context.Pipe(duplex=False) for _ in runs))
-    get_arguments, send_arguments = zip(*(context.Pipe(duplex=False) for _ in runs))
-    processes = [context.Process(target=_work, args=(work, get_arguments[index], worker_run, threads, errors, stop,
-                                                     tell_done[index]), name=f"initstudy-worker-{index}")
+    processes = [context.Process(target=_work, args=(work, arguments, worker_run, threads, dict(os.environ), errors,
+                                                     stop, tell_done[index]), name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(runs)]
     done: set[int] = set()
-    sent = False
     try:
         with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
             for process in processes:
                 process.start()
-        for end in (*tell_done, *get_arguments):
+        for end in tell_done:
             end.close()  # the workers' ends: a worker's is closed, at the latest, when it ends
-        arguments, while_waiting = prepare()  # meanwhile the workers import torch and `work`'s modules
-        interrupts.check()
-        for end in send_arguments:
-            with contextlib.suppress(BrokenPipeError):  # a worker that ended already: its exit code tells how
-                end.send(arguments)
-        sent = True
         with interrupts.wakeup() as signalled:  # a request is passed on at once, not after the wait
             while waiting := [i for i, p in enumerate(processes) if i not in done and p.is_alive()]:
                 if interrupts.requested() is not None:
@@ -134,12 +137,12 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     except BaseException as e:
         stop.set()
         for process in filter(lambda process: process.pid is not None, processes):  # those started
-            if getattr(e, "at_once", False) or not sent:  # not sent: it has started nothing
+            if getattr(e, "at_once", False):
                 process.kill()
             process.join()
         raise
     finally:
-        for end in (*said_done, *tell_done, *get_arguments, *send_arguments):
+        for end in (*said_done, *tell_done):
             end.close()
     interrupts.check()
     codes = [p.exitcode for p in processes if p.exitcode]
@@ -153,6 +156,23 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
         raise WorkerStopped(codes[0])
 
 
+def _start_fork_server(module: str) -> multiprocessing.context.BaseContext:
+    """The context that starts the workers: the fork server's, which is started here (at once, not
+    waiting for it) to import `module` unless it runs already; spawn's where the platform has none.
+    Started with SIGINT and SIGTERM held back, which every process it forks inherits."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([module])
+    with interrupts.blocked():
+        # Started first, as the server's start would, because it lets SIGINT and SIGTERM through
+        # again on its way out (Python 3.11) and the server would then start without them blocked.
+        multiprocessing.resource_tracker.ensure_running()
+        interrupts.block()
+        multiprocessing.forkserver.ensure_running()
+    return context
+
+
 def _said_done(end: multiprocessing.connection.Connection) -> bool:
     """Whether a worker's pipe, found readable, brought its word that its work is done; its end
     without it (the worker ended otherwise: its exit code tells how) is closed, not listened to again."""
@@ -163,11 +183,12 @@ def _said_done(end: multiprocessing.connection.Connection) -> bool:
         return False
 
 
-def _work(work: Callable[..., None], arguments: multiprocessing.connection.Connection, run: RunConfig, threads: int,
+def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: int, environment: dict[str, str],
           errors: multiprocessing.Queue, stop: multiprocessing.synchronize.Event,
           done: multiprocessing.connection.Connection) -> None:
-    """One worker: `work(*the arguments received, run)` on this process until the study is done or
-    `stop` is set; then `done` tells the starting process so, before the interpreter's teardown.
+    """One worker: `work(*arguments, run)` on this process, in the starting process's `environment`,
+    until the study is done or `stop` is set; then `done` tells the starting process so, before the
+    interpreter's teardown.
 
     Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
@@ -178,14 +199,12 @@ def _work(work: Callable[..., None], arguments: multiprocessing.connection.Conne
             try:
                 from study.masking import guard_output
 
+                os.environ.clear()  # the fork server's dates from its start, maybe an earlier study's
+                os.environ.update(environment)
                 guard_output()
                 torch.set_num_threads(threads)
-                try:
-                    received = arguments.recv()
-                except EOFError:  # the starting process stopped before the study was ready
-                    raise SystemExit(0) from None
                 interrupts.check()
-                work(*received, run)
+                work(*arguments, run)
             finally:
                 interrupts.block()  # a late Ctrl-C must not raise in the process's teardown
         done.send(True)
@@ -199,3 +218,7 @@ def _work(work: Callable[..., None], arguments: multiprocessing.connection.Conne
         # `study.storage`); the interpreter's teardown collected torch's objects several times over,
         # a second per worker (measured), which a stop or the end of a study waited for.
         gc.freeze()
+        # A forked process ends without running the exit handlers (multiprocessing ends it with
+        # `os._exit`): they run here, as at a spawned worker's exit, and are not run again there. The
+        # storage's closes SQLite's connections, which checkpoints its WAL (`study.storage`).
+        atexit._run_exitfuncs()

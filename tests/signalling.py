@@ -11,8 +11,8 @@ only as the signal wakes it: its periodic look at them is an hour apart here.
 --to group: to its whole process group (a terminal's Ctrl-C). --once: a file that does not exist yet,
 made by the first seed to be stored, so that one process signals once.
 
-The hook is installed by this file's top level, which multiprocessing's spawned workers run again
-(as `__mp_main__`, with the command's `sys.argv`), so it is in every process of the command.
+The hook is installed by this file's top level, which multiprocessing's workers run again (as
+`__mp_main__`, with the command's `sys.argv`), so it is in every process of the command.
 """
 
 import argparse
@@ -28,6 +28,7 @@ from study import interrupts
 from study.runner import Search
 
 STOP_WAIT_SECONDS = 120  # ample: a stop reaches a worker within milliseconds
+COMMAND_PID = "SIGNALLING_COMMAND_PID"  # set by the command, inherited by its workers
 
 
 def signal_after_first_seed(signum: int, to: str, once: str) -> None:
@@ -42,8 +43,8 @@ def signal_after_first_seed(signum: int, to: str, once: str) -> None:
             return stored  # another seed was first
         if to == "group":
             os.killpg(os.getpgid(0), signum)
-        else:  # run as __main__ in the command, as __mp_main__ in its workers
-            os.kill(os.getpid() if __name__ == "__main__" else os.getppid(), signum)
+        else:  # a worker's parent is the fork server; the command named itself in the environment
+            os.kill(int(os.environ[COMMAND_PID]), signum)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         while interrupts.requested() is None:  # the request is the event waited on; the sleep only paces the look
             if time.monotonic() > deadline:
@@ -77,5 +78,7 @@ if __name__ in ("__main__", "__mp_main__"):  # the command, its workers; not a t
 
 if __name__ == "__main__":
     from study.cli import main
+
+    os.environ[COMMAND_PID] = str(os.getpid())
 
     sys.exit(main(rest))

@@ -176,7 +176,7 @@ def test_a_study_with_no_password_anywhere_pgpass_and_the_environment(server, tm
                     line = f.read().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "spawn_main" in line:  # a worker: multiprocessing's child, given its configuration by pipe
+            if "multiprocessing.forkserver" in line:  # the fork server and the workers it forks
                 worker_lines.add(line)
         time.sleep(0.2)
     out, err = started.communicate()

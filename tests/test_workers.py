@@ -207,7 +207,7 @@ def test_the_starting_process_goes_on_when_its_workers_are_done_not_when_their_t
     assert [p.exitcode for p in lingering] == [0, 0]
 
 
-def test_the_workers_start_before_the_study_is_prepared_and_end_when_it_cannot_be():
+def test_no_worker_starts_when_the_study_cannot_be_prepared():
     started = []
 
     def prepare():
@@ -216,7 +216,7 @@ def test_the_workers_start_before_the_study_is_prepared_and_end_when_it_cannot_b
 
     with pytest.raises(BadInput, match="another design"):
         run_workers(_done_then_slow_teardown, prepare, RunConfig(), MachineConfig(workers=2), "cpu")
-    assert started == [2] and not multiprocessing.active_children()
+    assert started == [0] and not multiprocessing.active_children()
 
 
 def _done_then_slow_teardown(gate: str, run: RunConfig) -> None:
