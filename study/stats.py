@@ -26,6 +26,7 @@ from torch import nn
 
 HIST_BINS = 40  # the lesson's histc(40, 0, 10)
 HIST_MAX = 10.0
+CHUNK_ELEMENTS = 1 << 18  # a chunk's five scratch tensors, 1 MB each in float32, stay in the cache
 
 
 @dataclass
@@ -103,22 +104,51 @@ class BatchedStats:
 
 
 def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: int = HIST_BINS,
-                  hist_max: float = HIST_MAX, workspace: dict | None = None) -> BatchedStats:
+                  hist_max: float = HIST_MAX, workspace: dict | None = None,
+                  chunk_elements: int = CHUNK_ELEMENTS) -> BatchedStats:
     """`activation_stats` of G models at once, the histogram counted exactly as histc counts it.
 
     pre, act: the models in `model_dim` (0 or 1), the units in dim 2, every other dim is rows:
     (G, B, N) for stacked linear layers, (B, G, C, H, W) for grouped convolutions.
     workspace: a dict kept between calls, in which the scratch tensors are reused: a fresh tensor
     of a few MB costs the CPU its page faults again, as much as a pass over it.
+    chunk_elements: the batch is taken in chunks of about this many elements, each through every
+    pass while it is in the cache; over a whole layer, each pass paid its memory traffic.
     """
+    batch_dim = 1 - model_dim
+    rows = max(1, chunk_elements * act.shape[batch_dim] // max(act.numel(), 1))
+    workspace = {} if workspace is None else workspace
+    parts = [_chunk_stats(p, a, model_dim, bins, hist_max, workspace)
+             for p, a in zip(pre.detach().split(rows, batch_dim), act.detach().split(rows, batch_dim))]
+    counts = sum(part[0] for part in parts)  # (G, units, pre > 0, slots)
+    per_model = counts.sum(dim=(1, 2))
+    hist = per_model[:, :bins].to(torch.float32)
+    hist[:, -1] += per_model[:, bins] - sum(part[1] for part in parts)  # histc's last bin includes hist_max
+    # Chunks' sums of squares about their own means, combined about the whole batch's (Chan et al.).
+    count = act.numel() // act.shape[model_dim]
+    total = sum(part[2] for part in parts)
+    m2 = sum(m2 + n * (chunk_total / n - total / count) ** 2 for _, _, chunk_total, m2, n in parts)
+    return BatchedStats(
+        sum=total,
+        sumsq=m2 + total * total / count,  # float64: summaries take it apart again without loss
+        count=count,
+        hist=hist,
+        unit_pos=counts[:, :, 1].sum(dim=2),
+    )
+
+
+def _chunk_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: int, hist_max: float,
+                 workspace: dict) -> tuple[torch.Tensor, torch.Tensor | int, torch.Tensor, torch.Tensor, int]:
+    """One chunk of rows: counts per (model, unit, pre > 0, slot: the bins, |a| >= hist_max, NaN),
+    how many |a| > hist_max per model (0 where none), the sum and the sum of squares about the
+    chunk's mean per model (float64), and the elements per model."""
     acc = torch.float64 if act.dtype == torch.float64 else torch.float32
-    a = act.detach()
+    a = act
     n_models, n_units = a.shape[model_dim], a.shape[2]
     others = [d for d in range(a.dim()) if d != model_dim]
 
     # Every pass below is one plain same-dtype op: on the CPU, comparisons into bool tensors,
     # mixed-dtype adds and `where` cost several times more than these (measured, 1.6M elements).
-    workspace = {} if workspace is None else workspace
     scaled = _scratch(workspace, "scaled", a, acc)
     if a.dtype == acc:
         torch.abs(a, out=scaled)
@@ -126,24 +156,18 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
         scaled.copy_(a).abs_()
     scaled.mul_(bins / hist_max)
     flags = _scratch(workspace, "flags", a, acc)
-    # Slots per (model, unit, pre > 0): bins, then |a| >= hist_max, then NaN.
     slots = bins + 2
-    above = None
+    above = 0
     # Reductions and broadcasts over the flat memory, not the (maybe channels-last) shape: over the
     # shape, max and the offsets' add ran 5x and 3x slower than a pass (measured, 1.6M elements).
     if not _flat(scaled).amax() < bins:  # some |a| >= hist_max, or NaN (amax passes it on): rare, checked first
         above = torch.gt(scaled, bins, out=flags).sum(dim=others)  # |a| > hist_max (and inf): not counted
         scaled.clamp_(max=bins).nan_to_num_(nan=bins + 1)
-    scaled.add_(torch.gt(pre.detach(), 0, out=flags), alpha=slots)
+    scaled.add_(torch.gt(pre, 0, out=flags), alpha=slots)
     index = _scratch(workspace, "index", a, torch.int32).copy_(scaled)  # truncates: floor
     index += _unit_offsets(workspace, index, model_dim, 2 * slots)
     # The scratch tensor is dense in some order (maybe channels-last); counting does not mind which.
     counts = torch.bincount(_flat(index), minlength=n_models * n_units * 2 * slots)
-    counts = counts.view(n_models, n_units, 2, slots)
-    per_model = counts.sum(dim=(1, 2))
-    hist = per_model[:, :bins].to(torch.float32)
-    if above is not None:
-        hist[:, -1] += per_model[:, bins] - above.to(per_model.dtype)  # histc's last bin includes hist_max
     # The sum of squares is taken about the mean: summed raw in float32, sumsq - sum^2 / n loses the
     # variance when |mean| >> std (at mean / std = 1e3: 4% off on 2,560 elements, 10x on 1.6 million);
     # one more pass keeps it.
@@ -153,14 +177,7 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     model_shape[model_dim] = n_models
     centred = torch.sub(a, (total / count).view(model_shape), out=_scratch(workspace, "centred", a, acc))
     m2 = torch.linalg.vector_norm(centred, dim=others).double() ** 2
-    total = total.double()
-    return BatchedStats(
-        sum=total,
-        sumsq=m2 + total * total / count,  # float64: summaries take it apart again without loss
-        count=count,
-        hist=hist,
-        unit_pos=counts[:, :, 1].sum(dim=2),
-    )
+    return counts.view(n_models, n_units, 2, slots), above, total.double(), m2, count
 
 
 def _unit_offsets(workspace: dict, index: torch.Tensor, model_dim: int, per_unit: int) -> torch.Tensor:
