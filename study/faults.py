@@ -32,9 +32,12 @@ import resource
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 from study import interrupts
@@ -92,6 +95,19 @@ class ResilientStorage(optuna.storages.RDBStorage):
             return optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id)
 
         return self.retried(stale)
+
+    def set_trial_user_attr_and_intermediate_values(self, trial_id: int, key: str, value: Any,
+                                                    intermediate_values: dict[int, float]) -> None:
+        """A trial's user attribute and intermediate values (step -> value) in one transaction, where
+        Optuna commits each on its own (a seed's 50 loss points took 26 ms on SQLite, measured). Its
+        per-row writes have no public name; its own calls are made of them (5.0)."""
+        def write() -> None:
+            with _create_scoped_session(self.scoped_session, True) as session:
+                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+                for step, intermediate_value in intermediate_values.items():
+                    self._set_trial_intermediate_value_without_commit(session, trial_id, step, intermediate_value)
+
+        self.retried(write)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
         attempts = 0

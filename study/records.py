@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from study import axes
 from study.axes import describe_setting
 from study.design import CONFIG_ATTR, TRAIN_THRESHOLD, fixed_axis_values, upgrade_stored_config
+from study.faults import ResilientStorage
 from study.histories import history_name, picture_name
 from study.ladder import setting_key
 from study.reliability import clopper_pearson, t_interval
@@ -99,18 +100,21 @@ def seed_record(result: TrainResult) -> dict:
     }
 
 
-def report_losses(trial: optuna.Trial, seed: int, losses: list[float], planned: int) -> None:
-    """A seed's training loss (one per step of `planned`) as the trial's intermediate values, the seeds
-    one after another on the step axis (seed x planned + step), about CURVE_POINTS per seed: the
-    dashboard's learning curves show where a seed diverged."""
+def loss_points(seed: int, losses: list[float], planned: int) -> dict[int, float]:
+    """A seed's training loss (one per step of `planned`) as the trial's intermediate values, step ->
+    loss, the seeds one after another on the step axis (seed x planned + step), about CURVE_POINTS per
+    seed: the dashboard's learning curves show where a seed diverged."""
     stride = max(1, planned // CURVE_POINTS)
-    for step in sorted({*range(0, len(losses), stride), len(losses) - 1} - {-1}):
-        trial.report(losses[step], seed * planned + step)
+    return {seed * planned + step: float(losses[step])
+            for step in sorted({*range(0, len(losses), stride), len(losses) - 1} - {-1})}
 
 
-def write_seed(trial: optuna.Trial, seed: int, record: dict) -> None:
-    """Stored as the seed finishes: kept even if a later seed of the trial is interrupted."""
-    trial.set_user_attr(f"{SEED_PREFIX}{seed}", record)
+def write_seed(storage: ResilientStorage, trial: optuna.Trial, seed: int, record: dict,
+               losses: dict[int, float] | None = None) -> None:
+    """Stored as the seed finishes, with its loss points (`loss_points`) in the same transaction:
+    kept even if a later seed of the trial is interrupted."""
+    # `_trial_id`: Optuna has no public name for it.
+    storage.set_trial_user_attr_and_intermediate_values(trial._trial_id, f"{SEED_PREFIX}{seed}", record, losses or {})
 
 
 def write_summary(trial: optuna.Trial, summary: dict) -> None:

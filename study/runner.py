@@ -36,7 +36,7 @@ from study.errors import BadInput
 from study.histories import reuse_history, store_history
 from study.population import train_population
 from study.quiet import libraries_quiet
-from study.records import (StoredSeed, fixed_values, point, point_of, report_losses, reused_record, seed_record,
+from study.records import (StoredSeed, fixed_values, loss_points, point, point_of, reused_record, seed_record,
                            stored_seed_results, summarise, summary_of, trial_note, write_seed, write_summary,
                            write_target)
 from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, ask_queued, count_states, fail_stale_and_requeue,
@@ -286,13 +286,13 @@ class Search:
 
     def _store_seed(self, trial: optuna.Trial, params: dict, seed: int, result: TrainResult, extra=None) -> dict:
         record = {**seed_record(result), **(extra or {})}  # extra: what a driver measured beside the result
-        write_seed(trial, seed, record)
+        losses = {}
+        if self.design.objective == "accuracy":  # Optuna keeps intermediate values for one objective only
+            losses = loss_points(seed, result.losses, step_count(self._run_config(params, seed), len(self.data.y_train)))
+        write_seed(self.storage, trial, seed, record, losses)
         if self.activations:
             title = f"{describe_setting(params)}, seed {seed}: val acc {result.val_acc:.3f}"
             store_history(self.store, trial, seed, result.history, title + (" (diverged)" if result.diverged else ""))
-        if self.design.objective == "accuracy":  # Optuna keeps intermediate values for one objective only
-            planned = step_count(self._run_config(params, seed), len(self.data.y_train))
-            report_losses(trial, seed, result.losses, planned)
         self._seeds_stored(1)
         return record
 
@@ -317,7 +317,7 @@ class Search:
         picture. A picture the store lacks never fails the trial (`records.reused_record`)."""
         found = stored.artifacts is None or reuse_history(self.store, trial, seed, *stored.artifacts)
         record = reused_record(stored, found)
-        write_seed(trial, seed, record)
+        write_seed(self.storage, trial, seed, record)
         return record
 
     def _run_config(self, params: dict, seed: int) -> RunConfig:

@@ -316,3 +316,22 @@ def test_a_picture_that_finds_the_disk_full_is_the_same_fault():
     message = str(fault_of(error))
     assert "cannot write studies/q/artifacts/abc.png" in message and "the disk is full" in message
     assert fault_of(OSError(errno.ENOENT, "No such file", "x")) is None
+
+
+def test_a_user_attribute_and_intermediate_values_are_stored_in_one_transaction_or_not_at_all(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/one.db", retry_seconds=2)
+    trial = optuna.create_study(storage=storage).ask()
+    commits = []
+    sqlalchemy.event.listen(storage.engine, "commit", lambda connection: commits.append(1))
+    points = {0: 2.3, 7: 1.9, 14: float("nan"), 21: float("inf")}
+    storage.set_trial_user_attr_and_intermediate_values(trial._trial_id, "seed_0", {"val_acc": 0.8}, points)
+    assert len(commits) == 1
+    stored = storage.get_trial(trial._trial_id)
+    assert stored.user_attrs["seed_0"] == {"val_acc": 0.8}
+    assert stored.intermediate_values.keys() == points.keys() and stored.intermediate_values[7] == 1.9
+    assert stored.intermediate_values[21] == float("inf")
+    with pytest.raises(TypeError):  # the last value cannot be stored: nothing of the call is
+        storage.set_trial_user_attr_and_intermediate_values(trial._trial_id, "seed_1", {"val_acc": 0.7},
+                                                            {28: 1.5, 35: "not a loss"})
+    stored = storage.get_trial(trial._trial_id)
+    assert "seed_1" not in stored.user_attrs and 28 not in stored.intermediate_values
