@@ -10,7 +10,6 @@ Given to `study.runner.run_study` as its `driver`.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import optuna
@@ -22,6 +21,7 @@ from study.records import (fixed_values, is_trained, point, point_of, probe_outc
                            seed_records, setting_of, study_threshold, summarise)
 from study.runner import Search
 from study.schedule import MAX_FAILS_PER_SETTING, count_states, held_elsewhere, suggest
+from study.workers import wait_for_others
 
 SEEDS_ATTR = "probe_seeds"  # an adaptive probe's seeds, a user attribute given when it is queued
 
@@ -91,7 +91,7 @@ class EdgeSearch(Search):
                 return True
             if not states[TrialState.RUNNING]:
                 return False
-            time.sleep(1)
+            wait_for_others(1)
 
     def queue(self, study: optuna.Study) -> Counter:
         """Fail silent probes, queue the next probe of every setting that no live probe holds; the states."""

@@ -16,7 +16,6 @@ when first seen (`study.histories`): the loop imports no plotting.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import Counter
 from typing import Callable, Sequence
 
@@ -43,7 +42,7 @@ from study.schedule import (MAX_FAILS_PER_SETTING, Heartbeats, ask_queued, count
                             held_elsewhere, make_sampler, n_complete, requeue, suggest)
 from study.storage import open_storage, open_study, prepare_for_workers
 from study.training import TrainResult, resolve_device, step_count, train
-from study.workers import run_workers, worker_data
+from study.workers import run_workers, wait_for_others, worker_data
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]  # as Study.optimize's callbacks
 
@@ -204,8 +203,8 @@ class Search:
             if not running:
                 raise BadInput(f"study {self.study.study_name!r} cannot reach {target} COMPLETE trials: settings "
                                f"failed {MAX_FAILS_PER_SETTING} times each are not retried; see its FAIL trials")
-            # Short: the study is often done moments later, and the command waits for every worker.
-            time.sleep(1)
+            # Short: the study is often done moments later (a worker of `run_workers` is told at once).
+            wait_for_others(1)
 
     def _run_trials(self, study: optuna.Study, size: int) -> None:
         """Up to `size` trials asked at once and their seeds trained, in rounds (`_seeds_to_train`):

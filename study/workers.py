@@ -22,6 +22,7 @@ import multiprocessing.synchronize
 import os
 import queue
 import shutil
+import time
 from dataclasses import replace
 from typing import Callable
 
@@ -34,6 +35,8 @@ from study.design import MachineConfig
 from study.errors import Interrupted, WorkerStopped
 
 WATCH_SECONDS = 2  # how often the starting process looks at the study while its workers run
+# In a worker: set by the starting process once any of its workers has found the study done.
+_study_done: multiprocessing.synchronize.Event | None = None
 
 
 def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> list[tuple[RunConfig, int]]:
@@ -104,11 +107,11 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     context = _start_fork_server(work.__module__)
     arguments, while_waiting = prepare()  # meanwhile the fork server imports torch and `work`'s module
     interrupts.check()
-    errors, stop = context.Queue(), context.Event()
+    errors, stop, study_done = context.Queue(), context.Event(), context.Event()
     runs = worker_runs(run, machine, device_type)
     said_done, tell_done = zip(*(context.Pipe(duplex=False) for _ in runs))
     processes = [context.Process(target=_work, args=(work, arguments, worker_run, threads, dict(os.environ), errors,
-                                                     stop, tell_done[index]), name=f"initstudy-worker-{index}")
+                                                     stop, study_done, tell_done[index]), name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(runs)]
     done: set[int] = set()
     try:
@@ -128,6 +131,8 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                 ready = multiprocessing.connection.wait(
                     [*(processes[i].sentinel for i in waiting), *listened, *woken_by], timeout=WATCH_SECONDS)
                 done |= {i for i in waiting if said_done[i] in ready and _said_done(said_done[i])}
+                if done:  # a worker returns only once the study is done: the others need not wait to see it
+                    study_done.set()
                 interrupts.drain(signalled)
                 if interrupts.requested() is None:
                     # Watching must not stop a study the workers carry on; a request that lands while the
@@ -173,6 +178,16 @@ def _start_fork_server(module: str) -> multiprocessing.context.BaseContext:
     return context
 
 
+def wait_for_others(seconds: float) -> bool:
+    """Wait `seconds` while other workers hold the trials left, or less in a worker of `run_workers`:
+    until the starting process says that another of its workers found the study done, which the
+    caller's next look at the study then finds too. Whether it said so."""
+    if _study_done is None:
+        time.sleep(seconds)
+        return False
+    return _study_done.wait(seconds)
+
+
 def _said_done(end: multiprocessing.connection.Connection) -> bool:
     """Whether a worker's pipe, found readable, brought its word that its work is done; its end
     without it (the worker ended otherwise: its exit code tells how) is closed, not listened to again."""
@@ -185,7 +200,7 @@ def _said_done(end: multiprocessing.connection.Connection) -> bool:
 
 def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: int, environment: dict[str, str],
           errors: multiprocessing.Queue, stop: multiprocessing.synchronize.Event,
-          done: multiprocessing.connection.Connection) -> None:
+          study_done: multiprocessing.synchronize.Event, done: multiprocessing.connection.Connection) -> None:
     """One worker: `work(*arguments, run)` on this process, in the starting process's `environment`,
     until the study is done or `stop` is set; then `done` tells the starting process so, before the
     interpreter's teardown.
@@ -201,6 +216,8 @@ def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: 
 
                 os.environ.clear()  # the fork server's dates from its start, maybe an earlier study's
                 os.environ.update(environment)
+                global _study_done
+                _study_done = study_done
                 guard_output()
                 torch.set_num_threads(threads)
                 interrupts.check()

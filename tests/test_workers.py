@@ -28,7 +28,7 @@ from study.design import MachineConfig
 from study.errors import BadInput
 from study.records import seed_records
 from study.records import point_of
-from study.workers import run_workers, worker_data, worker_runs
+from study.workers import run_workers, wait_for_others, worker_data, worker_runs
 
 GRID_24 = ["--leak", "0,0.05,0.1,0.2,0.3,0.5", "--sub", "0,0.2,0.4,0.7"]
 GRID_12 = ["--leak", "0,0.1,0.2,0.5", "--sub", "0,0.4,0.7"]
@@ -217,6 +217,21 @@ def test_no_worker_starts_when_the_study_cannot_be_prepared():
     with pytest.raises(BadInput, match="another design"):
         run_workers(_done_then_slow_teardown, prepare, RunConfig(), MachineConfig(workers=2), "cpu")
     assert started == [0] and not multiprocessing.active_children()
+
+
+def test_a_worker_waiting_for_the_others_is_told_when_one_has_found_the_study_done(tmp_path):
+    """One worker returns at once (its study is done); the other, waiting for trials the others hold,
+    is woken by the starting process instead of waiting out its minute."""
+    run_workers(_finish_or_wait, lambda: ((str(tmp_path),), lambda: None), RunConfig(), MachineConfig(workers=2), "cpu")
+    assert (tmp_path / "woken").read_text() == "True"
+
+
+def _finish_or_wait(directory: str, run: RunConfig) -> None:
+    try:
+        os.close(os.open(os.path.join(directory, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        with open(os.path.join(directory, "woken"), "w") as f:
+            f.write(str(wait_for_others(60)))
 
 
 def _done_then_slow_teardown(gate: str, run: RunConfig) -> None:
