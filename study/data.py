@@ -23,7 +23,6 @@ from study.config import DataConfig
 from study.errors import BadInput
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = Path(os.environ.get("INITSTUDY_CACHE", Path.home() / ".cache" / "initstudy"))
 
 # name -> (IDX magic number, shape); magic = 0x0000_08_0D: unsigned bytes, D dimensions.
 IDX_FILES = {
@@ -175,11 +174,12 @@ def _download_with_torchvision() -> Path:
     """torchvision's FashionMNIST download, for machines that reach its hosts."""
     from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
 
-    raw = CACHE_DIR / "FashionMNIST" / "raw"
+    cache = Path(os.environ.get("INITSTUDY_CACHE", Path.home() / ".cache" / "initstudy"))  # read at use
+    raw = cache / "FashionMNIST" / "raw"
     if not _has_files(raw):
         try:
-            TorchvisionFashionMNIST(str(CACHE_DIR), train=True, download=True)
-            TorchvisionFashionMNIST(str(CACHE_DIR), train=False, download=True)
+            TorchvisionFashionMNIST(str(cache), train=True, download=True)
+            TorchvisionFashionMNIST(str(cache), train=False, download=True)
         except Exception as e:  # torchvision raises RuntimeError or URLError when offline
             raise BadInput(
                 "FashionMNIST not found and the download failed "

@@ -90,7 +90,9 @@ class EdgeSearch(Search):
             if states[TrialState.WAITING]:
                 return True
             if not states[TrialState.RUNNING]:
-                return False
+                # Done, unless a probe was told between the queue's reading of the trials and its count:
+                # its successor is queued by a second look.
+                return bool(self.queue(study)[TrialState.WAITING])
             wait_for_others(1)
 
     def queue(self, study: optuna.Study) -> Counter:

@@ -102,7 +102,8 @@ class ResilientStorage(optuna.storages.RDBStorage):
         Optuna commits each on its own (a seed's 50 loss points took 26 ms on SQLite, measured). Its
         per-row writes have no public name; its own calls are made of them (5.0)."""
         def write() -> None:
-            with _create_scoped_session(self.scoped_session, True) as session:
+            # Integrity errors raised, not ignored as Optuna's single writes do: the call writes all or nothing.
+            with _create_scoped_session(self.scoped_session, False) as session:
                 self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
                 for step, intermediate_value in intermediate_values.items():
                     self._set_trial_intermediate_value_without_commit(session, trial_id, step, intermediate_value)

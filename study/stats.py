@@ -112,11 +112,14 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     (G, B, N) for stacked linear layers, (B, G, C, H, W) for grouped convolutions.
     workspace: a dict kept between calls, in which the scratch tensors are reused: a fresh tensor
     of a few MB costs the CPU its page faults again, as much as a pass over it.
-    chunk_elements: the batch is taken in chunks of about this many elements, each through every
-    pass while it is in the cache; over a whole layer, each pass paid its memory traffic.
+    chunk_elements: on the CPU, the batch is taken in chunks of about this many elements, each through
+    every pass while it is in the cache; over a whole layer, each pass paid its memory traffic. On a
+    GPU in one piece: each chunk would cost its launches and the overflow check's sync.
     """
     batch_dim = 1 - model_dim
-    rows = max(1, chunk_elements * act.shape[batch_dim] // max(act.numel(), 1))
+    rows = act.shape[batch_dim]
+    if act.device.type == "cpu":
+        rows = max(1, chunk_elements * rows // max(act.numel(), 1))
     workspace = {} if workspace is None else workspace
     parts = [_chunk_stats(p, a, model_dim, bins, hist_max, workspace)
              for p, a in zip(pre.detach().split(rows, batch_dim), act.detach().split(rows, batch_dim))]

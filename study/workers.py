@@ -1,8 +1,9 @@
 """Several worker processes on one study: `workers=W` on this machine, or `gpus=(0, 1)` (one per GPU).
 
 Each worker is a process forked from multiprocessing's fork server (spawned where the platform has
-none). The server imports the workers' modules once, while the study is prepared, and holds no CUDA
-or thread state to inherit: the workers need not each import torch again. A worker opens the study
+none). The server imports the workers' modules once, while the study is prepared, and has run no
+torch operation (no CUDA state, no thread pool of torch's to inherit): the workers need not each
+import torch again. A worker opens the study
 and runs the same loop as an independent command started by hand on this or another machine would.
 The configuration reaches it as dataclasses through a pipe, never on a command line, which every
 user of the machine can read (`ps`). The same code serves the command line and the Python API.
@@ -22,9 +23,10 @@ import multiprocessing.synchronize
 import os
 import queue
 import shutil
+import sys
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -35,8 +37,10 @@ from study.design import MachineConfig
 from study.errors import Interrupted, WorkerStopped
 
 WATCH_SECONDS = 2  # how often the starting process looks at the study while its workers run
-# In a worker: set by the starting process once any of its workers has found the study done.
+# In a worker: set by the starting process once any of its workers has found the study done; and
+# whether a wait of this worker was cut short by it.
 _study_done: multiprocessing.synchronize.Event | None = None
+_told = False
 
 
 def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> list[tuple[RunConfig, int]]:
@@ -101,8 +105,9 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     this process's exit (or its next start of a process).
 
     The fork server lives as long as this process and is started once: later calls fork workers from
-    it with the modules it imported then (a notebook that reloads the project's code restarts its
-    kernel to reach its workers). Each worker gets this process's environment as it is at the call.
+    it with what it had then: the modules it imported (a notebook that reloads the project's code
+    restarts its kernel to reach its workers), the libraries' settings read at import, its standard
+    output and error. Each worker gets this process's environment variables as they are at the call.
     """
     context = _start_fork_server(work.__module__)
     arguments, while_waiting = prepare()  # meanwhile the fork server imports torch and `work`'s module
@@ -115,7 +120,9 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                  for index, (worker_run, threads) in enumerate(runs)]
     done: set[int] = set()
     try:
-        with interrupts.blocked():  # a signal during a worker's start-up waits for the worker's handler
+        # A spawned worker inherits this block (a fork server's, the server's, blocked at its start): a
+        # signal during its start-up waits for its handler. A fork waits for the server's imports.
+        with interrupts.blocked():
             for process in processes:
                 process.start()
         for end in tell_done:
@@ -169,7 +176,11 @@ def _start_fork_server(module: str) -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([module])
-    with interrupts.blocked():
+    # The server is a fresh interpreter that ignores the `sys.path` multiprocessing hands it (3.11-3.13)
+    # and would look first in its working directory: it gets exactly this process's, or it could
+    # import another copy of the code than this process runs.
+    path = os.pathsep.join(entry or os.getcwd() for entry in sys.path if isinstance(entry, str))
+    with _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), interrupts.blocked():
         # Started first, as the server's start would, because it lets SIGINT and SIGTERM through
         # again on its way out (Python 3.11) and the server would then start without them blocked.
         multiprocessing.resource_tracker.ensure_running()
@@ -178,14 +189,33 @@ def _start_fork_server(module: str) -> multiprocessing.context.BaseContext:
     return context
 
 
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """These environment variables set for the block (for the processes it starts), then as they were."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
 def wait_for_others(seconds: float) -> bool:
     """Wait `seconds` while other workers hold the trials left, or less in a worker of `run_workers`:
     until the starting process says that another of its workers found the study done, which the
-    caller's next look at the study then finds too. Whether it said so."""
-    if _study_done is None:
+    caller's next look at the study then finds too. Once only, so that a worker that saw the study
+    done too early (an edge's next probe was queued after its look) cannot make the others' waits
+    spin. Whether this wait was cut short."""
+    global _told
+    if _study_done is None or _told:
         time.sleep(seconds)
         return False
-    return _study_done.wait(seconds)
+    _told = _study_done.wait(seconds)
+    return _told
 
 
 def _said_done(end: multiprocessing.connection.Connection) -> bool:
@@ -205,7 +235,7 @@ def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: 
     until the study is done or `stop` is set; then `done` tells the starting process so, before the
     interpreter's teardown.
 
-    Started with SIGINT and SIGTERM blocked (`run_workers`); they are let through while recorded
+    Started with SIGINT and SIGTERM blocked (`_start_fork_server`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
     that is its parent's decision."""
     try:

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 import study.histories
 import study.plots
 from conftest import ROOT, TINY, sigint_as_in_a_terminal
+from processes import fork_server_in_session, workers_in_session
 from signalling import signalling
 from study import interrupts
 from study.cli import main
@@ -285,36 +286,6 @@ def start(args: list[str], cwd: Path, command: tuple[str, ...] = (sys.executable
                             preexec_fn=sigint_as_in_a_terminal)
 
 
-FORK_SERVER = b"multiprocessing.forkserver"  # in the command lines of the fork server and of its workers
-
-
-def in_session(session: int) -> dict[int, tuple[int, bytes]]:
-    """pid -> (parent's pid, command line) of each process of a session, from /proc."""
-    found = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            command = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue  # ended meanwhile
-        fields = stat.rsplit(")", 1)[1].split()  # after the name, which may hold spaces: state ppid pgrp session
-        if int(fields[3]) == session:
-            found[int(entry)] = (int(fields[1]), command)
-    return found
-
-
-def workers_in_session(session: int) -> list[int]:
-    """The workers of a session: the processes its fork server forked. The server itself outlives
-    them all (each holds its end of the server's "alive" pipe), so a worker's parent is the server."""
-    processes = in_session(session)
-    return [pid for pid, (parent, command) in processes.items()
-            if FORK_SERVER in command and FORK_SERVER in processes.get(parent, (0, b""))[1]]
-
-
-def fork_server_in_session(session: int) -> bool:
-    return any(FORK_SERVER in command for _, command in in_session(session).values())
-
-
 def stored_seeds(db: Path) -> int:
     try:
         study = optuna.load_study(study_name="stop", storage=f"sqlite:///{db}")
@@ -331,9 +302,11 @@ def wait_for(condition, what: str, proc: subprocess.Popen) -> None:
 
 WORKER_CASES = {  # when, what signal, to whom
     "during the study's start-up": ("the fork server exists", signal.SIGINT, "group"),
+    "as the workers start": ("a worker exists", signal.SIGINT, "group"),
     "after the first seed, from a terminal": ("a seed is stored", signal.SIGINT, "group"),
     "after the first seed, from a container stop": ("a seed is stored", signal.SIGTERM, "command"),
 }  # start-up: the test sends it; after a seed: the process that stored it (tests/signalling.py)
+STARTS = {"the fork server exists": fork_server_in_session, "a worker exists": workers_in_session}
 
 
 @pytest.mark.slow
@@ -342,9 +315,9 @@ def test_a_study_with_two_workers_stops_on_request_and_resumes_training_nothing_
     moment, signum, whom = WORKER_CASES[case]
     db = tmp_path / "stop.db"
     args = search_args(db, *WORKER_GRID)
-    if moment == "the fork server exists":
+    if moment in STARTS:
         proc = start(args, tmp_path)
-        wait_for(lambda: fork_server_in_session(proc.pid), moment, proc)  # it imports torch while the study is prepared
+        wait_for(lambda: STARTS[moment](proc.pid), moment, proc)  # the server imports torch while the study is prepared
         os.killpg(proc.pid, signum)
     else:
         once = tmp_path / "signalled"
@@ -355,7 +328,7 @@ def test_a_study_with_two_workers_stops_on_request_and_resumes_training_nothing_
     assert "run the same command again to continue" in err
     assert not workers_in_session(proc.pid), "a worker outlived its command"
     assert stored_seeds(db) < 12 and not list((tmp_path / "stop").glob("heatmap_*.png")), "it did not stop"
-    assert moment == "the fork server exists" or once.exists(), "no seed sent the signal"
+    assert moment in STARTS or once.exists(), "no seed sent the signal"
 
     resumed = start(args, tmp_path)
     out, err = resumed.communicate(timeout=600)

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, free_port, run_cli, sigint_as_in_a_terminal
 from pg_server import server_with_role
+from processes import in_session, workers_in_session
 from signalling import signalling
 from study import masking
 from study.place import STORAGE_ENV, StudyPlace
@@ -167,22 +168,16 @@ def test_a_study_with_no_password_anywhere_pgpass_and_the_environment(server, tm
     started = subprocess.Popen([sys.executable, "-m", "study", "search", "--name", "nopw", *TINY,
                                 "--leak", "0,0.1,0.2,0.5", "--sub", "0", "--seeds", "0", "--workers", "2"],
                                cwd=tmp_path / "work", env=env, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    worker_lines = set()
+                               stderr=subprocess.PIPE, start_new_session=True)
+    workers, lines = set(), set()  # every process of the command's: itself, its fork server, its workers
     while started.poll() is None:
-        for pid in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    line = f.read().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "multiprocessing.forkserver" in line:  # the fork server and the workers it forks
-                worker_lines.add(line)
+        workers |= set(workers_in_session(started.pid))
+        lines |= {command.replace(b"\0", b" ").decode() for _, command in in_session(started.pid).values()}
         time.sleep(0.2)
     out, err = started.communicate()
     assert started.returncode == 0, err
-    assert worker_lines, "no worker was seen running"
-    assert_no_secret(out, err, *worker_lines, directory=tmp_path / "work")
+    assert workers, "no worker was seen running"
+    assert_no_secret(out, err, *lines, directory=tmp_path / "work")
     complete = optuna.load_study(study_name="nopw", storage=server.url("initstudy", "alice", PASSWORD)).get_trials(
         states=(TrialState.COMPLETE,))
     assert len(complete) == 4
