@@ -140,13 +140,12 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     )
 
 
-def _chunk_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: int, hist_max: float,
+def _chunk_stats(pre: torch.Tensor, a: torch.Tensor, model_dim: int, bins: int, hist_max: float,
                  workspace: dict) -> tuple[torch.Tensor, torch.Tensor | int, torch.Tensor, torch.Tensor, int]:
     """One chunk of rows: counts per (model, unit, pre > 0, slot: the bins, |a| >= hist_max, NaN),
     how many |a| > hist_max per model (0 where none), the sum and the sum of squares about the
     chunk's mean per model (float64), and the elements per model."""
-    acc = torch.float64 if act.dtype == torch.float64 else torch.float32
-    a = act
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
     n_models, n_units = a.shape[model_dim], a.shape[2]
     others = [d for d in range(a.dim()) if d != model_dim]
 
