@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kernels.activation_stats_cpu import layer_stats
+
 HIST_BINS = 40  # the lesson's histc(40, 0, 10)
 HIST_MAX = 10.0
 CHUNK_ELEMENTS = 1 << 18  # a chunk's five scratch tensors, 1 MB each in float32, stay in the cache
@@ -105,17 +107,21 @@ class BatchedStats:
 
 def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: int = HIST_BINS,
                   hist_max: float = HIST_MAX, workspace: dict | None = None,
-                  chunk_elements: int = CHUNK_ELEMENTS) -> BatchedStats:
+                  chunk_elements: int = CHUNK_ELEMENTS, compiled: bool = True) -> BatchedStats:
     """`activation_stats` of G models at once, the histogram counted exactly as histc counts it.
 
     pre, act: the models in `model_dim` (0 or 1), the units in dim 2, every other dim is rows:
     (G, B, N) for stacked linear layers, (B, G, C, H, W) for grouped convolutions.
+    compiled: on the CPU, one pass of a C loop (kernels/activation_stats_cpu.py) where it applies;
+    otherwise, and with False, a dozen PyTorch passes:
     workspace: a dict kept between calls, in which the scratch tensors are reused: a fresh tensor
     of a few MB costs the CPU its page faults again, as much as a pass over it.
     chunk_elements: on the CPU, the batch is taken in chunks of about this many elements, each through
     every pass while it is in the cache; over a whole layer, each pass paid its memory traffic. On a
     GPU in one piece: each chunk would cost its launches and the overflow check's sync.
     """
+    if compiled and (one_pass := layer_stats(pre.detach(), act.detach(), model_dim, bins, hist_max)) is not None:
+        return from_kernel(one_pass)
     batch_dim = 1 - model_dim
     rows = act.shape[batch_dim]
     if act.device.type == "cpu":

@@ -19,7 +19,7 @@ LAYERS = {
     "declarations": ["study.errors", "study.axes", "study.config", "study.design", "study.place", "study.ladder",
                      "study.sequential", "study.reliability", "study.interrupts", "study.masking", "study.quiet", "study.version",
                      "study.stored_design", "study.dose_response", "study.adaptive", "study.edge_law"],
-    "training": ["kernels", "kernels.fused_linear_act", "study.activations", "study.data", "study.stats", "study.model", "study.training",
+    "training": ["kernels", "kernels.fused_linear_act", "kernels.activation_stats_cpu", "study.activations", "study.data", "study.stats", "study.model", "study.training",
                  "study.population"],
     "records and storage": ["study.records", "study.faults", "study.storage", "study.artifacts", "study.histories"],
     "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search", "study.edge_simulation"],

@@ -1,5 +1,6 @@
-"""The two install routes list the same pinned packages."""
+"""The two install routes list the same pinned packages, and a package carries the files its code reads."""
 
+import fnmatch
 import re
 import tomllib
 
@@ -44,3 +45,13 @@ def test_environment_yml_is_a_conda_environment():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert env["name"] == "initstudy" and "conda-forge" in env["channels"]
     assert "python=3.11" in env["dependencies"]
+
+
+def test_source_files_the_code_compiles_are_package_data():
+    """A C file beside a module is compiled from the installed package: a wheel must carry it."""
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    sources = sorted(ROOT.glob("*/*.c"))
+    assert sources
+    for source in sources:
+        package = source.parent.name
+        assert any(fnmatch.fnmatch(source.name, pattern) for pattern in package_data.get(package, [])), source

@@ -68,8 +68,10 @@ def model_slices(x: torch.Tensor, model_dim: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize("leak, sub", [(0.0, 0.0), (0.1, 0.4), (0.5, -0.25)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("beyond", [True, False], ids=["beyond-hist-max", "within-hist-max"])
-@pytest.mark.parametrize("chunk_elements", [CHUNK_ELEMENTS, 100], ids=["one-chunk", "chunks-of-rows"])
-def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak, sub, dtype, beyond, chunk_elements):
+@pytest.mark.parametrize("compiled, chunk_elements", [(True, CHUNK_ELEMENTS), (False, CHUNK_ELEMENTS), (False, 100)],
+                         ids=["one-pass-loop", "passes-one-chunk", "passes-chunks-of-rows"])
+def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak, sub, dtype, beyond, compiled,
+                                                         chunk_elements):
     gen = torch.Generator().manual_seed(1)
     pre = (torch.randn(shape, generator=gen, dtype=dtype) * 4)
     pre.view(-1)[::7] = torch.randint(-40, 41, pre.view(-1)[::7].shape, generator=gen).to(dtype) / 4  # on edges
@@ -77,7 +79,7 @@ def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak,
         pre = pre.clamp(-9.5, 9.5)
     act = GeneralRelu(leak, sub)(pre)
     assert (act.abs().max() >= HIST_MAX) == beyond
-    stats = batched_stats(pre, act, model_dim, chunk_elements=chunk_elements)
+    stats = batched_stats(pre, act, model_dim, chunk_elements=chunk_elements, compiled=compiled)
     for g, (p, a) in enumerate(zip(model_slices(pre, model_dim), model_slices(act, model_dim))):
         ref = activation_stats(p, a)
         one = stats.member(g)
@@ -94,22 +96,24 @@ def test_batched_stats_equal_the_reference_of_each_model(shape, model_dim, leak,
 
 
 @pytest.mark.parametrize("model_dim", [0, 1])
-@pytest.mark.parametrize("chunk_elements", [CHUNK_ELEMENTS, 500], ids=["one-chunk", "chunks-of-rows"])
-def test_batched_std_is_stable_when_the_mean_is_far_from_zero(model_dim, chunk_elements):
+@pytest.mark.parametrize("compiled, chunk_elements", [(True, CHUNK_ELEMENTS), (False, CHUNK_ELEMENTS), (False, 500)],
+                         ids=["one-pass-loop", "passes-one-chunk", "passes-chunks-of-rows"])
+def test_batched_std_is_stable_when_the_mean_is_far_from_zero(model_dim, compiled, chunk_elements):
     """mean / std = 1e3 in float32: the std keeps 1e-5 (raw sums of squares would be 10x off)."""
     gen = torch.Generator().manual_seed(0)
     act = torch.randn(2, 64, 40, generator=gen) + torch.tensor([1e3, -1e3]).view(2, 1, 1)
     act = act if model_dim == 0 else act.transpose(0, 1)
-    stats = batched_stats(act, act, model_dim, chunk_elements=chunk_elements)
+    stats = batched_stats(act, act, model_dim, chunk_elements=chunk_elements, compiled=compiled)
     for g, member in enumerate(model_slices(act.double(), model_dim)):
         assert stats.summaries()["std"][g] == pytest.approx(member.std().item(), rel=1e-5)
         assert stats.summaries()["mean"][g] == pytest.approx(member.mean().item(), rel=1e-6)  # float32's own
 
 
-def test_batched_histogram_edges_and_non_finite_values_follow_histc():
+@pytest.mark.parametrize("compiled", [True, False], ids=["one-pass-loop", "passes"])
+def test_batched_histogram_edges_and_non_finite_values_follow_histc(compiled):
     act = torch.tensor([0.0, 0.2499, 0.25, 9.99, 10.0, 10.01, -10.0, -0.1, float("nan"), float("inf"),
                         -float("inf")])
-    stats = batched_stats(act.view(1, 1, -1), act.view(1, 1, -1), 0)
+    stats = batched_stats(act.view(1, 1, -1), act.view(1, 1, -1), 0, compiled=compiled)
     assert torch.equal(stats.hist[0], torch.histc(act.abs(), HIST_BINS, 0, HIST_MAX))
     assert stats.hist[0, 0] == 3 and stats.hist[0, -1] == 3 and stats.hist.sum() == 7
 
