@@ -56,6 +56,7 @@ def search_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine
                  progress: bool = True, callbacks=()) -> Study:
     """`search` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
+        _start_workers_early(run, machine)
         from study.runner import run_study
 
         return Study(run_study(place, design, run, machine, progress, activations=True, callbacks=callbacks), place)
@@ -135,6 +136,7 @@ def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: M
                progress: bool = True, callbacks=()) -> Edge:
     """`edge` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
+        _start_workers_early(run, machine)
         from study.edge_search import EdgeSearch
         from study.runner import run_study
 
@@ -162,6 +164,7 @@ def dynamics_study(place: StudyPlace, design: DynamicsDesign, run: RunConfig, ma
                    progress: bool = True, callbacks=()) -> Dynamics:
     """`dynamics` from the configuration dataclasses (the command line's way in)."""
     with _call(run.train.backend):
+        _start_workers_early(run, machine)
         from study.experiments.dynamics import DynamicsSearch
         from study.runner import run_study
 
@@ -254,6 +257,17 @@ def findings(quick: bool = False, out_dir: str | Path | None = None, progress: b
 
         out = Path(out_dir or ("studies/findings-quick" if quick else "docs"))
         return write_findings(QUICK if quick else FULL, out, machine_config, progress=progress)
+
+
+def _start_workers_early(run: RunConfig, machine: MachineConfig) -> None:
+    """Where the study will have workers, start their fork server before this process imports torch
+    and the runner: both imports then run at once, on two cores (`study.fork_server`). With device
+    auto on a machine whose GPU then trains in this process, the server idles until exit."""
+    device_type = "cpu" if run.train.device in ("auto", "cpu") else "cuda"
+    if machine.gpus is not None or machine.worker_count(device_type) > 1:
+        from study import fork_server
+
+        fork_server.start()
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """Several worker processes on one study: `workers=W` on this machine, or `gpus=(0, 1)` (one per GPU).
 
-Each worker is a process forked from multiprocessing's fork server (spawned where the platform has
-none). The server imports the workers' modules once, while the study is prepared, and has run no
-torch operation (no CUDA state, no thread pool of torch's to inherit): the workers need not each
-import torch again. A worker opens the study and runs the same loop as an independent command
+Each worker is a process forked from multiprocessing's fork server (`study.fork_server`; spawned where
+the platform has none). The server imports the workers' modules once, beside the command's own
+imports and the study's preparation, and has run no torch operation (no CUDA state, no thread pool
+of torch's to inherit): the workers need not each import torch again. A worker opens the study and runs the same loop as an independent command
 started by hand on this or another machine would. The configuration reaches it as dataclasses
 through a pipe, never on a command line, which every user of the machine can read (`ps`). The same
 code serves the command line and the Python API.
@@ -16,21 +16,17 @@ import contextlib
 import gc
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.context
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import multiprocessing.synchronize
 import os
 import queue
 import shutil
-import sys
 import time
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
-from study import interrupts
+from study import fork_server, interrupts
 from study.config import RunConfig
 from study.data import FashionMNIST, load_fashion_mnist
 from study.design import MachineConfig
@@ -109,7 +105,7 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     restarts its kernel to reach its workers), the libraries' settings read at import, its standard
     output and error. Each worker gets this process's environment variables as they are at the call.
     """
-    context = _start_fork_server(work.__module__)
+    context = fork_server.start(work.__module__)
     arguments, while_waiting = prepare()  # meanwhile the fork server imports torch and `work`'s module
     interrupts.check()
     errors, stop, study_done = context.Queue(), context.Event(), context.Event()
@@ -168,42 +164,6 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
         raise WorkerStopped(codes[0])
 
 
-def _start_fork_server(module: str) -> multiprocessing.context.BaseContext:
-    """The context that starts the workers: the fork server's, which is started here (at once, not
-    waiting for it) to import `module` unless it runs already; spawn's where the platform has none.
-    Started with SIGINT and SIGTERM held back, which every process it forks inherits."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([module])
-    # The server is a fresh interpreter that ignores the `sys.path` multiprocessing hands it (3.11-3.13)
-    # and would look first in its working directory: it gets exactly this process's, or it could
-    # import another copy of the code than this process runs.
-    path = os.pathsep.join(entry or os.getcwd() for entry in sys.path if isinstance(entry, str))
-    with _environment(PYTHONPATH=path, PYTHONSAFEPATH="1"), interrupts.blocked():
-        # Started first, as the server's start would, because it lets SIGINT and SIGTERM through
-        # again on its way out (Python 3.11) and the server would then start without them blocked.
-        multiprocessing.resource_tracker.ensure_running()
-        interrupts.block()
-        multiprocessing.forkserver.ensure_running()
-    return context
-
-
-@contextlib.contextmanager
-def _environment(**variables: str) -> Iterator[None]:
-    """These environment variables set for the block (for the processes it starts), then as they were."""
-    before = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
-
-
 def wait_for_others(seconds: float) -> bool:
     """Wait `seconds` while other workers hold the trials left, or less in a worker of `run_workers`:
     until the starting process says that another of its workers found the study done, which the
@@ -235,7 +195,7 @@ def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: 
     until the study is done or `stop` is set; then `done` tells the starting process so, before the
     interpreter's teardown.
 
-    Started with SIGINT and SIGTERM blocked (`_start_fork_server`); they are let through while recorded
+    Started with SIGINT and SIGTERM blocked (`fork_server.start`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
     that is its parent's decision."""
     try:

@@ -22,7 +22,7 @@ LAYERS = {
     "training": ["kernels", "kernels.fused_linear_act", "kernels.activation_stats_cpu", "study.activations", "study.data", "study.stats", "study.model", "study.training",
                  "study.population"],
     "records and storage": ["study.records", "study.faults", "study.storage", "study.artifacts", "study.histories"],
-    "drivers": ["study.schedule", "study.workers", "study.runner", "study.edge_search", "study.edge_simulation"],
+    "drivers": ["study.schedule", "study.fork_server", "study.workers", "study.runner", "study.edge_search", "study.edge_simulation"],
     "readers": ["study.results", "study.dynamics_tables", "study.dynamics_plots", "study.plots", "study.edge_plots", "study.report", "study.views", "study.seed_pictures", "study.dashboard"],
     "experiments": ["study.experiments", "study.experiments.sharpness", "study.experiments.signal", "study.experiments.dynamics",
                     "study.experiments.findings", "study.experiments.findings.plan",

@@ -226,23 +226,6 @@ def test_a_worker_waiting_for_the_others_is_told_when_one_has_found_the_study_do
     assert (tmp_path / "woken").read_text() == "True"
 
 
-def test_the_fork_server_imports_the_code_this_process_runs(tmp_path):
-    """The server gets this process's `sys.path`, not the one its working directory would give it:
-    the workers run the module this process imported, though another of that name lies there."""
-    for place, where in (("on_path", "on the path"), ("work", "in the working directory")):
-        (tmp_path / place).mkdir()
-        (tmp_path / place / "copy_probe.py").write_text(
-            f"import os\n\n\ndef work(out, run):\n    open(os.path.join(out, str(os.getpid())), 'w').write({where!r})\n")
-    (tmp_path / "out").mkdir()
-    script = (f"import sys; sys.path.insert(0, {str(tmp_path / 'on_path')!r}); import copy_probe\n"
-              "from study.config import RunConfig; from study.design import MachineConfig\n"
-              "from study.workers import run_workers\n"
-              f"run_workers(copy_probe.work, lambda: (({str(tmp_path / 'out')!r},), lambda: None), RunConfig(), "
-              "MachineConfig(workers=2), 'cpu')\n")
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "work", check=True, timeout=120)
-    assert [path.read_text() for path in (tmp_path / "out").iterdir()] == ["on the path"] * 2
-
-
 def _finish_or_wait(directory: str, run: RunConfig) -> None:
     try:
         os.close(os.open(os.path.join(directory, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
