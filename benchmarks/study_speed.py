@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from benchmarks.fused_linear_act import best_prediction
+from kernels import activation_stats_cpu
 from study.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from study.data import load_fashion_mnist
 from study.model import CNN_CHANNELS, IMAGE_PIXELS, N_CLASSES, activations, build_model, init_weights
@@ -181,10 +182,13 @@ def _ratio(rate: float, base: Measured | None) -> str:
 
 
 def header(device: str) -> str:
+    statistics = ("the C loop (kernels/activation_stats_cpu.c)" if activation_stats_cpu.available()
+                  else "PyTorch passes (the C loop could not be built)")
     return (f"{datetime.date.today()}, {device_name(resolve_device(device))}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, "
-            f"Python {platform.python_version()}; one epoch = 50,000 FashionMNIST images, batch 1024")
+            f"Python {platform.python_version()}; one epoch = 50,000 FashionMNIST images, batch 1024; "
+            f"statistics on the CPU: {statistics}")
 
 
 def report(device: str = "auto", models: tuple[str, ...] = ("mlp", "cnn"), rows: tuple[str, ...] = ROWS,

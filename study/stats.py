@@ -113,7 +113,7 @@ def batched_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: in
     pre, act: the models in `model_dim` (0 or 1), the units in dim 2, every other dim is rows:
     (G, B, N) for stacked linear layers, (B, G, C, H, W) for grouped convolutions.
     compiled: on the CPU, one pass of a C loop (kernels/activation_stats_cpu.py) where it applies;
-    otherwise, and with False, a dozen PyTorch passes:
+    elsewhere, or with False, a dozen PyTorch passes, which the two arguments below tune.
     workspace: a dict kept between calls, in which the scratch tensors are reused: a fresh tensor
     of a few MB costs the CPU its page faults again, as much as a pass over it.
     chunk_elements: on the CPU, the batch is taken in chunks of about this many elements, each through
@@ -171,8 +171,9 @@ def _chunk_stats(pre: torch.Tensor, a: torch.Tensor, model_dim: int, bins: int, 
     if not _flat(scaled).amax() < bins:  # some |a| >= hist_max, or NaN (amax passes it on): rare, checked first
         above = torch.gt(scaled, bins, out=flags).sum(dim=others)  # |a| > hist_max (and inf): not counted
         scaled.clamp_(max=bins).nan_to_num_(nan=bins + 1)
-    scaled.add_(torch.gt(pre, 0, out=flags), alpha=slots)
-    index = _scratch(workspace, "index", a, torch.int32).copy_(scaled)  # truncates: floor
+    # Floor, then add the flag's offset: added first, it rounded a value just below an edge up to it.
+    scaled.floor_().add_(torch.gt(pre, 0, out=flags), alpha=slots)
+    index = _scratch(workspace, "index", a, torch.int32).copy_(scaled)
     index += _unit_offsets(workspace, index, model_dim, 2 * slots)
     # The scratch tensor is dense in some order (maybe channels-last); counting does not mind which.
     counts = torch.bincount(_flat(index), minlength=n_models * n_units * 2 * slots)

@@ -1,12 +1,12 @@
 """Several worker processes on one study: `workers=W` on this machine, or `gpus=(0, 1)` (one per GPU).
 
-Each worker is a process forked from multiprocessing's fork server (`study.fork_server`; spawned where
-the platform has none). The server imports the workers' modules once, beside the command's own
-imports and the study's preparation, and has run no torch operation (no CUDA state, no thread pool
-of torch's to inherit): the workers need not each import torch again. A worker opens the study and runs the same loop as an independent command
-started by hand on this or another machine would. The configuration reaches it as dataclasses
-through a pipe, never on a command line, which every user of the machine can read (`ps`). The same
-code serves the command line and the Python API.
+Each worker is a process forked from multiprocessing's fork server (`study.fork_server`; spawned
+where the platform has none). The server imports the workers' modules once, beside the command's
+own imports and the study's preparation, and has run no torch operation (no CUDA state, no thread
+pool of torch's to inherit): the workers need not each import torch again. A worker opens the
+study and runs the same loop as an independent command started by hand on this or another machine
+would. The configuration reaches it as dataclasses through a pipe, never on a command line, which
+every user of the machine can read (`ps`). The same code serves the command line and the Python API.
 """
 
 from __future__ import annotations

@@ -118,6 +118,18 @@ def test_batched_histogram_edges_and_non_finite_values_follow_histc(compiled):
     assert stats.hist[0, 0] == 3 and stats.hist[0, -1] == 3 and stats.hist.sum() == 7
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["one-pass-loop", "passes"])
+@pytest.mark.parametrize("positive", [True, False], ids=["pre-positive", "pre-negative"])
+def test_values_just_below_a_bin_edge_stay_in_their_bin(compiled, positive):
+    """The float32 value next below each edge, where the edge itself would open the next bin."""
+    edges = torch.tensor([0.25, 0.5, 0.75, 2.0, 9.75])
+    act = torch.nextafter(edges, torch.zeros(()))
+    pre = act if positive else -act
+    stats = batched_stats(pre.view(1, 1, -1), act.view(1, 1, -1), 0, compiled=compiled)
+    assert stats.hist[0].nonzero().flatten().tolist() == [0, 1, 2, 7, 38]
+    assert torch.equal(stats.hist[0], torch.histc(act, HIST_BINS, 0, HIST_MAX))
+
+
 def test_layer_records_follow_a_model_that_leaves_the_batch():
     records = LayerRecords()
     pre = torch.randn(3, 8, 5)
