@@ -9,10 +9,14 @@ pre > 0. `reference_layer_stats` is the same in PyTorch, in float64. `study.stat
 uses it on the CPU; where it returns None (no C compiler, a GPU tensor, a layout or a dtype it does
 not take) the statistics are computed in PyTorch passes instead.
 
+A value's bin is floor(|a| x (bins / hist_max)) in the input's precision. histc's own order of
+operations gives the same bins where bins / hist_max is a power of two, as the project's 40 / 10;
+elsewhere a value within rounding of an edge may fall on its other side.
+
 The C file is compiled on first use with the system's C compiler (`CC`, else `cc`) into the
 cache (`INITSTUDY_CACHE`, else ~/.cache/initstudy), named by a hash of the source, the flags,
-the compiler and the CPU, and loaded with ctypes, which lets go of the GIL for the call. A failed
-build is not retried in that process.
+the compiler and the CPU, and loaded with ctypes, which lets go of the GIL for the call. A damaged
+build is built again once; a failed build is not retried in that process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -58,7 +63,7 @@ def layer_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, bins: int,
     outermost in memory or sit just outside the units' (as a grouped convolution's output has
     it, channels-last or not).
     """
-    if (act.device.type != "cpu" or act.dtype not in _FUNCTIONS or pre.dtype != act.dtype
+    if (act.device.type != "cpu" or pre.device != act.device or act.dtype not in _FUNCTIONS or pre.dtype != act.dtype
             or pre.shape != act.shape or pre.stride() != act.stride() or act.numel() == 0):
         return None
     dims = _loop_dims(act, model_dim)
@@ -104,18 +109,40 @@ def reference_layer_stats(pre: torch.Tensor, act: torch.Tensor, model_dim: int, 
 def _loop_dims(act: torch.Tensor, model_dim: int) -> tuple[int, int, int, int, int] | None:
     """(M, P, Gi, U, Q) of the C loop for `act`'s memory, or None when it cannot be walked so:
     models outermost (M = G, Gi = 1) or just outside the units (M = 1, Gi = G); Q = the units'
-    stride, P = the rest."""
+    stride, P = the rest. A dim of size 1 has no place in memory: a single unit is taken as Q = 1
+    with the models outermost, else with the models' stride."""
     if not _dense(act):
         return None
     n_models, n_units = act.shape[model_dim], act.shape[2]
-    unit_stride = act.stride(2) if n_units > 1 else _dense_stride(act, 2)
     model_stride = act.stride(model_dim) if n_models > 1 else act.numel()
-    rows = act.numel() // (n_models * n_units * unit_stride)
+    candidates = []  # (M, Gi, Q)
     if model_stride == act.numel() // n_models:
-        return n_models, rows, 1, n_units, unit_stride
-    if model_stride == n_units * unit_stride:
-        return 1, rows, n_models, n_units, unit_stride
+        candidates.append((n_models, 1, act.stride(2) if n_units > 1 else 1))
+    if n_models > 1:
+        candidates.append((1, n_models, act.stride(2) if n_units > 1 else model_stride))
+    for models_out, models_in, inner in candidates:
+        dims = (models_out, act.numel() // (n_models * n_units * inner), models_in, n_units, inner)
+        if _walks(act, model_dim, dims):
+            return dims
     return None
+
+
+def _walks(act: torch.Tensor, model_dim: int, dims: tuple[int, int, int, int, int]) -> bool:
+    """Whether the walk `dims` visits each element of the dense `act` once, at its place: the units'
+    and the models' strides as the walk has them, the rows' inside Q (multiplying to Q) or outside
+    the models' and units' block."""
+    models_out, rows, models_in, n_units, inner = dims
+    if models_out * rows * models_in * n_units * inner != act.numel():
+        return False
+    if n_units > 1 and act.stride(2) != inner:
+        return False
+    if models_in > 1 and act.stride(model_dim) != n_units * inner:
+        return False
+    row_dims = [d for d in range(act.dim()) if d not in (model_dim, 2) and act.shape[d] > 1]
+    inside = [d for d in row_dims if act.stride(d) < inner]
+    block = models_in * n_units * inner
+    return (math.prod(act.shape[d] for d in inside) == inner
+            and all(act.stride(d) >= block for d in row_dims if d not in inside))
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -129,12 +156,6 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
-def _dense_stride(t: torch.Tensor, dim: int) -> int:
-    """The stride a size-1 dim would have in memory order: the product of the sizes of the dims
-    that vary faster (a size-1 dim's own stride says nothing)."""
-    return max([1] + [s * n for n, s in zip(t.shape, t.stride()) if n > 1 and s * n <= t.stride(dim)])
-
-
 def available() -> bool:
     """Whether the C loop is built and loaded in this process (where not, `layer_stats` is None)."""
     return _library() is not None
@@ -146,25 +167,35 @@ def _library() -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + repr((FLAGS, compiler, platform.machine(), _cpu())).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("INITSTUDY_CACHE", Path.home() / ".cache" / "initstudy")) / "kernels"
-    built = cache / f"activation_stats_cpu-{key}.so"
     try:
+        source = SOURCE.read_bytes()
+        key = hashlib.sha256(source + repr((FLAGS, compiler, platform.machine(), _cpu())).encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("INITSTUDY_CACHE", Path.home() / ".cache" / "initstudy")) / "kernels"
+        built = cache / f"activation_stats_cpu-{key}.so"
         if not built.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            # Processes building at once each finish their own file, then swap it in whole.
-            with tempfile.TemporaryDirectory(dir=cache) as scratch:
-                partial = Path(scratch) / built.name
-                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], check=True,
-                               capture_output=True, timeout=120)
-                os.replace(partial, built)
-        library = ctypes.CDLL(str(built))
-    except (OSError, subprocess.SubprocessError):
+            _build(compiler, built)
+        try:
+            library = ctypes.CDLL(str(built))
+        except OSError:  # damaged (a disk that filled up under another build): built again, once
+            built.unlink(missing_ok=True)
+            _build(compiler, built)
+            library = ctypes.CDLL(str(built))
+    except (OSError, RuntimeError, subprocess.SubprocessError):  # RuntimeError: no home directory
         return None
     for name in _FUNCTIONS.values():
         getattr(library, name).restype = None
     return library
+
+
+def _build(compiler: str, built: Path) -> None:
+    """Compile SOURCE into `built`. Processes building at once each finish their own file, then
+    swap it in whole."""
+    built.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=built.parent) as scratch:
+        partial = Path(scratch) / built.name
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], check=True, capture_output=True,
+                       timeout=120)
+        os.replace(partial, built)
 
 
 def _cpu() -> str:

@@ -3,8 +3,9 @@
 multiprocessing's fork server is a fresh interpreter that imports the workers' module (torch,
 Optuna, the project) once; each worker is a fork of it. `start(module)` starts it at once, without
 waiting for its imports, so that a command can start it before its own imports and let both run on
-two cores. It is killed when this process exits: its own interpreter teardown took a core for about
-a second after the command ended, and held the command's output open that long; it keeps nothing.
+two cores. When this process exits, once its workers have, the server is killed: its own interpreter
+teardown took a core for about a second after the command ended, and held the command's output
+open that long; it keeps nothing.
 Light to import (no torch): a command's first steps import it.
 """
 
@@ -52,14 +53,17 @@ def start(module: str = WORKERS_MODULE) -> multiprocessing.context.BaseContext:
 
 
 def _end() -> None:
-    """Kill the server and reap it. Its workers are not its to take along: one still ending runs on
-    (multiprocessing's exit handler, next, then reads its exit code as 255 and does not wait)."""
+    """Wait for this process's workers to end (their own exit closes the storage and checkpoints its
+    WAL), then kill the server instead of letting it tear torch down, and let multiprocessing forget
+    it (its own stop closes the "alive" pipe, reaps the process and removes its socket)."""
     pid = _server_pid()
     if pid is None:
         return
+    for child in multiprocessing.active_children():
+        child.join()
     with contextlib.suppress(OSError):  # gone already
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    multiprocessing.forkserver._forkserver._stop()
 
 
 def _server_pid() -> int | None:

@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import pytest
@@ -8,7 +9,7 @@ from kernels.activation_stats_cpu import layer_stats, reference_layer_stats
 from study.model import GeneralRelu
 from study.stats import HIST_BINS, HIST_MAX, batched_stats
 
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on PATH")
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler ($CC or cc)")
 
 
 def grouped(batch: int, models: int, units: int, side: int, channels_last: bool) -> torch.Tensor:
@@ -29,6 +30,9 @@ LAYOUTS = {
     "grouped conv, positions innermost": (lambda: grouped(5, 3, 4, 6, False), 1),
     "one conv, positions beyond a block": (lambda: grouped(2, 1, 3, 24, False), 1),
     "one conv, channels-last": (lambda: grouped(16, 1, 16, 7, True), 1),
+    "grouped conv, one unit a model, channels-last": (lambda: grouped(4, 5, 1, 3, True), 1),
+    "grouped conv, one unit a model, positions innermost": (lambda: grouped(4, 5, 1, 3, False), 1),
+    "one unit, its dim's stride beyond the tensor": (lambda: torch.empty(1, 3, 4).permute(1, 2, 0), 0),
 }
 
 
@@ -84,6 +88,15 @@ def test_a_lane_whose_first_element_is_not_finite_still_sums_the_others():
     assert got.mean[1] == 4.0 and got.var[1] == pytest.approx(2 / 3)
 
 
+@needs_compiler
+def test_a_view_into_a_larger_tensor_is_read_at_its_own_place():
+    pre, act = filled(torch.empty(2, 3, 16, 33), torch.float32, 0.1, 0.4, False)
+    got = layer_stats(pre[1], act[1], 0, HIST_BINS, HIST_MAX)
+    want = reference_layer_stats(pre[1], act[1], 0, HIST_BINS, HIST_MAX)
+    assert torch.equal(got.hist, want.hist) and torch.equal(got.unit_pos, want.unit_pos)
+    torch.testing.assert_close(got.mean, want.mean, rtol=1e-12, atol=1e-12)
+
+
 def not_dense():
     return torch.empty(2, 8, 10)[:, :, ::2]
 
@@ -98,7 +111,8 @@ def rows_between_models_and_units():
     (torch.empty(2, 8, 5), torch.empty(2, 5, 8).transpose(1, 2), 0),  # pre and act laid out differently
     (torch.empty(2, 8, 5, dtype=torch.float16), torch.empty(2, 8, 5, dtype=torch.float16), 0),
     (torch.empty(2, 8, 5, dtype=torch.int32), torch.empty(2, 8, 5, dtype=torch.int32), 0),
-], ids=["not dense", "rows between models and units", "different layouts", "float16", "int32"])
+    (torch.empty(2, 8, 5, device="meta"), torch.empty(2, 8, 5), 0),
+], ids=["not dense", "rows between models and units", "different layouts", "float16", "int32", "pre elsewhere"])
 def test_what_the_loop_does_not_take_is_left_to_pytorch(pre, act, model_dim):
     assert layer_stats(pre, act, model_dim, HIST_BINS, HIST_MAX) is None
 

@@ -61,3 +61,23 @@ def test_the_server_is_gone_when_the_process_that_started_it_has_exited():
               "print(fork_server._server_pid())\n")
     pid = int(run_script(script)[0])
     assert not os.path.exists(f"/proc/{pid}"), "the fork server outlived the process that started it"
+
+
+def test_the_process_that_started_the_server_exits_only_after_its_workers(tmp_path):
+    """A worker tells it is done before its exit handlers close the storage: the starting process's
+    exit waits for them, as multiprocessing's own exit handler did before the server was killed."""
+    (tmp_path / "late_exit.py").write_text(
+        "import atexit, os, time\n\n\n"
+        "def work(out, run):\n    atexit.register(_ended, os.path.join(out, str(os.getpid())))\n\n\n"
+        "def _ended(path):\n    time.sleep(2)  # longer than the starting process's own way out, torch torn down\n"
+        "    open(path, 'w').close()\n")
+    (tmp_path / "out").mkdir()
+    script = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import late_exit\n"
+              "from study.config import RunConfig; from study.design import MachineConfig\n"
+              "from study.workers import run_workers\n"
+              f"run_workers(late_exit.work, lambda: (({str(tmp_path / 'out')!r},), lambda: None), RunConfig(), "
+              "MachineConfig(workers=2), 'cpu')\n")
+    started = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert started.wait(timeout=120) == 0
+    assert len(list((tmp_path / "out").iterdir())) == 2, "the command exited before its workers had"
