@@ -264,7 +264,7 @@ def _start_workers_early(run: RunConfig, machine: MachineConfig) -> None:
     and the runner: both imports then run at once, on two cores (`study.fork_server`). With device
     auto on a machine whose GPU then trains in this process, the server idles until exit."""
     device_type = "cpu" if run.train.device in ("auto", "cpu") else "cuda"
-    if machine.gpus is not None or machine.worker_count(device_type) > 1:
+    if machine.has_workers(device_type):
         from study import fork_server
 
         fork_server.start()

@@ -181,6 +181,10 @@ class MachineConfig:
             return len(os.sched_getaffinity(0)) if device_type == "cpu" else 1
         return self.workers
 
+    def has_workers(self, device_type: str) -> bool:
+        """Whether a study runs in worker processes (`study.workers`) rather than in this one."""
+        return self.gpus is not None or self.worker_count(device_type) > 1
+
     def population_size(self, device_type: str, n_seeds: int) -> int:
         """Trials (settings) trained together; 1 is one trial at a time."""
         if self.population == "off":

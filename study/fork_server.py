@@ -29,14 +29,12 @@ WORKERS_MODULE = "study.runner"  # what a study's workers run (`study.runner.wor
 
 def start(module: str = WORKERS_MODULE) -> multiprocessing.context.BaseContext:
     """The context that starts the workers: the fork server's, which is started here (at once, not
-    waiting for it) to import `module` unless it runs already, with what it imported then; spawn's
-    where the platform has none. Started with SIGINT and SIGTERM held back, which every process it
-    forks inherits."""
+    waiting for it) to import `module` unless it runs already (it keeps what it imported then; one
+    that died is started again); spawn's where the platform has none. Started with SIGINT and
+    SIGTERM held back, which every process it forks inherits."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    if _server_pid() is not None:
-        return context
     context.set_forkserver_preload([module])
     # The server is a fresh interpreter that ignores the `sys.path` multiprocessing hands it (3.11-3.13)
     # and would look first in its working directory: it gets exactly this process's, or it could
@@ -48,6 +46,7 @@ def start(module: str = WORKERS_MODULE) -> multiprocessing.context.BaseContext:
         multiprocessing.resource_tracker.ensure_running()
         interrupts.block()
         multiprocessing.forkserver.ensure_running()
+    atexit.unregister(_end)  # once, however often the server is asked for
     atexit.register(_end)  # after multiprocessing's own exit handler, so it runs before it
     return context
 

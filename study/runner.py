@@ -58,7 +58,7 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
     trial is told, by the process that trained it (with workers: in the worker, so they must pickle)."""
     driver = _driver(design, driver)
     device_type = resolve_device(run.train.device).type
-    if machine.worker_count(device_type) == 1 and machine.gpus is None:
+    if not machine.has_workers(device_type):
         return open_search(place, design, run, machine, progress, driver, activations, callbacks).work()
     runner: Search | None = None
 

@@ -81,3 +81,15 @@ def test_the_process_that_started_the_server_exits_only_after_its_workers(tmp_pa
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert started.wait(timeout=120) == 0
     assert len(list((tmp_path / "out").iterdir())) == 2, "the command exited before its workers had"
+
+
+def test_a_server_that_died_is_started_again():
+    script = ("import os, signal\n"
+              "from study import fork_server\n"
+              "import multiprocessing.forkserver\n"
+              "fork_server.start(); multiprocessing.forkserver.ensure_running()\n"
+              "first = fork_server._server_pid(); os.kill(first, signal.SIGKILL)\n"
+              "os.waitid(os.P_PID, first, os.WEXITED | os.WNOWAIT)  # dead, left for multiprocessing to reap\n"
+              "fork_server.start(); second = fork_server._server_pid()\n"
+              "print(first != second, os.path.exists(f'/proc/{second}'))\n")
+    assert run_script(script) == ["True", "True"]
