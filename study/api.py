@@ -59,7 +59,8 @@ def search_study(place: StudyPlace, design: StudyDesign, run: RunConfig, machine
         _start_workers_early(run, machine)
         from study.runner import run_study
 
-        return Study(run_study(place, design, run, machine, progress, activations=True, callbacks=callbacks), place)
+        return Study(run_study(place, design, run, machine, progress, activations=True, callbacks=callbacks,
+                               when_a_core_is_free=Study.import_libraries), place)
 
 
 def create(name: str, *, storage: str | None = None, edge: bool = False, **settings) -> Study | Edge:
@@ -141,7 +142,7 @@ def edge_study(place: StudyPlace, design: EdgeDesign, run: RunConfig, machine: M
         from study.runner import run_study
 
         optuna_study = run_study(place, design, run, machine, progress, driver=EdgeSearch, activations=True,
-                                 callbacks=callbacks)
+                                 callbacks=callbacks, when_a_core_is_free=Edge.import_libraries)
         return Edge(optuna_study, place, design)
 
 
@@ -168,8 +169,8 @@ def dynamics_study(place: StudyPlace, design: DynamicsDesign, run: RunConfig, ma
         from study.experiments.dynamics import DynamicsSearch
         from study.runner import run_study
 
-        return Dynamics(run_study(place, design, run, machine, progress, driver=DynamicsSearch, callbacks=callbacks),
-                        place)
+        return Dynamics(run_study(place, design, run, machine, progress, driver=DynamicsSearch, callbacks=callbacks,
+                                  when_a_core_is_free=Dynamics.import_libraries), place)
 
 
 def load(name: str = "quick", storage: str | None = None) -> Study:

@@ -48,14 +48,15 @@ Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]  # as Study.
 
 
 def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig = MachineConfig(),
-              progress: bool = True, driver: type["Search"] | None = None,
-              activations: bool = False, callbacks: Sequence[Callback] = ()) -> optuna.Study:
+              progress: bool = True, driver: type["Search"] | None = None, activations: bool = False,
+              callbacks: Sequence[Callback] = (), when_a_core_is_free: Callable[[], None] = lambda: None) -> optuna.Study:
     """Run (or continue) a study to its target with `driver` (`Search` unless told: an edge search's
     is `study.edge_search.EdgeSearch`), here or in the worker processes `machine` asks for. With
     `activations`, each seed's activation history and picture-to-be are stored as artifacts of its
     trial (in the store `machine.artifacts` names; `study.histories`). Each `callbacks` entry is
     called as Optuna's `optimize` calls its callbacks, `callback(study, frozen_trial)`, after each
-    trial is told, by the process that trained it (with workers: in the worker, so they must pickle)."""
+    trial is told, by the process that trained it (with workers: in the worker, so they must pickle).
+    With workers, `when_a_core_is_free` is called as `study.workers.run_workers` says."""
     driver = _driver(design, driver)
     device_type = resolve_device(run.train.device).type
     if not machine.has_workers(device_type):
@@ -70,7 +71,7 @@ def run_study(place: StudyPlace, design, run: RunConfig, machine: MachineConfig 
         return (place, design, machine, driver, activations, tuple(callbacks), shared), runner.show_progress
 
     try:  # this process watches: its bar follows the COMPLETE trials the workers store
-        run_workers(work_here, prepare, run, machine, device_type)
+        run_workers(work_here, prepare, run, machine, device_type, when_a_core_is_free)
     finally:
         if runner is not None:
             runner.bar.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from study import axes
@@ -21,8 +22,18 @@ class Study:
     `optuna.visualization`).
     """
 
+    # What its summary and pictures import: seaborn alone takes about a second, Agg 0.2 s.
+    LIBRARIES: tuple[str, ...] = ("study.results", "study.plots", "seaborn", "matplotlib.backends.backend_agg")
+
     def __init__(self, optuna_study, place: StudyPlace):
         self.optuna, self.place = optuna_study, place
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        """Import what showing such a study needs, ahead of it (`study.workers.run_workers` does so
+        while one worker trains the last trial and a core would idle)."""
+        for module in cls.LIBRARIES:
+            importlib.import_module(module)
 
     @property
     def name(self) -> str:
@@ -122,6 +133,8 @@ def check_axes(x: str, y: str) -> None:
 class Edge(Study):
     """A stored edge search (`study.ladder`): its table of edges, its probes, its pictures."""
 
+    LIBRARIES = (*Study.LIBRARIES, "study.edge_plots")
+
     def __init__(self, optuna_study, place: StudyPlace, design: EdgeDesign):
         super().__init__(optuna_study, place)
         self.design = design
@@ -180,6 +193,8 @@ class Edge(Study):
 
 class Dynamics(Study):
     """A stored dynamics study (`study.experiments.dynamics`): its seeds' first steps and outcomes."""
+
+    LIBRARIES = ("study.dynamics_tables", "study.dynamics_plots")
 
     def steps(self):
         """One row per measured step of every seed: the setting, seed, step, loss, lambda_max, ratio

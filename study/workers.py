@@ -20,6 +20,7 @@ import multiprocessing.synchronize
 import os
 import queue
 import shutil
+import threading
 import time
 from dataclasses import replace
 from typing import Callable
@@ -81,7 +82,7 @@ Prepare = Callable[[], tuple[tuple, Callable[[], None]]]
 
 
 def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, machine: MachineConfig,
-                device_type: str) -> None:
+                device_type: str, when_a_core_is_free: Callable[[], None] = lambda: None) -> None:
     """Start the fork server importing `work`'s module (`work` is a module-level function:
     `study.runner.work_here`), call `prepare()` here meanwhile, then start every worker. `prepare`
     returns `work`'s first arguments (they must pickle) and what to call while waiting. Each worker
@@ -95,6 +96,11 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     workers at once: their RUNNING trials are failed as stale (`--grace-seconds`) by the next command.
     Any other way out of the wait (Python's own KeyboardInterrupt where no `stop_requests` block
     is open) asks the workers to stop and waits for them.
+
+    `when_a_core_is_free` is called once, on a thread of this process, when a worker has said its work
+    is done while another still trains its last trial: what the caller does next (importing its
+    pictures' libraries, a second or two) takes the core that would idle. An error there is dropped:
+    the caller meets it again where it needs the import. Joined before this returns normally.
 
     Returns once every worker has said its work is done or has ended: the interpreter's teardown
     of a worker that is done overlaps what this process does next, and multiprocessing joins it at
@@ -115,6 +121,8 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                                                      stop, study_done, tell_done[index]), name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(runs)]
     done: set[int] = set()
+    free_core = threading.Thread(target=_dropping_errors, args=(when_a_core_is_free,), daemon=True,
+                                 name="initstudy-when-a-core-is-free")
     try:
         # A spawned worker inherits this block (a fork server's, the server's, blocked at its start): a
         # signal during its start-up waits for its handler. A fork waits for the server's imports.
@@ -136,6 +144,8 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                 done |= {i for i in waiting if said_done[i] in ready and _said_done(said_done[i])}
                 if done:  # a worker returns only once the study is done: the others need not wait to see it
                     study_done.set()
+                    if free_core.ident is None and any(i not in done for i in waiting):
+                        free_core.start()
                 interrupts.drain(signalled)
                 if interrupts.requested() is None:
                     # Watching must not stop a study the workers carry on; a request that lands while the
@@ -152,6 +162,8 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     finally:
         for end in (*said_done, *tell_done):
             end.close()
+    if free_core.ident is not None:
+        free_core.join()  # its imports and the caller's would otherwise race for the modules' locks
     interrupts.check()
     codes = [p.exitcode for p in processes if p.exitcode]
     with contextlib.suppress(queue.Empty):
@@ -176,6 +188,11 @@ def wait_for_others(seconds: float) -> bool:
         return False
     _told = _study_done.wait(seconds)
     return _told
+
+
+def _dropping_errors(call: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        call()
 
 
 def _said_done(end: multiprocessing.connection.Connection) -> bool:

@@ -226,6 +226,34 @@ def test_a_worker_waiting_for_the_others_is_told_when_one_has_found_the_study_do
     assert (tmp_path / "woken").read_text() == "True"
 
 
+def test_the_callers_next_step_runs_on_the_core_the_last_trial_leaves_free(tmp_path):
+    """One worker is done at once; the other trains on until the starting process has called
+    `when_a_core_is_free`, which waits for that worker's end: the call came while a worker still
+    trained, and run_workers returned only after it."""
+    calls = []
+
+    def when_a_core_is_free():
+        calls.append("called")
+        (tmp_path / "freed").touch()
+        _wait_for_file(str(tmp_path / "second done"))
+        calls.append("ended")
+
+    run_workers(_first_done_second_waits, lambda: ((str(tmp_path),), lambda: None), RunConfig(),
+                MachineConfig(workers=2), "cpu", when_a_core_is_free)
+    assert (tmp_path / "second saw the call").read_text() == "True"
+    assert calls == ["called", "ended"]
+
+
+def _first_done_second_waits(directory: str, run: RunConfig) -> None:
+    try:
+        os.close(os.open(os.path.join(directory, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        _wait_for_file(os.path.join(directory, "freed"))
+        with open(os.path.join(directory, "second saw the call"), "w") as f:
+            f.write(str(os.path.exists(os.path.join(directory, "freed"))))
+        open(os.path.join(directory, "second done"), "w").close()
+
+
 def _finish_or_wait(directory: str, run: RunConfig) -> None:
     try:
         os.close(os.open(os.path.join(directory, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
