@@ -194,7 +194,7 @@ class Edge(Study):
 class Dynamics(Study):
     """A stored dynamics study (`study.experiments.dynamics`): its seeds' first steps and outcomes."""
 
-    LIBRARIES = ("study.dynamics_tables", "study.dynamics_plots")
+    LIBRARIES = (*Study.LIBRARIES, "study.dynamics_tables", "study.dynamics_plots")
 
     def steps(self):
         """One row per measured step of every seed: the setting, seed, step, loss, lambda_max, ratio

@@ -38,6 +38,11 @@ WATCH_SECONDS = 2  # how often the starting process looks at the study while its
 # whether a wait of this worker was cut short by it.
 _study_done: multiprocessing.synchronize.Event | None = None
 _told = False
+# What a worker tells the starting process through its pipe: once it first waits with nothing to ask
+# (its core is free), and once its work is done. In a worker: that pipe, and whether it said IDLE.
+IDLE, DONE = "idle", "done"
+_to_starter: multiprocessing.connection.Connection | None = None
+_said_idle = False
 
 
 def worker_runs(run: RunConfig, machine: MachineConfig, device_type: str) -> list[tuple[RunConfig, int]]:
@@ -97,10 +102,11 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     Any other way out of the wait (Python's own KeyboardInterrupt where no `stop_requests` block
     is open) asks the workers to stop and waits for them.
 
-    `when_a_core_is_free` is called once, on a thread of this process, when a worker has said its work
-    is done while another still trains its last trial: what the caller does next (importing its
-    pictures' libraries, a second or two) takes the core that would idle. An error there is dropped:
-    the caller meets it again where it needs the import. Joined before this returns normally.
+    `when_a_core_is_free` is called once, on a thread of this process, when a worker first has nothing
+    to ask (`wait_for_others`) while another still trains: what the caller does next (importing its
+    pictures' libraries, a second or two) takes the core that would idle at the study's end. Not
+    once a stop was asked for. An error there is dropped: the caller meets it again where it needs
+    the import. Joined before this returns or raises, unless stopping at once.
 
     Returns once every worker has said its work is done or has ended: the interpreter's teardown
     of a worker that is done overlaps what this process does next, and multiprocessing joins it at
@@ -116,11 +122,12 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
     interrupts.check()
     errors, stop, study_done = context.Queue(), context.Event(), context.Event()
     runs = worker_runs(run, machine, device_type)
-    said_done, tell_done = zip(*(context.Pipe(duplex=False) for _ in runs))
+    hear, tell = zip(*(context.Pipe(duplex=False) for _ in runs))
     processes = [context.Process(target=_work, args=(work, arguments, worker_run, threads, dict(os.environ), errors,
-                                                     stop, study_done, tell_done[index]), name=f"initstudy-worker-{index}")
+                                                     stop, study_done, tell[index]), name=f"initstudy-worker-{index}")
                  for index, (worker_run, threads) in enumerate(runs)]
     done: set[int] = set()
+    idle: set[int] = set()
     free_core = threading.Thread(target=_dropping_errors, args=(when_a_core_is_free,), daemon=True,
                                  name="initstudy-when-a-core-is-free")
     try:
@@ -129,7 +136,7 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
         with interrupts.blocked():
             for process in processes:
                 process.start()
-        for end in tell_done:
+        for end in tell:
             end.close()  # the workers' ends: a worker's is closed, at the latest, when it ends
         with interrupts.wakeup() as signalled:  # a request is passed on at once, not after the wait
             while waiting := [i for i, p in enumerate(processes) if i not in done and p.is_alive()]:
@@ -137,14 +144,18 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
                     stop.set()
                 if interrupts.repeated():  # the at-once exception was swallowed where it landed
                     raise Interrupted(interrupts.requested(), at_once=True)
-                listened = [said_done[i] for i in waiting if not said_done[i].closed]
+                listened = [hear[i] for i in waiting if not hear[i].closed]
                 woken_by = [signalled] if signalled is not None else []
                 ready = multiprocessing.connection.wait(
                     [*(processes[i].sentinel for i in waiting), *listened, *woken_by], timeout=WATCH_SECONDS)
-                done |= {i for i in waiting if said_done[i] in ready and _said_done(said_done[i])}
+                for i in waiting:
+                    said = _heard(hear[i]) if hear[i] in ready else None
+                    (done if said == DONE else idle if said == IDLE else set()).add(i)
                 if done:  # a worker returns only once the study is done: the others need not wait to see it
                     study_done.set()
-                    if free_core.ident is None and any(i not in done for i in waiting):
+                if (free_core.ident is None and idle | done and interrupts.requested() is None
+                        and any(processes[i].is_alive() for i in waiting if i not in idle | done)):
+                    with contextlib.suppress(RuntimeError):  # no thread to be had: the caller imports later
                         free_core.start()
                 interrupts.drain(signalled)
                 if interrupts.requested() is None:
@@ -158,9 +169,11 @@ def run_workers(work: Callable[..., None], prepare: Prepare, run: RunConfig, mac
             if getattr(e, "at_once", False):
                 process.kill()
             process.join()
+        if free_core.ident is not None and not getattr(e, "at_once", False):
+            free_core.join()  # as below; and a daemon thread cut at the interpreter's exit may not be
         raise
     finally:
-        for end in (*said_done, *tell_done):
+        for end in (*hear, *tell):
             end.close()
     if free_core.ident is not None:
         free_core.join()  # its imports and the caller's would otherwise race for the modules' locks
@@ -181,8 +194,13 @@ def wait_for_others(seconds: float) -> bool:
     until the starting process says that another of its workers found the study done, which the
     caller's next look at the study then finds too. Once only, so that a worker that saw the study
     done too early (an edge's next probe was queued after its look) cannot make the others' waits
-    spin. Whether this wait was cut short."""
-    global _told
+    spin. Whether this wait was cut short. A worker's first wait tells the starting process that its
+    core is free."""
+    global _told, _said_idle
+    if _to_starter is not None and not _said_idle:
+        _said_idle = True
+        with contextlib.suppress(OSError):  # the starting process was killed: no one to tell
+            _to_starter.send(IDLE)
     if _study_done is None or _told:
         time.sleep(seconds)
         return False
@@ -195,22 +213,22 @@ def _dropping_errors(call: Callable[[], None]) -> None:
         call()
 
 
-def _said_done(end: multiprocessing.connection.Connection) -> bool:
-    """Whether a worker's pipe, found readable, brought its word that its work is done; its end
-    without it (the worker ended otherwise: its exit code tells how) is closed, not listened to again."""
+def _heard(end: multiprocessing.connection.Connection) -> str | None:
+    """What a worker's pipe, found readable, brought (IDLE or DONE); None at its end (the worker ended
+    without saying DONE: its exit code tells how), which is closed, not listened to again."""
     try:
         return end.recv()
     except EOFError:
         end.close()
-        return False
+        return None
 
 
 def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: int, environment: dict[str, str],
           errors: multiprocessing.Queue, stop: multiprocessing.synchronize.Event,
           study_done: multiprocessing.synchronize.Event, done: multiprocessing.connection.Connection) -> None:
     """One worker: `work(*arguments, run)` on this process, in the starting process's `environment`,
-    until the study is done or `stop` is set; then `done` tells the starting process so, before the
-    interpreter's teardown.
+    until the study is done or `stop` is set; then `done`, its pipe to the starting process, says
+    DONE before the interpreter's teardown (`wait_for_others` says IDLE through it first).
 
     Started with SIGINT and SIGTERM blocked (`fork_server.start`); they are let through while recorded
     as requests, and held back again on the way out. Never stopped at once by a repeated signal:
@@ -223,15 +241,15 @@ def _work(work: Callable[..., None], arguments: tuple, run: RunConfig, threads: 
 
                 os.environ.clear()  # the fork server's dates from its start, maybe an earlier study's
                 os.environ.update(environment)
-                global _study_done
-                _study_done = study_done
+                global _study_done, _to_starter
+                _study_done, _to_starter = study_done, done
                 guard_output()
                 torch.set_num_threads(threads)
                 interrupts.check()
                 work(*arguments, run)
             finally:
                 interrupts.block()  # a late Ctrl-C must not raise in the process's teardown
-        done.send(True)
+        done.send(DONE)
     except Interrupted as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:

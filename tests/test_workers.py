@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -226,32 +227,35 @@ def test_a_worker_waiting_for_the_others_is_told_when_one_has_found_the_study_do
     assert (tmp_path / "woken").read_text() == "True"
 
 
-def test_the_callers_next_step_runs_on_the_core_the_last_trial_leaves_free(tmp_path):
-    """One worker is done at once; the other trains on until the starting process has called
-    `when_a_core_is_free`, which waits for that worker's end: the call came while a worker still
-    trained, and run_workers returned only after it."""
+def test_the_callers_next_step_runs_on_a_thread_once_a_worker_has_nothing_left_while_another_trains(tmp_path):
+    """The second worker finds nothing to ask and waits for the others (`wait_for_others`); the first
+    trains on until the starting process's `when_a_core_is_free` has run, on a thread of its own, and
+    it ends only after that worker said its work is done: run_workers returned after it."""
     calls = []
 
     def when_a_core_is_free():
-        calls.append("called")
+        calls.append(threading.current_thread() is threading.main_thread())
         (tmp_path / "freed").touch()
-        _wait_for_file(str(tmp_path / "second done"))
+        _wait_for_file(str(tmp_path / "first done"))
         calls.append("ended")
 
-    run_workers(_first_done_second_waits, lambda: ((str(tmp_path),), lambda: None), RunConfig(),
+    run_workers(_train_until_freed_or_wait, lambda: ((str(tmp_path),), lambda: None), RunConfig(),
                 MachineConfig(workers=2), "cpu", when_a_core_is_free)
-    assert (tmp_path / "second saw the call").read_text() == "True"
-    assert calls == ["called", "ended"]
+    assert (tmp_path / "first saw the call").read_text() == "True"
+    assert calls == [False, "ended"]
 
 
-def _first_done_second_waits(directory: str, run: RunConfig) -> None:
+def _train_until_freed_or_wait(directory: str, run: RunConfig) -> None:
+    """The first worker "trains" until the starting process has been told a core is free; the other waits."""
     try:
         os.close(os.open(os.path.join(directory, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        _wait_for_file(os.path.join(directory, "freed"))
-        with open(os.path.join(directory, "second saw the call"), "w") as f:
-            f.write(str(os.path.exists(os.path.join(directory, "freed"))))
-        open(os.path.join(directory, "second done"), "w").close()
+        wait_for_others(60)
+        return
+    _wait_for_file(os.path.join(directory, "freed"))
+    with open(os.path.join(directory, "first saw the call"), "w") as f:
+        f.write(str(os.path.exists(os.path.join(directory, "freed"))))
+    open(os.path.join(directory, "first done"), "w").close()
 
 
 def _finish_or_wait(directory: str, run: RunConfig) -> None:
