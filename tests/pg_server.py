@@ -40,13 +40,13 @@ class PostgresServer:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
             shutil.chown(self.home, "postgres", "postgres")
-        self.port = free_port()
         self.data = self.home / "data"
         self._run("initdb", "-D", self.data, "-U", "postgres")
         hba = self.data / "pg_hba.conf"
         hba.write_text(HBA)
         if self.as_user:
             shutil.chown(hba, "postgres", "postgres")
+        self.port = free_port()  # after initdb's seconds: the suite runs two test files at once
         self.start()
 
     def _run(self, program: str, *args) -> subprocess.CompletedProcess:
