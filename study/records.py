@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass
 
 import optuna
+import torch
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
@@ -92,11 +93,14 @@ def setting_of(trial: optuna.trial.FrozenTrial, fixed: dict[str, float]) -> dict
 
 
 def seed_record(result: TrainResult) -> dict:
-    """What a trial keeps of one seed's run."""
+    """What a trial keeps of one seed's run, called by the process that trained it. `threads`: its
+    CPU threads, without which a CPU seed cannot be reproduced bitwise (its float32 sums depend on
+    them); records stored before 0.7.4 lack it."""
     return {
         "val_acc": result.val_acc, "test_acc": result.test_acc, "diverged": result.diverged,
         "diverged_step": result.diverged_step, "steps": result.steps, "seconds": round(result.seconds, 3),
         "final_loss": result.losses[-1] if result.losses else None, "layers": result.layers,
+        "threads": torch.get_num_threads(),
     }
 
 

@@ -1,1 +1,1 @@
-__version__ = "0.7.3"  # the release; pyproject.toml says the same
+__version__ = "0.7.4"  # the release; pyproject.toml says the same

@@ -117,6 +117,8 @@ def test_four_workers_on_sqlite_with_the_dashboard_open(tmp_path):
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 24 and len(set(points(complete))) == 24
     assert all(sorted(seed_records(t)) == [0] for t in complete)
+    (_, threads), *_ = worker_runs(RunConfig(), MachineConfig(workers=4), "cpu")  # 1 on 2 cores
+    assert all(record["threads"] == threads for t in complete for record in seed_records(t).values())
     assert "24 COMPLETE trials" in out
     assert len(study.trials) == 24, f"workers queued settings again: {Counter(t.state.name for t in study.trials)}"
 
