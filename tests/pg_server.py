@@ -46,7 +46,7 @@ class PostgresServer:
         hba.write_text(HBA)
         if self.as_user:
             shutil.chown(hba, "postgres", "postgres")
-        self.port = free_port()  # after initdb's seconds: the suite runs two test files at once
+        self.port = free_port()  # just before it is bound, not across initdb's seconds
         self.start()
 
     def _run(self, program: str, *args) -> subprocess.CompletedProcess:

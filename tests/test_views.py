@@ -8,8 +8,7 @@ import pytest
 
 from conftest import ROOT
 from study.views import Dynamics, Edge, Study
-
-FIXTURE = ROOT / "tests" / "fixtures" / "study-0.1.0.db"
+from test_stored_studies import FIXTURE
 
 
 @pytest.mark.parametrize("view", [Study, Edge, Dynamics])
